@@ -1,0 +1,1 @@
+"""The traffic layer: routing tables and the routers that apply them."""

@@ -1,0 +1,78 @@
+"""The `Router` seam: apply a table atomically, read it back, count traffic, report drains."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from turnout.routers.table import RoutingTable
+
+# Upper bounds (seconds) of the latency histogram buckets; the last bucket is +Inf.
+LATENCY_BOUNDS: tuple[float, ...] = (
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+)
+
+
+class Counters(BaseModel):
+    """Counters for one revision (or cohort) since the router worker started."""
+
+    model_config = ConfigDict(extra="forbid")
+    requests: int = 0
+    responses_5xx: int = 0
+    connection_errors: int = 0
+    latency: list[int] = Field(default_factory=lambda: [0] * (len(LATENCY_BOUNDS) + 1))
+
+    def minus(self, earlier: Counters) -> Counters:
+        """The traffic between two readings (a restarted worker resets to zero)."""
+        if self.requests < earlier.requests:
+            return self.model_copy()
+        return Counters(
+            requests=self.requests - earlier.requests,
+            responses_5xx=self.responses_5xx - earlier.responses_5xx,
+            connection_errors=self.connection_errors - earlier.connection_errors,
+            latency=[a - b for a, b in zip(self.latency, earlier.latency, strict=True)],
+        )
+
+    @property
+    def error_rate(self) -> float:
+        if not self.requests:
+            return 0.0
+        return (self.responses_5xx + self.connection_errors) / self.requests
+
+    def quantile(self, q: float) -> float:
+        """The upper bound of the bucket holding quantile `q` (inf for the last bucket)."""
+        total = sum(self.latency)
+        if not total:
+            return 0.0
+        rank = q * total
+        seen = 0
+        for bound, count in zip((*LATENCY_BOUNDS, float("inf")), self.latency, strict=True):
+            seen += count
+            if seen >= rank:
+                return bound
+        return float("inf")
+
+
+class RouterStats(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    worker: str = ""  # changes when the worker restarts
+    generation: int = 0  # generation of the table in effect
+    revisions: dict[str, Counters] = Field(default_factory=dict)
+    in_flight: dict[str, int] = Field(default_factory=dict)  # per backend id
+
+
+class Router(Protocol):
+    async def apply(self, table: RoutingTable) -> None:
+        """Put `table` in effect atomically; return only once it serves requests."""
+        ...
+
+    async def table(self) -> RoutingTable | None: ...
+
+    async def stats(self) -> RouterStats: ...
+
+    async def drained(self, backend_id: str) -> bool:
+        """True once no request is in flight to that backend."""
+        ...
+
+    async def aclose(self) -> None: ...
