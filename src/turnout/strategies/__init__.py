@@ -1,0 +1,32 @@
+"""Strategies: pure planners, one module each. `plan()` picks the module by kind."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from turnout.engine.steps import Step
+from turnout.spec import Strategy
+from turnout.strategies import big_bang, blue_green, canary, rolling
+from turnout.strategies.base import Fleet, first_release
+
+Planner = Callable[[Fleet, Strategy], list[Step]]
+
+PLANNERS: dict[str, Planner] = {
+    "big-bang": big_bang.plan,
+    "rolling": rolling.plan,
+    "blue-green": blue_green.plan,
+    "canary": canary.plan,
+}
+
+
+def plan(fleet: Fleet, params: Strategy) -> list[Step]:
+    """The steps that take `fleet` to its target revision with the strategy `params` name."""
+    if fleet.stable is None:
+        return first_release(fleet)
+    planner = PLANNERS.get(params.kind)
+    if planner is None:
+        raise ValueError(f"strategy {params.kind!r} is not available yet")
+    return planner(fleet, params)
+
+
+__all__ = ["PLANNERS", "Fleet", "plan"]

@@ -1,0 +1,163 @@
+"""The steps a plan is made of: frozen, serialisable, each safe to run twice.
+
+A strategy returns a list of these; the executor runs them in order and stores the
+index of the next one after each, so a plan survives the control plane dying. Steps
+name revisions by id and instances by slot, never by address: addresses belong to the
+world the executor re-reads on resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from turnout.spec import CommandTest, HttpTest
+
+
+class _Step(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Start(_Step):
+    """Start these slots of a revision (slots already running are kept)."""
+
+    kind: Literal["start"] = "start"
+    revision: str
+    slots: tuple[int, ...]
+
+
+class WaitHealthy(_Step):
+    kind: Literal["wait-healthy"] = "wait-healthy"
+    revision: str
+    slots: tuple[int, ...]
+
+
+class RoutePool(_Step):
+    revision: str
+    weight: int = Field(ge=0)
+    slots: tuple[int, ...]
+
+
+class Route(_Step):
+    """Apply one routing table: the pools listed (newest first), match rules, preview."""
+
+    kind: Literal["route"] = "route"
+    pools: tuple[RoutePool, ...]
+    match: tuple[MatchTo, ...] = ()
+    preview: str | None = None
+
+
+class MatchTo(_Step):
+    revision: str
+    header: str | None = None
+    cookie: str | None = None
+    values: tuple[str, ...] = ()
+    users: tuple[str, ...] = ()
+
+
+class RunTests(_Step):
+    kind: Literal["run-tests"] = "run-tests"
+    revision: str
+    tests: tuple[HttpTest | CommandTest, ...]
+
+
+class Pause(_Step):
+    """Wait `seconds` (None: until `turnout promote`), watching `watch` with the gate if set."""
+
+    kind: Literal["pause"] = "pause"
+    seconds: float | None
+    watch: str | None = None
+
+
+class Analyse(_Step):
+    """Judge `revision` on the router's counters for `seconds`; Inconclusive pauses."""
+
+    kind: Literal["analyse"] = "analyse"
+    revision: str
+    seconds: float
+    max_error_rate: float
+    max_p99: float
+    min_requests: int
+
+
+class Drain(_Step):
+    kind: Literal["drain"] = "drain"
+    revision: str
+    slots: tuple[int, ...]
+
+
+class Stop(_Step):
+    kind: Literal["stop"] = "stop"
+    revision: str
+    slots: tuple[int, ...]
+
+
+class Promote(_Step):
+    """Record `revision` as stable: it now serves all traffic."""
+
+    kind: Literal["promote"] = "promote"
+    revision: str
+
+
+class KeepWarm(_Step):
+    """Leave these slots running, out of traffic, for `seconds` so a rollback is a flip."""
+
+    kind: Literal["keep-warm"] = "keep-warm"
+    revision: str
+    slots: tuple[int, ...]
+    seconds: float
+
+
+Route.model_rebuild()
+
+Step = Annotated[
+    Start | WaitHealthy | Route | RunTests | Pause | Analyse | Drain | Stop | Promote | KeepWarm,
+    Field(discriminator="kind"),
+]
+_PLAN = TypeAdapter(list[Step])
+
+
+def dump_plan(plan: list[Step]) -> list[dict[str, object]]:
+    return [step.model_dump(mode="json") for step in plan]
+
+
+def load_plan(data: list[dict[str, object]]) -> list[Step]:
+    return _PLAN.validate_python(data)
+
+
+def plan_hash(plan: list[Step]) -> str:
+    text = json.dumps(dump_plan(plan), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def describe(step: Step) -> str:
+    """One line for humans."""
+    match step:
+        case Start(revision=r, slots=s) | WaitHealthy(revision=r, slots=s):
+            verb = "start" if isinstance(step, Start) else "wait until healthy:"
+            return f"{verb} {r} slots {list(s)}"
+        case Route(pools=pools, match=match, preview=preview):
+            split = ", ".join(f"{p.revision} {p.weight} ({len(p.slots)} inst)" for p in pools) or "none"
+            extra = f"; {len(match)} match rule(s)" if match else ""
+            extra += f"; preview {preview}" if preview else ""
+            return f"route: {split}{extra}"
+        case RunTests(revision=r, tests=t):
+            return f"run {len(t)} test(s) against {r} on the preview address"
+        case Pause(seconds=None):
+            return "pause until `turnout promote`"
+        case Pause(seconds=s):
+            return f"pause {s:g}s"
+        case Analyse(revision=r, seconds=s):
+            return f"analyse {r} for {s:g}s"
+        case Drain(revision=r, slots=s):
+            return f"drain {r} slots {list(s)}"
+        case Stop(revision=r, slots=s):
+            return f"stop {r} slots {list(s)}"
+        case Promote(revision=r):
+            return f"promote {r} to stable"
+        case KeepWarm(revision=r, slots=s, seconds=sec):
+            return f"keep {r} slots {list(s)} warm for {sec:g}s"
+    return step.kind  # pragma: no cover

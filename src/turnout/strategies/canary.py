@@ -1,0 +1,82 @@
+"""Canary: a small share of traffic first, judged on the router's counters, then more.
+
+The canary fleet grows with its weight (`ceil(instances * weight / 100)`, at least one)
+while the stable fleet stays whole until the end, so shrinking the canary back is only a
+table change. Pauses watch the canary with the gate; `analysis` steps judge it over a
+window. Match rules send chosen users to the canary at every step. The new revision's
+pool comes first in every table, so sticky users only move from old to new.
+"""
+
+from __future__ import annotations
+
+import math
+
+from turnout.engine.steps import (
+    Analyse,
+    Drain,
+    MatchTo,
+    Pause,
+    Promote,
+    Route,
+    RoutePool,
+    Start,
+    Step,
+    Stop,
+    WaitHealthy,
+)
+from turnout.spec import Strategy
+from turnout.strategies.base import Fleet, only
+
+
+def plan(fleet: Fleet, params: Strategy) -> list[Step]:
+    assert fleet.stable is not None
+    n, stable = fleet.instances, fleet.stable
+    match = tuple(
+        MatchTo(revision=fleet.target, header=m.header, cookie=m.cookie,
+                values=tuple(m.values), users=tuple(m.users))
+        for m in params.match
+    )
+    running = 0
+    steps: list[Step] = []
+
+    def grow(count: int) -> None:
+        nonlocal running
+        if count > running:
+            slots = tuple(range(running, count))
+            steps.extend([Start(revision=fleet.target, slots=slots),
+                          WaitHealthy(revision=fleet.target, slots=slots)])
+            running = count
+
+    def route(weight: int) -> Route:
+        return Route(
+            pools=(RoutePool(revision=fleet.target, weight=weight, slots=tuple(range(running))),
+                   RoutePool(revision=stable, weight=100 - weight, slots=fleet.stable_slots)),
+            match=match,
+        )
+
+    grow(1)
+    if match:
+        steps.append(route(0))
+    for item in params.steps:
+        if item.weight is not None:
+            grow(max(1, math.ceil(n * item.weight / 100)))
+            steps.append(route(item.weight))
+        elif item.pause is not None:
+            seconds = None if item.pause == "forever" else float(item.pause)
+            steps.append(Pause(seconds=seconds, watch=fleet.target))
+        elif item.analysis is not None:
+            a, gate = item.analysis, params.gate
+            steps.append(Analyse(
+                revision=fleet.target, seconds=a.duration,
+                max_error_rate=gate.max_error_rate if a.max_error_rate is None else a.max_error_rate,
+                max_p99=gate.max_p99 if a.max_p99 is None else a.max_p99,
+                min_requests=gate.min_requests if a.min_requests is None else a.min_requests,
+            ))
+    grow(n)
+    steps += [
+        only(fleet.target, fleet.new_slots),
+        Promote(revision=fleet.target),
+        Drain(revision=stable, slots=fleet.stable_slots),
+        Stop(revision=stable, slots=fleet.stable_slots),
+    ]
+    return steps
