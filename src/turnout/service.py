@@ -1,0 +1,341 @@
+"""The service layer: what the CLI (and later the API and dashboard) call.
+
+`Session.open()` loads the spec and builds the store, platform and router it names;
+deploy, status, promote, abort, rollback, history and down are methods on it. A
+per-service lock (an flock the kernel drops when its holder dies) keeps two deployments
+apart, and a deployment whose holder died is found in the store and resumed or undone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from turnout import strategies
+from turnout.clock import Clock, SystemClock
+from turnout.engine.events import Emit, Event, ignore
+from turnout.engine.executor import Executor
+from turnout.engine.steps import Drain, Promote, Route, RoutePool, Step, Stop, dump_plan, plan_hash
+from turnout.errors import ConflictError, UserError
+from turnout.model import Instance, Revision
+from turnout.platforms.local import LocalPlatform
+from turnout.routers.builtin import BuiltinRouter
+from turnout.spec import Spec
+from turnout.specfile import load_spec
+from turnout.store.db import DeploymentRecord, Store
+from turnout.strategies import Fleet
+
+
+def database_url(state_dir: Path) -> str:
+    return os.environ.get("TURNOUT_DATABASE_URL") or f"sqlite:///{state_dir / 'state.db'}"
+
+
+@dataclass
+class Session:
+    spec: Spec
+    spec_dir: Path
+    state_dir: Path
+    store: Store
+    platform: LocalPlatform
+    router: BuiltinRouter
+    http: httpx.AsyncClient
+    clock: Clock = field(default_factory=SystemClock)
+    emit: Emit = ignore
+    executor: Executor | None = None
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(
+        cls, spec_path: Path, overrides: tuple[str, ...] = (), *, emit: Emit = ignore
+    ) -> AsyncIterator[Session]:
+        spec = load_spec(spec_path, overrides)
+        spec_dir = spec_path.resolve().parent
+        state_dir = spec_dir / ".turnout"
+        state_dir.mkdir(parents=True, exist_ok=True)
+        store = Store.open(database_url(state_dir))
+        platform = LocalPlatform(spec_dir=spec_dir, state_dir=state_dir)
+        router = BuiltinRouter(state_dir / "router", listen=spec.listen, preview_listen=spec.preview_listen())
+        async with httpx.AsyncClient(trust_env=False) as http:
+            session = cls(spec, spec_dir, state_dir, store, platform, router, http, emit=emit)
+            try:
+                yield session
+            finally:
+                await router.aclose()
+                await platform.aclose()
+                store.close()
+
+    # -- locking ------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the service's deployment lock or raise ConflictError."""
+        path = self.state_dir / "deploy.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                active = self.store.active_deployment(self.spec.service)
+                what = f"deployment #{active.id} of {active.version}" if active else "another command"
+                raise ConflictError(
+                    f"{what} is in progress for {self.spec.service}; "
+                    "watch it with `turnout status`, or use `turnout promote` / `turnout abort`"
+                ) from None
+            yield
+        finally:
+            os.close(fd)
+
+    def locked(self) -> bool:
+        """True while some process holds the deployment lock."""
+        try:
+            with self.lock():
+                return False
+        except ConflictError:
+            return True
+
+    def new_executor(self) -> Executor:
+        self.executor = Executor(
+            spec=self.spec, store=self.store, platform=self.platform, router=self.router,
+            clock=self.clock, emit=self.emit, http=self.http,
+        )
+        return self.executor
+
+    def request_abort(self) -> None:
+        if self.executor is not None:
+            self.executor.request_abort()
+
+    # -- deploy -------------------------------------------------------------------
+
+    async def deploy(self, version: str, *, strategy: str | None = None) -> DeploymentRecord | None:
+        """Deploy `version`; None when it already serves all traffic."""
+        spec = self.spec
+        if strategy is not None:
+            kinds = ("big-bang", "rolling", "blue-green", "canary")
+            if strategy not in kinds:
+                raise UserError(f"--strategy: expected one of {', '.join(kinds)}, got {strategy!r}")
+            spec = spec.model_copy(update={"strategy": spec.strategy.model_copy(update={"kind": strategy})})
+        revision = Revision.of(spec, version)
+        with self.lock():
+            await self.router.ensure_running()
+            executor = self.new_executor()
+            active = self.store.active_deployment(spec.service)
+            if active is not None:
+                if active.target_revision == revision.id:
+                    self.emit(Event("info", f"resuming deployment #{active.id} at step {active.step + 1}"))
+                    return await self._resume(active)
+                self.emit(Event("info", f"deployment #{active.id} of {active.version} was interrupted; undoing it"))
+                await executor.restore(active)
+                self.store.update_deployment(active.id, phase="aborted", message="replaced by a new deployment")
+            await self.tidy()
+            self.store.save_revision(revision)
+            await executor.refresh()
+            stable = self.store.stable(spec.service)
+            serving = tuple(sorted(executor.fleet.get(stable, {}))) if stable else ()
+            if stable == revision.id and len(serving) == spec.instances:
+                await self._ensure_routed(stable, serving)
+                self.emit(Event("info", f"{version} already serves all traffic"))
+                return None
+            fleet = Fleet(target=revision.id, instances=spec.instances,
+                          stable=stable if serving else None, stable_slots=serving)
+            plan = strategies.plan(fleet, spec.strategy)
+            return await self._run_new(revision, stable if serving else None, spec.strategy.kind, plan)
+
+    async def _run_new(
+        self, revision: Revision, previous: str | None, kind: str, plan: list[Step]
+    ) -> DeploymentRecord:
+        record = self.store.create_deployment(
+            service=self.spec.service, version=revision.version, target_revision=revision.id,
+            previous_revision=previous, strategy=kind, plan=dump_plan(plan),
+            plan_hash=plan_hash(plan), owner_pid=os.getpid(),
+        )
+        self.emit(Event("info", f"deployment #{record.id}: {revision.version} with {kind}, {len(plan)} steps",
+                        data={"deployment": record.id}))
+        assert self.executor is not None
+        return await self.executor.run(record)
+
+    async def _resume(self, record: DeploymentRecord) -> DeploymentRecord:
+        record = self.store.update_deployment(record.id, owner_pid=os.getpid(), phase="progressing")
+        assert self.executor is not None
+        return await self.executor.run(record)
+
+    async def _ensure_routed(self, revision: str, slots: tuple[int, ...]) -> None:
+        table = await self.router.table()
+        if table is None or {p.revision for p in table.pools if p.weight} != {revision}:
+            assert self.executor is not None
+            await self.executor._route(Route(pools=(RoutePool(revision=revision, weight=100, slots=slots),)))
+
+    async def tidy(self) -> None:
+        """Stop what nothing needs: warm fleets past their window and orphaned instances."""
+        stable = self.store.stable(self.spec.service)
+        now = self.clock.wall()
+        table = await self.router.table()
+        routed = table.backend_ids() if table else set()
+        records = {r.instance.id: r for r in self.store.instances(self.spec.service)}
+        for instance in await self.platform.instances(self.spec.service):
+            record = records.get(instance.id)
+            warm = record is not None and record.state == "warm" and (record.warm_until or 0) > now
+            if instance.revision == stable or instance.id in routed or warm:
+                continue
+            self.emit(Event("info", f"stopping {instance.id}: no longer needed"))
+            revision = self.store.revision(instance.revision)
+            await self.platform.stop(instance, grace=revision.run.grace if revision else 5.0)
+            self.store.remove_instance(instance.id)
+
+    # -- promote, abort, rollback -------------------------------------------------
+
+    def _active(self) -> DeploymentRecord:
+        active = self.store.active_deployment(self.spec.service)
+        if active is None:
+            raise UserError(f"no deployment of {self.spec.service} is in progress")
+        return active
+
+    async def promote(self) -> DeploymentRecord:
+        active = self._active()
+        self.store.request(active.id, "promote")
+        if self.locked():
+            self.emit(Event("info", f"promote requested for deployment #{active.id}"))
+            return active
+        with self.lock():  # the deploying CLI is gone: carry the deployment on here
+            await self.router.ensure_running()
+            self.new_executor()
+            return await self._resume(active)
+
+    async def abort(self) -> DeploymentRecord:
+        active = self._active()
+        self.store.request(active.id, "abort")
+        if self.locked():
+            self.emit(Event("info", f"abort requested for deployment #{active.id}; waiting for the rollback"))
+            while True:
+                record = self.store.deployment(active.id)
+                if record is None or not record.active:
+                    assert record is not None
+                    return record
+                await asyncio.sleep(0.2)
+        with self.lock():
+            await self.router.ensure_running()
+            executor = self.new_executor()
+            await executor.restore(active)
+            return self.store.update_deployment(active.id, phase="aborted", message="aborted by request")
+
+    async def rollback(self, version: str | None = None) -> DeploymentRecord:
+        """Return to `version` (default: the revision before the stable one)."""
+        service = self.spec.service
+        with self.lock():
+            if self.store.active_deployment(service) is not None:
+                raise UserError("a deployment is in progress: use `turnout abort` to go back from it")
+            stable = self.store.stable(service)
+            target = self._rollback_target(stable, version)
+            await self.router.ensure_running()
+            executor = self.new_executor()
+            await self.tidy()
+            await executor.refresh()
+            warm = tuple(sorted(executor.fleet.get(target.id, {})))
+            current = tuple(sorted(executor.fleet.get(stable or "", {})))
+            if len(warm) >= self.spec.instances and stable:
+                plan: list[Step] = [
+                    Route(pools=(RoutePool(revision=target.id, weight=100, slots=warm),)),
+                    Promote(revision=target.id),
+                    Drain(revision=stable, slots=current),
+                    Stop(revision=stable, slots=current),
+                ]
+                kind = "flip"
+            else:
+                fleet = Fleet(target=target.id, instances=self.spec.instances,
+                              stable=stable if current else None, stable_slots=current)
+                plan = strategies.plan(fleet, self.spec.strategy)
+                kind = self.spec.strategy.kind
+            return await self._run_new(target, stable if current else None, f"rollback ({kind})", plan)
+
+    def _rollback_target(self, stable: str | None, version: str | None) -> Revision:
+        for record in self.store.history(self.spec.service, limit=100):
+            candidate: str | None
+            if version is None:
+                ok = record.phase == "succeeded" and record.target_revision == stable
+                candidate = record.previous_revision if ok else None
+            else:
+                candidate = record.target_revision if record.version == version else None
+            if candidate and candidate != stable:
+                revision = self.store.revision(candidate)
+                if revision is not None:
+                    return revision
+        if version is None:
+            raise UserError("there is no previous version to roll back to")
+        raise UserError(f"version {version!r} was never deployed here")
+
+    # -- status, history, down ----------------------------------------------------
+
+    async def status(self) -> dict[str, Any]:
+        from turnout.engine.health import probe
+
+        service = self.spec.service
+        stable = self.store.stable(service)
+        active = self.store.active_deployment(service)
+        table = await self.router.table() if self.router.running() else None
+        stats = await self.router.stats() if table is not None else None
+        instances = []
+        for record in self.store.instances(service):
+            inst = record.instance
+            alive = await self.platform.alive(inst)
+            revision = self.store.revision(inst.revision)
+            problem = await probe(self.http, inst, revision.health) if alive and revision else "not running"
+            instances.append({
+                "id": inst.id, "version": inst.version, "revision": inst.revision,
+                "address": inst.address, "pid": inst.pid, "state": record.state,
+                "healthy": problem is None, "problem": problem,
+                "in_flight": stats.in_flight.get(inst.id, 0) if stats else 0,
+            })
+        deployment = None
+        if active is not None:
+            plan = active.plan
+            deployment = {
+                "id": active.id, "version": active.version, "strategy": active.strategy,
+                "phase": active.phase, "step": active.step, "steps": len(plan),
+                "interrupted": not self.locked(), "message": active.message,
+                "current": _describe_raw(plan[active.step]) if active.step < len(plan) else None,
+            }
+        revision = self.store.revision(stable) if stable else None
+        return {
+            "service": service,
+            "listen": self.spec.listen,
+            "stable": {"revision": stable, "version": revision.version if revision else None},
+            "deployment": deployment,
+            "router": {"running": table is not None,
+                       "traffic": {p.version: round(table.share(p.revision), 1) for p in table.pools}
+                       if table else {}},
+            "instances": instances,
+        }
+
+    def history(self, limit: int = 20) -> list[DeploymentRecord]:
+        return self.store.history(self.spec.service, limit=limit)
+
+    async def down(self) -> int:
+        """Stop every instance and the router; forget the stable revision."""
+        with self.lock():
+            active = self.store.active_deployment(self.spec.service)
+            if active is not None:
+                self.store.update_deployment(active.id, phase="aborted", message="service taken down")
+            stopped = 0
+            found: dict[str, Instance] = {r.instance.id: r.instance for r in self.store.instances(self.spec.service)}
+            found.update({i.id: i for i in await self.platform.instances(self.spec.service)})
+            if self.router.running():
+                await self.router.stop()
+            for instance in found.values():
+                await self.platform.stop(instance, grace=self.spec.run.grace)
+                self.store.remove_instance(instance.id)
+                stopped += 1
+            self.store.set_stable(self.spec.service, None)
+            return stopped
+
+
+def _describe_raw(step: dict[str, Any]) -> str:
+    from turnout.engine.steps import describe, load_plan
+
+    return describe(load_plan([step])[0])
