@@ -136,9 +136,10 @@ class DemoApp:
     def render(self, request: Request, answer: Answer, *, close: bool) -> bytes:
         reason = _REASONS.get(answer.status, "Unknown")
         head = (
-            f"HTTP/1.1 {answer.status} {reason}\r\n"
-            f"Content-Length: {len(answer.body)}\r\n".encode()
-            + b"Content-Type: " + answer.content_type + b"\r\n"
+            f"HTTP/1.1 {answer.status} {reason}\r\nContent-Length: {len(answer.body)}\r\n".encode()
+            + b"Content-Type: "
+            + answer.content_type
+            + b"\r\n"
             + self._version_header
             + (b"Connection: close\r\n\r\n" if close else b"Connection: keep-alive\r\n\r\n")
         )
