@@ -6,10 +6,22 @@ messages that name the file, line and field lives in `turnout.specfile`.
 
 from __future__ import annotations
 
+import itertools
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -30,7 +42,20 @@ def parse_duration(value: object) -> float:
     raise ValueError(f"expected a duration such as 500ms, 30s or 5m, got {value!r}")
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
+_DURATION_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "number", "minimum": 0},
+        {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*(ms|s|m|h)\s*$"},
+    ],
+    "examples": ["500ms", "30s", "5m", 2],
+}
+
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    Field(ge=0),
+    WithJsonSchema(_DURATION_SCHEMA, mode="validation"),
+]
 
 
 class Count(BaseModel):
@@ -47,28 +72,53 @@ class Count(BaseModel):
         return int(-(-exact // 1)) if round_up else int(exact // 1)
 
 
+_COUNT_HELP = "expected a count such as 1 or a percentage such as 25%"
+
+
 def parse_count(value: object) -> object:
     if isinstance(value, Count | dict):
         return value
     if isinstance(value, bool):
-        raise ValueError("expected a count such as 1 or a percentage such as 25%")
+        raise ValueError(_COUNT_HELP)
     if isinstance(value, int):
         if value < 0:
             raise ValueError("a count cannot be negative")
         return Count(value=value)
     if isinstance(value, str):
         text = value.strip()
-        if text.endswith("%"):
+        if re.fullmatch(r"\d+(\.\d+)?%", text):
             number = float(text[:-1])
             if not 0 <= number <= 100:
                 raise ValueError("a percentage must be between 0% and 100%")
             return Count(value=number, percent=True)
         if text.isdigit():
             return Count(value=int(text))
-    raise ValueError(f"expected a count such as 1 or a percentage such as 25%, got {value!r}")
+    raise ValueError(f"{_COUNT_HELP}, got {value!r}")
 
 
-CountOrPercent = Annotated[Count, BeforeValidator(parse_count)]
+CountOrPercent = Annotated[
+    Count,
+    BeforeValidator(parse_count),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 0},
+                {"type": "string", "pattern": r"^\s*(\d+|\d+(\.\d+)?%)\s*$"},
+            ],
+            "examples": [1, "25%"],
+        },
+        mode="validation",
+    ),
+]
+
+
+def _numbers_as_text(value: object) -> object:
+    """YAML reads `8080` and `true` as numbers and booleans; argv and env want text."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return value
 
 
 class _Strict(BaseModel):
@@ -76,17 +126,40 @@ class _Strict(BaseModel):
 
 
 class Run(_Strict):
-    command: list[str] = Field(min_length=1, description="argv, never a shell; {port} {version} {slot}")
-    cwd: str = Field(".", description="relative to the spec file; {version} substituted")
-    env: dict[str, str] = Field(default_factory=dict)
-    grace: Duration = Field(10.0, description="SIGTERM, then SIGKILL after this long")
+    """How to start one instance of the service."""
+
+    command: list[str] = Field(
+        min_length=1, description="argv, never a shell; {port} {version} {slot}"
+    )
+    cwd: str = Field(default=".", description="relative to the spec file; {version} substituted")
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="extra environment; PORT and TURNOUT_VERSION are always set",
+    )
+    grace: Duration = Field(default=10.0, description="SIGTERM, then SIGKILL after this long")
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _argv_text(cls, value: object) -> object:
+        return [_numbers_as_text(v) for v in value] if isinstance(value, list) else value
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_text(cls, value: object) -> object:
+        if isinstance(value, dict):
+            return {k: _numbers_as_text(v) for k, v in value.items()}
+        return value
 
 
 class Health(_Strict):
-    path: str = "/healthz"
-    interval: Duration = 1.0
-    timeout: Duration = 2.0
-    deadline: Duration = 30.0
+    """The HTTP health check every new instance must pass before it gets traffic."""
+
+    path: str = Field(default="/healthz", description="requested with GET; any 2xx means healthy")
+    interval: Duration = Field(default=1.0, description="time between two checks")
+    timeout: Duration = Field(default=2.0, description="how long one check may take")
+    deadline: Duration = Field(
+        default=30.0, description="how long a new instance may take to become healthy"
+    )
 
     @field_validator("path")
     @classmethod
@@ -97,25 +170,36 @@ class Health(_Strict):
 
 
 class UserKey(_Strict):
-    header: str | None = "X-User-Id"
-    cookie: str | None = None
+    """How a request names its user: a header and/or a cookie (stickiness and targeting)."""
+
+    header: str | None = Field(
+        default="X-User-Id", description="request header holding the user key"
+    )
+    cookie: str | None = Field(default=None, description="cookie holding the user key")
 
 
 class Routing(_Strict):
+    """How the router picks an instance for a request."""
+
     user_key: UserKey = Field(default_factory=UserKey)
     preview_listen: str | None = Field(
-        None, description="where blue-green tests reach the green fleet; default: listen port + 1"
+        default=None,
+        description="where blue-green tests reach the green fleet; default: listen port + 1",
     )
-    drain_timeout: Duration = 30.0
+    drain_timeout: Duration = Field(
+        default=30.0, description="how long a removed instance may finish its in-flight requests"
+    )
 
 
 class Match(_Strict):
     """Send chosen users to the new revision: a header or cookie value, or user keys."""
 
-    header: str | None = None
-    cookie: str | None = None
-    values: list[str] = Field(default_factory=list)
-    users: list[str] = Field(default_factory=list)
+    header: str | None = Field(default=None, description="request header to compare with values")
+    cookie: str | None = Field(default=None, description="cookie to compare with values")
+    values: list[str] = Field(
+        default_factory=list, description="header or cookie values that match"
+    )
+    users: list[str] = Field(default_factory=list, description="user keys (see routing.user_key)")
 
     @model_validator(mode="after")
     def _one_kind(self) -> Match:
@@ -131,22 +215,36 @@ class Match(_Strict):
 class Gate(_Strict):
     """The canary's first gate: its error rate and p99 latency from the router's counters."""
 
-    max_error_rate: float = Field(0.01, ge=0, le=1, description="5xx and connection errors / requests")
-    max_p99: Duration = 1.0
-    min_requests: int = Field(20, ge=0)
-    interval: Duration = 5.0
+    max_error_rate: float = Field(
+        default=0.01, ge=0, le=1, description="5xx and connection errors / requests"
+    )
+    max_p99: Duration = Field(default=1.0, description="highest acceptable 99th percentile latency")
+    min_requests: int = Field(
+        default=20, ge=0, description="fewer requests than this is inconclusive"
+    )
+    interval: Duration = Field(default=5.0, description="time between two looks at the counters")
 
 
 class Analysis(_Strict):
-    duration: Duration = 30.0
-    max_error_rate: float | None = Field(None, ge=0, le=1)
-    max_p99: Duration | None = None
-    min_requests: int | None = Field(None, ge=0)
+    """A canary step that watches the new revision for a while; unset limits come from the gate."""
+
+    duration: Duration = Field(default=30.0, description="how long to watch")
+    max_error_rate: float | None = Field(
+        default=None, ge=0, le=1, description="default: strategy.gate"
+    )
+    max_p99: Duration | None = Field(default=None, description="default: strategy.gate")
+    min_requests: int | None = Field(default=None, ge=0, description="default: strategy.gate")
 
 
 class CanaryStep(_Strict):
-    weight: int | None = Field(None, ge=0, le=100)
-    pause: Duration | Literal["forever"] | None = None
+    """Exactly one of: set the canary's weight, pause (bare pause waits for promote), analyse."""
+
+    weight: int | None = Field(
+        default=None, ge=0, le=100, description="percent of traffic to the new revision"
+    )
+    pause: Duration | Literal["forever"] | None = Field(
+        default=None, description="wait this long; without a duration, wait for `turnout promote`"
+    )
     analysis: Analysis | None = None
 
     @model_validator(mode="before")
@@ -168,44 +266,104 @@ class CanaryStep(_Strict):
 
 
 class HttpTest(_Strict):
+    """A GET on the green fleet's preview address that must answer `expect_status`."""
+
     http: str = Field(description="a path requested on the preview address, e.g. /smoke")
-    expect_status: int = Field(200, ge=100, le=599)
+    expect_status: int = Field(default=200, ge=100, le=599)
 
 
 class CommandTest(_Strict):
+    """A command that must exit 0; it reaches the green fleet through TURNOUT_PREVIEW_URL."""
+
     command: list[str] = Field(min_length=1, description="argv; TURNOUT_PREVIEW_URL is set")
-    timeout: Duration = 60.0
+    timeout: Duration = Field(default=60.0, description="the test fails if it runs longer")
+
+
+def _test_kind(value: object) -> str | None:
+    if isinstance(value, HttpTest) or (isinstance(value, dict) and "http" in value):
+        return "http-test"
+    if isinstance(value, CommandTest) or (isinstance(value, dict) and "command" in value):
+        return "command-test"
+    return None
+
+
+PreviewTest = Annotated[
+    Annotated[HttpTest, Tag("http-test")] | Annotated[CommandTest, Tag("command-test")],
+    Discriminator(
+        _test_kind,
+        custom_error_type="test_kind",
+        custom_error_message="a test is either {http: /path} or {command: [argv]}",
+    ),
+]
 
 
 class Strategy(_Strict):
+    """How a new version replaces the stable one; each kind reads its own parameters."""
+
     kind: Literal["big-bang", "rolling", "blue-green", "canary", "feature-toggle"] = "rolling"
     # rolling
-    max_surge: CountOrPercent = Field(default_factory=lambda: Count(value=1))
-    max_unavailable: CountOrPercent = Field(default_factory=lambda: Count(value=0))
+    max_surge: CountOrPercent = Field(
+        default_factory=lambda: Count(value=1),
+        description="rolling: instances above the fleet size",
+    )
+    max_unavailable: CountOrPercent = Field(
+        default_factory=lambda: Count(value=0),
+        validate_default=True,
+        description="rolling: instances below the fleet size",
+    )
     # blue-green
-    tests: list[HttpTest | CommandTest] = Field(default_factory=list)
-    auto_promote: bool = True
-    rollback_window: Duration = 300.0
+    tests: list[PreviewTest] = Field(
+        default_factory=list, description="blue-green: checks on the green fleet before the switch"
+    )
+    auto_promote: bool = Field(default=True, description="blue-green: switch when the tests pass")
+    rollback_window: Duration = Field(
+        default=300.0, description="blue-green: keep the blue fleet warm this long after the switch"
+    )
     # canary
-    steps: list[CanaryStep] = Field(default_factory=list)
-    match: list[Match] = Field(default_factory=list)
+    steps: list[CanaryStep] = Field(
+        default_factory=list, description="canary: weights, pauses, analyses"
+    )
+    match: list[Match] = Field(default_factory=list, description="canary: users sent to the canary")
     gate: Gate = Field(default_factory=Gate)
 
-    @model_validator(mode="after")
-    def _check(self) -> Strategy:
-        if self.kind == "rolling" and self.max_surge.value == 0 and self.max_unavailable.value == 0:
+    @field_validator("max_unavailable")
+    @classmethod
+    def _something_moves(cls, value: Count, info: ValidationInfo) -> Count:
+        surge = info.data.get("max_surge")
+        if (
+            info.data.get("kind") == "rolling"
+            and surge is not None
+            and surge.value == 0 == value.value
+        ):
             raise ValueError("max_surge and max_unavailable cannot both be 0: nothing could move")
-        if self.kind == "canary":
-            weights = [s.weight for s in self.steps if s.weight is not None]
-            if weights != sorted(weights):
-                raise ValueError("canary step weights must not decrease")
-        return self
+        return value
+
+    @field_validator("steps")
+    @classmethod
+    def _weights_rise(cls, value: list[CanaryStep], info: ValidationInfo) -> list[CanaryStep]:
+        if info.data.get("kind") == "canary":
+            weights = [s.weight for s in value if s.weight is not None]
+            for before, after in itertools.pairwise(weights):
+                if after < before:
+                    raise ValueError(
+                        f"canary step weights must not decrease: {before} then {after}"
+                    )
+        return value
 
 
 class Spec(_Strict):
-    service: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")
-    listen: str = Field("127.0.0.1:8080", description="host:port where users connect: the router")
-    instances: int = Field(1, ge=1, le=256)
+    """One service and how to deploy it: the contents of turnout.yaml."""
+
+    service: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$",
+        description="the service's name: lowercase, digits, . _ -",
+    )
+    listen: str = Field(
+        default="127.0.0.1:8080", description="host:port where users connect: the router"
+    )
+    instances: int = Field(
+        default=1, ge=1, le=256, description="how many copies of each revision run"
+    )
     run: Run
     health: Health = Field(default_factory=Health)
     routing: Routing = Field(default_factory=Routing)
