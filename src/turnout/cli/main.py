@@ -1,0 +1,235 @@
+"""The `turnout` command: a thin shell over `turnout.service`.
+
+Exit codes (the contract scripts rely on): 0 success; 1 other error; 2 invalid input and
+nothing changed; 3 the deployment failed or was aborted and the previous version serves.
+No command ever prompts, so a script without a terminal never waits for an answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from turnout.cli.render import Printer
+from turnout.errors import TurnoutError, UserError
+from turnout.service import Session
+from turnout.specfile import find_spec, spec_json_schema
+from turnout.store.db import DeploymentRecord
+
+T = TypeVar("T")
+FILE_OPTION = click.option("-f", "--file", "spec_file", default=None, help="spec file (default: ./turnout.yaml)")
+SET_OPTION = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                          help="override one spec field by dotted path, e.g. run.env.MODE=dev")
+
+
+def run_async(work: Callable[[], Awaitable[T]]) -> T:
+    """Run `work` on uvloop (asyncio's loop if uvloop is missing)."""
+    try:
+        import uvloop
+
+        runner: Any = uvloop.run
+    except ImportError:  # pragma: no cover
+        runner = asyncio.run
+    return runner(work())  # type: ignore[no-any-return]
+
+
+def fail(exc: TurnoutError) -> None:
+    click.echo(f"error: {exc}", err=True)
+    sys.exit(exc.exit_code)
+
+
+class TurnoutGroup(click.Group):
+    """Turns TurnoutError into its message and exit code; click usage errors exit 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except TurnoutError as exc:
+            fail(exc)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=TurnoutGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="turnout")
+def cli() -> None:
+    """Progressive delivery for HTTP services that run as processes."""
+
+
+def _spec_path(spec_file: str | None) -> Path:
+    return find_spec(Path.cwd(), spec_file)
+
+
+def _exit_for(record: DeploymentRecord | None) -> int:
+    if record is None or record.phase == "succeeded":
+        return 0
+    if record.phase in ("aborted", "failed"):
+        return 3
+    return 0  # still progressing elsewhere (promote/abort requests)
+
+
+@cli.command()
+@click.argument("version")
+@FILE_OPTION
+@click.option("--strategy", default=None, help="big-bang | rolling | blue-green | canary")
+@SET_OPTION
+@click.option("--json", "as_json", is_flag=True, help="print events as JSON lines")
+def deploy(version: str, spec_file: str | None, strategy: str | None, overrides: tuple[str, ...],
+           as_json: bool) -> None:
+    """Deploy VERSION and follow it to its end."""
+    if not version.strip() or any(c.isspace() for c in version):
+        raise UserError(f"VERSION: expected a label without spaces, got {version!r}")
+    path = _spec_path(spec_file)
+    printer = Printer(as_json=as_json)
+
+    async def work() -> DeploymentRecord | None:
+        async with Session.open(path, overrides, emit=printer.event) as session:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, _interrupt(session, printer))
+            return await session.deploy(version, strategy=strategy)
+
+    record = run_async(work)
+    printer.outcome(record)
+    sys.exit(_exit_for(record))
+
+
+def _interrupt(session: Session, printer: Printer) -> Callable[[], None]:
+    def handler() -> None:
+        printer.note("interrupted: rolling back to the previous version (this finishes on its own)")
+        session.request_abort()
+
+    return handler
+
+
+@cli.command()
+@FILE_OPTION
+@click.option("--json", "as_json", is_flag=True)
+def status(spec_file: str | None, as_json: bool) -> None:
+    """Stable revision, deployment in progress, traffic split, instances and health."""
+    path = _spec_path(spec_file)
+
+    async def work() -> dict[str, Any]:
+        async with Session.open(path) as session:
+            return await session.status()
+
+    data = run_async(work)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        Printer().status(data)
+
+
+def _simple(action: str) -> Callable[..., None]:
+    def command(spec_file: str | None) -> None:
+        path = _spec_path(spec_file)
+        printer = Printer()
+
+        async def work() -> DeploymentRecord:
+            async with Session.open(path, emit=printer.event) as session:
+                method: Callable[[], Awaitable[DeploymentRecord]] = getattr(session, action)
+                return await method()
+
+        record = run_async(work)
+        printer.outcome(record)
+        if action == "abort":
+            sys.exit(0 if record.phase == "aborted" else 1)
+        sys.exit(_exit_for(record))
+
+    return command
+
+
+cli.command("promote", help="Continue a paused deployment.")(FILE_OPTION(_simple("promote")))
+cli.command("abort", help="Stop the deployment in progress and go back to the stable version.")(
+    FILE_OPTION(_simple("abort"))
+)
+
+
+@cli.command()
+@click.argument("version", required=False)
+@FILE_OPTION
+def rollback(version: str | None, spec_file: str | None) -> None:
+    """Return to VERSION (default: the version before the stable one)."""
+    path = _spec_path(spec_file)
+    printer = Printer()
+
+    async def work() -> DeploymentRecord:
+        async with Session.open(path, emit=printer.event) as session:
+            return await session.rollback(version)
+
+    record = run_async(work)
+    printer.outcome(record)
+    sys.exit(_exit_for(record))
+
+
+@cli.command()
+@FILE_OPTION
+@click.option("--json", "as_json", is_flag=True)
+@click.option("-n", "--limit", default=20, type=click.IntRange(1, 1000))
+def history(spec_file: str | None, as_json: bool, limit: int) -> None:
+    """Past deployments, newest first."""
+    path = _spec_path(spec_file)
+
+    async def work() -> list[DeploymentRecord]:
+        async with Session.open(path) as session:
+            return session.history(limit)
+
+    records = run_async(work)
+    Printer(as_json=as_json).history(records)
+
+
+@cli.command()
+@FILE_OPTION
+def down(spec_file: str | None) -> None:
+    """Stop every instance of the service and its router."""
+    path = _spec_path(spec_file)
+
+    async def work() -> int:
+        async with Session.open(path) as session:
+            return await session.down()
+
+    stopped = run_async(work)
+    click.echo(f"stopped {stopped} instance(s) and the router")
+
+
+@cli.command()
+def schema() -> None:
+    """Print the JSON Schema of the spec file, for editors."""
+    click.echo(json.dumps(spec_json_schema(), indent=2))
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def proxy(ctx: click.Context) -> None:
+    """Run the builtin router (normally started by turnout itself)."""
+    from turnout.routers.proxy.supervisor import main as proxy_main
+
+    sys.exit(proxy_main(list(ctx.args)))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="print the rows as a JSON list")
+@click.option("--rate", default=200.0, type=click.FloatRange(1, 2000), help="requests per second")
+@click.option("--strategy", "only", multiple=True, help="run only these strategies")
+def demo(as_json: bool, rate: float, only: tuple[str, ...]) -> None:
+    """Deploy a sample service with each strategy under live load; print what was measured."""
+    from turnout.demo.runner import run_demo
+
+    rows = run_async(lambda: run_demo(rate=rate, only=only, quiet=as_json))
+    if as_json:
+        click.echo(json.dumps([row.as_json() for row in rows], indent=2))
+    else:
+        Printer().demo(rows)
+    sys.exit(0 if all(row.ok for row in rows) else 1)
+
+
+def main() -> None:
+    cli(prog_name="turnout")

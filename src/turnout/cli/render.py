@@ -1,0 +1,92 @@
+"""How the CLI shows progress, status, history and the demo table (rich, or JSON lines)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.table import Table
+
+from turnout.engine.events import Event
+from turnout.store.db import DeploymentRecord
+
+if TYPE_CHECKING:
+    from turnout.demo.runner import DemoRow
+
+STYLES = {"rollback": "bold red", "failed": "bold red", "succeeded": "bold green", "gate": "cyan",
+          "paused": "yellow", "warning": "yellow", "traffic": "magenta"}
+
+
+class Printer:
+    def __init__(self, *, as_json: bool = False) -> None:
+        self.as_json = as_json
+        self.out = Console(highlight=False, soft_wrap=True)
+        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+    def event(self, event: Event) -> None:
+        if self.as_json:
+            print(json.dumps({"at": time.time(), **asdict(event)}), flush=True)
+            return
+        prefix = f"[{event.step}/{event.total}] " if event.step is not None else "  "
+        style = STYLES.get(event.kind, "")
+        self.out.print(f"{prefix}{event.message}", style=style, markup=False)
+
+    def note(self, message: str) -> None:
+        self.err.print(message, style="yellow", markup=False)
+
+    def outcome(self, record: DeploymentRecord | None) -> None:
+        if record is None:
+            return
+        line = f"deployment #{record.id} of {record.version}: {record.phase}"
+        if record.message:
+            line += f" ({record.message})"
+        if self.as_json:
+            print(json.dumps({"deployment": record.id, "phase": record.phase, "message": record.message}))
+            return
+        style = "bold green" if record.phase == "succeeded" else "bold red"
+        self.out.print(line, style=style if record.phase in ("succeeded", "failed", "aborted") else "",
+                       markup=False)
+
+    def status(self, data: dict[str, Any]) -> None:
+        stable = data["stable"]
+        self.out.print(f"service  {data['service']}  listening on {data['listen']}", markup=False)
+        self.out.print(f"stable   {stable['version'] or '-'} ({stable['revision'] or 'none'})", markup=False)
+        deployment = data["deployment"]
+        if deployment:
+            state = "INTERRUPTED (run `turnout deploy "+deployment["version"]+"` to resume or `turnout abort`)" \
+                if deployment["interrupted"] else deployment["phase"]
+            self.out.print(
+                f"deploy   #{deployment['id']} {deployment['version']} ({deployment['strategy']}): {state}, "
+                f"step {deployment['step'] + 1}/{deployment['steps']}: {deployment['current'] or 'done'}",
+                markup=False,
+            )
+        router = data["router"]
+        split = ", ".join(f"{v} {w}%" for v, w in router["traffic"].items()) or "-"
+        self.out.print(f"router   {'running' if router['running'] else 'stopped'}; traffic: {split}", markup=False)
+        table = Table("instance", "version", "address", "pid", "state", "health", "in flight")
+        for inst in data["instances"]:
+            health = "healthy" if inst["healthy"] else f"unhealthy: {inst['problem']}"
+            table.add_row(inst["id"], inst["version"], inst["address"], str(inst["pid"]), inst["state"],
+                          health, str(inst["in_flight"]))
+        self.out.print(table)
+
+    def history(self, records: list[DeploymentRecord]) -> None:
+        if self.as_json:
+            print(json.dumps([asdict(r) | {"plan": len(r.plan)} for r in records], indent=2, default=str))
+            return
+        table = Table("#", "version", "strategy", "phase", "started", "took", "message")
+        for r in records:
+            took = f"{(r.finished_at or time.time()) - r.created_at:.1f}s"
+            started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created_at))
+            table.add_row(str(r.id), r.version, r.strategy, r.phase, started, took, r.message[:60])
+        self.out.print(table)
+
+    def demo(self, rows: list[DemoRow]) -> None:
+        table = Table("strategy", "requests", "failed", "longest gap", "exposed users", "duration", "outcome")
+        for row in rows:
+            table.add_row(row.strategy, str(row.requests), str(row.failed), f"{row.longest_gap_s:.2f}s",
+                          str(row.exposed_users), f"{row.duration_s:.1f}s", row.outcome)
+        self.out.print(table)

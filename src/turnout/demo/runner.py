@@ -1,0 +1,139 @@
+"""`turnout demo`: a sample service under live load, deployed with each strategy in turn.
+
+The demo writes a spec for the bundled app into a temporary folder, deploys v1, then
+for each strategy deploys the next version while a constant-rate load records every
+response, and measures what a user would have seen: failed requests, the longest time
+without a successful response, and how many users met the new version before it took
+all traffic.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from turnout.demo.load import Load
+from turnout.engine.events import Event
+from turnout.service import Session
+
+STRATEGIES: dict[str, dict[str, object]] = {
+    "big-bang": {"kind": "big-bang"},
+    "rolling": {"kind": "rolling", "max_surge": 1, "max_unavailable": 0},
+    "blue-green": {"kind": "blue-green", "tests": [{"http": "/healthz"}], "rollback_window": "10s"},
+    "canary": {"kind": "canary", "steps": [{"weight": 10}, {"pause": "2s"}, {"weight": 50}, {"pause": "2s"}],
+               "gate": {"interval": "1s", "min_requests": 20}},
+}
+
+
+@dataclass(frozen=True)
+class DemoRow:
+    strategy: str
+    requests: int
+    failed: int
+    longest_gap_s: float
+    exposed_users: int
+    duration_s: float
+    outcome: str
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "succeeded"
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "strategy": self.strategy, "requests": self.requests, "failed": self.failed,
+            "longest_gap_s": round(self.longest_gap_s, 3), "exposed_users": self.exposed_users,
+            "duration_s": round(self.duration_s, 2), "outcome": self.outcome,
+        }
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def write_spec(folder: Path, port: int, instances: int = 3) -> Path:
+    spec = {
+        "service": "demo",
+        "listen": f"127.0.0.1:{port}",
+        "instances": instances,
+        "run": {"command": [sys.executable, "-m", "turnout.demo.app", "--port", "{port}"], "grace": "5s"},
+        "health": {"path": "/healthz", "interval": "100ms", "timeout": "1s", "deadline": "20s"},
+        "routing": {"user_key": {"header": "X-User-Id"}, "preview_listen": f"127.0.0.1:{free_port()}",
+                    "drain_timeout": "10s"},
+    }
+    path = folder / "turnout.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+class Cutover:
+    """Notes when the new revision first takes all traffic (events of kind `traffic`)."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.at: float | None = None
+        self.quiet = quiet
+        self.target: str | None = None
+
+    def __call__(self, event: Event) -> None:
+        if event.kind == "traffic" and self.target is not None and self.at is None:
+            weights = {k: v for k, v in event.data.get("weights", {}).items() if v}
+            if list(weights) == [self.target]:
+                self.at = time.monotonic()
+        if not self.quiet:
+            print(f"    {event.message}", flush=True)
+
+
+async def run_demo(*, rate: float = 200.0, only: tuple[str, ...] = (), quiet: bool = False) -> list[DemoRow]:
+    chosen = [name for name in STRATEGIES if not only or name in only]
+    rows: list[DemoRow] = []
+    with tempfile.TemporaryDirectory(prefix="turnout-demo-") as tmp:
+        port = free_port()
+        path = write_spec(Path(tmp), port)
+        cutover = Cutover(quiet)
+        async with Session.open(path, emit=cutover) as session:
+            try:
+                if not quiet:
+                    print("deploying v1 (the first release)", flush=True)
+                await session.deploy("v1")
+                for number, name in enumerate(chosen, start=2):
+                    rows.append(await _one(session, path, port, name, f"v{number}", rate, cutover, quiet))
+            finally:
+                await session.down()
+    return rows
+
+
+async def _one(session: Session, path: Path, port: int, name: str, version: str, rate: float,
+               cutover: Cutover, quiet: bool) -> DemoRow:
+    if not quiet:
+        print(f"\n{name}: deploying {version} under {rate:g} req/s", flush=True)
+    overrides = tuple(f"strategy.{k}={yaml.safe_dump(v, default_flow_style=True).strip()}"
+                      for k, v in STRATEGIES[name].items())
+    async with Session.open(path, overrides, emit=cutover) as run:
+        from turnout.model import Revision
+
+        cutover.target, cutover.at = Revision.of(run.spec, version).id, None
+        async with Load(f"http://127.0.0.1:{port}/", rate=rate, users=200, max_seconds=300) as load:
+            started = time.monotonic()
+            record = await run.deploy(version)
+            duration = time.monotonic() - started
+            await _settle(1.0)
+        summary = load.summary(new_version=version, until=cutover.at)
+    del session
+    outcome = record.phase if record is not None else "succeeded"
+    return DemoRow(name, summary.requests, summary.failed, summary.longest_gap_s,
+                   summary.exposed_users, duration, outcome)
+
+
+async def _settle(seconds: float) -> None:
+    import asyncio
+
+    await asyncio.sleep(seconds)

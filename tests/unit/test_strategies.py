@@ -1,0 +1,173 @@
+"""Strategies as tables: spec parameters and a fleet in, steps out; plus plan invariants."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from turnout.engine.steps import (
+    Drain,
+    KeepWarm,
+    Pause,
+    Promote,
+    Route,
+    RunTests,
+    Start,
+    Step,
+    Stop,
+    WaitHealthy,
+    describe,
+    dump_plan,
+    load_plan,
+)
+from turnout.spec import Strategy
+from turnout.strategies import Fleet, plan
+
+FLEET = Fleet(target="v2", instances=3, stable="v1", stable_slots=(0, 1, 2))
+
+
+def lines(steps: list[Step]) -> list[str]:
+    return [describe(s) for s in steps]
+
+
+def test_first_release_is_the_same_for_every_strategy() -> None:
+    first = Fleet(target="v1", instances=2)
+    for kind in ("big-bang", "rolling", "blue-green", "canary"):
+        assert lines(plan(first, Strategy(kind=kind))) == [
+            "start v1 slots [0, 1]",
+            "wait until healthy: v1 slots [0, 1]",
+            "route: v1 100 (2 inst)",
+            "promote v1 to stable",
+        ]
+
+
+def test_big_bang_takes_everything_out_then_puts_everything_in() -> None:
+    assert lines(plan(FLEET, Strategy(kind="big-bang"))) == [
+        "route: none",
+        "drain v1 slots [0, 1, 2]",
+        "stop v1 slots [0, 1, 2]",
+        "start v2 slots [0, 1, 2]",
+        "wait until healthy: v2 slots [0, 1, 2]",
+        "route: v2 100 (3 inst)",
+        "promote v2 to stable",
+    ]
+
+
+def test_rolling_one_at_a_time_with_surge() -> None:
+    assert lines(plan(FLEET, Strategy(kind="rolling", max_surge=1, max_unavailable=0)))[:5] == [
+        "start v2 slots [0]",
+        "wait until healthy: v2 slots [0]",
+        "route: v2 1 (1 inst), v1 2 (2 inst)",
+        "drain v1 slots [0]",
+        "stop v1 slots [0]",
+    ]
+
+
+def test_rolling_without_surge_retires_first() -> None:
+    steps = lines(plan(FLEET, Strategy(kind="rolling", max_surge=0, max_unavailable=1)))
+    assert steps[:3] == ["route: v1 2 (2 inst)", "drain v1 slots [0]", "stop v1 slots [0]"]
+
+
+def test_rolling_full_surge_is_one_batch() -> None:
+    steps = lines(plan(FLEET, Strategy(kind="rolling", max_surge="100%")))
+    assert steps == [
+        "start v2 slots [0, 1, 2]",
+        "wait until healthy: v2 slots [0, 1, 2]",
+        "route: v2 3 (3 inst)",
+        "drain v1 slots [0, 1, 2]",
+        "stop v1 slots [0, 1, 2]",
+        "promote v2 to stable",
+    ]
+
+
+def test_rolling_refuses_zero_zero() -> None:
+    with pytest.raises(ValueError, match="cannot both be 0"):
+        Strategy(kind="rolling", max_surge=0, max_unavailable=0)
+
+
+@given(
+    n=st.integers(1, 8),
+    surge=st.integers(0, 4),
+    unavailable=st.integers(0, 4),
+    old=st.integers(1, 8),
+)
+def test_rolling_invariants(n: int, surge: int, unavailable: int, old: int) -> None:
+    """Never below n - max_unavailable routed, never above n + max_surge running, ends all-new."""
+    if surge == 0 and unavailable == 0:
+        return
+    fleet = Fleet(target="new", instances=n, stable="old", stable_slots=tuple(range(old)))
+    running = {("old", s) for s in range(old)}
+    routed_min = min(n, old)
+    healthy: set[tuple[str, int]] = set()
+    last_route: Route | None = None
+    for step in plan(fleet, Strategy(kind="rolling", max_surge=surge, max_unavailable=unavailable)):
+        if isinstance(step, Start):
+            running |= {(step.revision, s) for s in step.slots}
+            assert len(running) <= max(n, old) + surge
+        elif isinstance(step, WaitHealthy):
+            healthy |= {(step.revision, s) for s in step.slots}
+        elif isinstance(step, Route):
+            routed = [(p.revision, s) for p in step.pools for s in p.slots]
+            assert len(routed) >= routed_min - unavailable
+            for revision, slot in routed:
+                assert revision == "old" or (revision, slot) in healthy, "routed before healthy"
+            last_route = step
+        elif isinstance(step, Stop):
+            assert last_route is not None
+            still = {(p.revision, s) for p in last_route.pools for s in p.slots}
+            assert not ({(step.revision, s) for s in step.slots} & still), "stopped while routed"
+            running -= {(step.revision, s) for s in step.slots}
+    assert running == {("new", s) for s in range(n)}
+    assert last_route is not None and [p.revision for p in last_route.pools] == ["new"]
+
+
+def test_blue_green_tests_green_on_preview_then_switches_once() -> None:
+    params = Strategy(kind="blue-green", tests=[{"http": "/smoke"}], rollback_window="5m")
+    steps = plan(FLEET, params)
+    assert [type(s) for s in steps] == [Start, WaitHealthy, Route, RunTests, Route, Promote, KeepWarm]
+    preview = steps[2]
+    assert isinstance(preview, Route) and preview.preview == "v2"
+    assert [p.revision for p in preview.pools] == ["v1"]
+    switch = steps[4]
+    assert isinstance(switch, Route) and [p.revision for p in switch.pools] == ["v2"]
+    warm = steps[6]
+    assert isinstance(warm, KeepWarm) and warm.seconds == 300 and warm.slots == (0, 1, 2)
+
+
+def test_blue_green_without_auto_promote_pauses_for_a_human() -> None:
+    steps = plan(FLEET, Strategy(kind="blue-green", auto_promote=False))
+    assert Pause(seconds=None) in steps
+
+
+def test_canary_grows_its_fleet_with_its_weight_and_keeps_new_first() -> None:
+    params = Strategy(kind="canary", steps=[{"weight": 10}, {"pause": "30s"}, {"weight": 50}, {"pause": None},
+                                            {"analysis": {"duration": "1m"}}])
+    steps = plan(FLEET, params)
+    routes = [s for s in steps if isinstance(s, Route)]
+    assert [[(p.revision, p.weight, len(p.slots)) for p in r.pools] for r in routes] == [
+        [("v2", 10, 1), ("v1", 90, 3)],
+        [("v2", 50, 2), ("v1", 50, 3)],
+        [("v2", 100, 3)],
+    ]
+    pauses = [s for s in steps if isinstance(s, Pause)]
+    assert [p.seconds for p in pauses] == [30.0, None]
+    assert all(p.watch == "v2" for p in pauses)
+    assert isinstance(steps[-1], Stop) and isinstance(steps[-2], Drain)
+
+
+def test_canary_match_rules_reach_the_canary_before_any_weight() -> None:
+    params = Strategy(kind="canary", steps=[{"weight": 20}], match=[{"users": ["alice", "bob"]}])
+    steps = plan(FLEET, params)
+    first_route = next(s for s in steps if isinstance(s, Route))
+    assert first_route.pools[0].weight == 0 and first_route.match[0].users == ("alice", "bob")
+
+
+def test_plans_round_trip_through_json() -> None:
+    for kind in ("big-bang", "rolling", "blue-green", "canary"):
+        params = Strategy(kind=kind, steps=[{"weight": 10}, {"pause": None}], tests=[{"command": ["true"]}]) \
+            if kind in ("canary", "blue-green") else Strategy(kind=kind)
+        if kind == "canary":
+            params = Strategy(kind=kind, steps=[{"weight": 10}, {"pause": None}])
+        steps = plan(FLEET, params)
+        assert load_plan(dump_plan(steps)) == steps
