@@ -1,0 +1,152 @@
+"""The admin API on the unix socket, and the table file a new worker starts from.
+
+A tiny HTTP/1.1 handler on httptools (no framework):
+`PUT /table` validates a `RoutingTable`, refuses (409) one older than the table in effect,
+writes `table.json` durably (temp file, fsync, rename, fsync of the directory), swaps it in
+and only then answers 200 with the table; `GET /table`, `GET /stats`, `GET /healthz`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from pathlib import Path
+from typing import cast
+
+from httptools import HttpParserError, HttpRequestParser
+from pydantic import ValidationError
+
+from turnout.routers.proxy.server import Proxy
+from turnout.routers.table import RoutingTable
+
+TABLE_FILE = "table.json"
+MAX_BODY = 8 * 1024 * 1024
+REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
+           409: b"Conflict", 413: b"Content Too Large", 500: b"Internal Server Error"}
+
+log = logging.getLogger("turnout.proxy")
+
+
+def save_table(state_dir: Path, table: RoutingTable) -> None:
+    """Write the table so that a crash leaves either the old or the new file, never half."""
+    path = state_dir / TABLE_FILE
+    tmp = path.with_suffix(".json.tmp")
+    data = table.model_dump_json(indent=2).encode()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(state_dir, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def load_table(state_dir: Path) -> RoutingTable:
+    """The persisted table, or an empty one when there is none (or it cannot be read)."""
+    path = state_dir / TABLE_FILE
+    try:
+        return RoutingTable.model_validate_json(path.read_bytes())
+    except FileNotFoundError:
+        return RoutingTable()
+    except (OSError, ValidationError) as exc:
+        log.error("ignoring unreadable %s: %s", path, exc)
+        return RoutingTable()
+
+
+class AdminConn(asyncio.Protocol):
+    def __init__(self, proxy: Proxy, state_dir: Path) -> None:
+        self.proxy = proxy
+        self.state_dir = state_dir
+        self.parser = HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.url = b""
+        self.body: list[bytes] = []
+        self.size = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except HttpParserError:
+            self._respond(400, {"error": "malformed HTTP request"}, close=True)
+
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.body = []
+        self.size = 0
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_body(self, body: bytes) -> None:
+        self.size += len(body)
+        if self.size <= MAX_BODY:
+            self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        method = self.parser.get_method().decode()
+        path = self.url.split(b"?", 1)[0].decode("latin-1")
+        status: int
+        payload: object
+        if self.size > MAX_BODY:
+            status, payload = 413, {"error": "body too large"}
+        else:
+            try:
+                status, payload = self._handle(method, path, b"".join(self.body))
+            except Exception as exc:
+                log.exception("admin request failed")
+                status, payload = 500, {"error": str(exc)}
+        self._respond(status, payload, close=not self.parser.should_keep_alive())
+
+    def _handle(self, method: str, path: str, body: bytes) -> tuple[int, object]:
+        proxy = self.proxy
+        if path == "/healthz":
+            worker = proxy.metrics.worker
+            return 200, {"ok": True, "worker": worker, "pid": os.getpid(), **proxy.addresses}
+        if path == "/stats" and method == "GET":
+            table = proxy.plan.table
+            stats = proxy.metrics.snapshot(table.generation, table.backend_ids())
+            return 200, stats.model_dump(mode="json")
+        if path == "/table" and method == "GET":
+            return 200, proxy.plan.table.model_dump(mode="json")
+        if path == "/table" and method == "PUT":
+            return self._put_table(body)
+        if path in ("/healthz", "/stats", "/table"):
+            return 405, {"error": f"{method} not allowed on {path}"}
+        return 404, {"error": f"no such resource {path}"}
+
+    def _put_table(self, body: bytes) -> tuple[int, object]:
+        try:
+            table = RoutingTable.model_validate_json(body)
+        except ValidationError as exc:
+            return 400, {"error": f"invalid routing table: {exc}"}
+        current = self.proxy.plan.table.generation
+        if table.generation < current:
+            return 409, {"error": f"generation {table.generation} is older than {current}"}
+        save_table(self.state_dir, table)
+        self.proxy.swap(table)
+        return 200, table.model_dump(mode="json")
+
+    def _respond(self, status: int, payload: object, *, close: bool) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        body = json.dumps(payload).encode()
+        head = b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n" % (
+            status,
+            REASONS.get(status, b"Unknown"),
+            len(body),
+        )
+        if close:
+            head += b"Connection: close\r\n"
+        self.transport.write(head + b"\r\n" + body)
+        if close:
+            self.transport.close()

@@ -1,0 +1,203 @@
+"""The balancer: a `RoutingTable` compiled into lookup structures a request walks in O(1).
+
+Compiling happens once per applied table (`Plan.compile`); the worker then swaps one
+reference, so a request always sees one whole table. Per request the work is: the match
+rules in order (dict and set lookups), else the user key's MurmurHash3 bucket found by
+bisection over consecutive bucket ranges, else a random bucket over the same ranges; then
+round robin inside the chosen pool. Everything here is pure and unit tested on its own.
+"""
+
+from __future__ import annotations
+
+import random
+from bisect import bisect_right
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import mmh3
+
+from turnout.routers.table import BUCKETS, MatchRule, Pool, RoutingTable
+
+COOKIE = b"cookie"
+
+
+@dataclass(slots=True, frozen=True)
+class BackendRef:
+    """One backend as the data path needs it: id for counters, host/port to connect."""
+
+    id: str
+    revision: str
+    host: str
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(slots=True)
+class PoolPlan:
+    """A pool's backends with a round-robin cursor."""
+
+    revision: str
+    backends: tuple[BackendRef, ...]
+    cursor: int = 0
+
+    def pick(self) -> BackendRef | None:
+        if not self.backends:
+            return None
+        self.cursor = (self.cursor + 1) % len(self.backends)
+        return self.backends[self.cursor]
+
+
+@dataclass(slots=True, frozen=True)
+class _Rule:
+    pool: PoolPlan
+    header: bytes | None
+    cookie: str | None
+    values: frozenset[bytes]
+    users: frozenset[bytes]
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def bucket_of(key: bytes | str) -> int:
+    """The stickiness bucket of a user key (the contract in `turnout.routers.table`)."""
+    return int(mmh3.hash(key, signed=False)) % BUCKETS
+
+
+def bucket_ends(weights: list[int]) -> list[int]:
+    """Exclusive upper bucket of each pool's consecutive range, in proportion to weight.
+
+    Cumulative flooring makes the ranges monotonic: when the first pool's weight grows at the
+    expense of later ones, its range only extends, so a user only ever moves towards it.
+    """
+    total = sum(weights)
+    if total <= 0:
+        return []
+    ends: list[int] = []
+    running = 0
+    for weight in weights:
+        running += weight
+        ends.append(BUCKETS * running // total)
+    return ends
+
+
+def parse_cookies(header: bytes) -> dict[str, bytes]:
+    cookies: dict[str, bytes] = {}
+    for part in header.split(b";"):
+        name, sep, value = part.partition(b"=")
+        if sep:
+            cookies.setdefault(name.strip().decode("latin-1"), value.strip().strip(b'"'))
+    return cookies
+
+
+@dataclass(slots=True)
+class Plan:
+    """A compiled routing table. `route` reads only lowercase header names from `wanted`."""
+
+    table: RoutingTable
+    pools: dict[str, PoolPlan]
+    rules: tuple[_Rule, ...]
+    ends: list[int]
+    ranged: list[PoolPlan]
+    key_header: bytes | None
+    key_cookie: str | None
+    preview: PoolPlan | None
+    wanted: frozenset[bytes] = field(default_factory=frozenset)
+    addresses: frozenset[str] = field(default_factory=frozenset)
+
+    @classmethod
+    def compile(cls, table: RoutingTable) -> Plan:
+        pools = {p.revision: _pool_plan(p) for p in table.pools}
+        rules = tuple(_compile_rule(r, pools) for r in table.rules if r.revision in pools)
+        ranged_src = [p for p in table.pools if p.backends and p.weight > 0]
+        key_header = table.user_key.header.lower().encode() if table.user_key.header else None
+        wanted = {r.header for r in rules if r.header}
+        if key_header:
+            wanted.add(key_header)
+        if table.user_key.cookie or any(r.cookie for r in rules):
+            wanted.add(COOKIE)
+        return cls(
+            table=table,
+            pools=pools,
+            rules=rules,
+            ends=bucket_ends([p.weight for p in ranged_src]),
+            ranged=[pools[p.revision] for p in ranged_src],
+            key_header=key_header,
+            key_cookie=table.user_key.cookie,
+            preview=pools.get(table.preview) if table.preview else None,
+            wanted=frozenset(wanted),
+            addresses=frozenset(b.address for p in pools.values() for b in p.backends),
+        )
+
+    def route(self, headers: Mapping[bytes, bytes]) -> PoolPlan | None:
+        """The pool for a request whose wanted headers (lowercase names) are `headers`."""
+        cookies: dict[str, bytes] | None = None
+        if COOKIE in headers and (self.key_cookie or self.rules):
+            cookies = parse_cookies(headers[COOKIE])
+        key = self._user_key(headers, cookies)
+        for rule in self.rules:
+            if _matches(rule, headers, cookies, key):
+                return rule.pool
+        if not self.ends:
+            return None
+        bucket = bucket_of(key) if key is not None else random.randrange(BUCKETS)
+        return self.ranged[bisect_right(self.ends, bucket)]
+
+    def bucket_pool(self, bucket: int) -> str | None:
+        """The revision a bucket maps to (for tests and diagnostics)."""
+        if not self.ends:
+            return None
+        return self.ranged[bisect_right(self.ends, bucket)].revision
+
+    def fallbacks(self, first: PoolPlan) -> list[BackendRef]:
+        """Backends to try after a failed connect: the rest of `first`, then other pools."""
+        others = [b for p in self.pools.values() if p is not first for b in p.backends]
+        return [*first.backends, *others]
+
+    def _user_key(
+        self, headers: Mapping[bytes, bytes], cookies: dict[str, bytes] | None
+    ) -> bytes | None:
+        if self.key_header is not None:
+            value = headers.get(self.key_header)
+            if value:
+                return value
+        if self.key_cookie is not None and cookies:
+            return cookies.get(self.key_cookie) or None
+        return None
+
+
+def _pool_plan(pool: Pool) -> PoolPlan:
+    refs = tuple(
+        BackendRef(b.id, pool.revision, *split_address(b.address)) for b in pool.backends
+    )
+    return PoolPlan(pool.revision, refs, cursor=random.randrange(max(1, len(refs))))
+
+
+def _compile_rule(rule: MatchRule, pools: dict[str, PoolPlan]) -> _Rule:
+    return _Rule(
+        pool=pools[rule.revision],
+        header=rule.header.lower().encode() if rule.header else None,
+        cookie=rule.cookie,
+        values=frozenset(v.encode() for v in rule.values),
+        users=frozenset(u.encode() for u in rule.users),
+    )
+
+
+def _matches(
+    rule: _Rule,
+    headers: Mapping[bytes, bytes],
+    cookies: dict[str, bytes] | None,
+    key: bytes | None,
+) -> bool:
+    if not rule.pool.backends:
+        return False
+    if rule.header is not None and headers.get(rule.header) in rule.values:
+        return True
+    if rule.cookie is not None and cookies and cookies.get(rule.cookie) in rule.values:
+        return True
+    return key is not None and key in rule.users

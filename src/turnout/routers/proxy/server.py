@@ -1,0 +1,240 @@
+"""The client side of the data path: one raw `asyncio.Protocol` per client connection.
+
+httptools parses requests; at the end of the headers the request head is rebuilt (hop-by-hop
+headers dropped, `X-Forwarded-For` extended, chunked bodies re-framed) and handed to an
+`Exchange`. Pipelined requests queue behind the current exchange and reading from the client
+pauses until they are served, so responses go back in order. `Proxy` is the worker-wide
+state: the compiled plan in effect (swapped as one reference), counters and the idle pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import cast
+
+from httptools import HttpParserError, HttpRequestParser
+
+from turnout.routers.proxy.balancer import Plan
+from turnout.routers.proxy.exchange import BP_PENDING, BP_UPSTREAM, Exchange, canned
+from turnout.routers.proxy.metrics import Metrics
+from turnout.routers.proxy.upstream import ConnPool
+from turnout.routers.table import RoutingTable
+
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",
+        b"x-forwarded-for",
+    }
+)
+BP_PIPELINE = 4  # client reading paused: requests are queued behind the current one
+RESPONSE_400 = canned(400, b"Bad Request")
+
+
+class Proxy:
+    """Worker-wide state shared by every connection."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, table: RoutingTable) -> None:
+        self.loop = loop
+        self.metrics = Metrics()
+        self.conns = ConnPool()
+        self.clients: set[ClientConn] = set()
+        self.draining = False
+        self.all_closed = asyncio.Event()  # set once draining and no client is left
+        self.addresses: dict[str, str] = {}  # listener name -> bound host:port
+        self.plan = Plan.compile(table)
+        self.conns.retain(self.plan.addresses)
+
+    def swap(self, table: RoutingTable) -> None:
+        """Put `table` in effect: compile first, then replace one reference."""
+        plan = Plan.compile(table)
+        self.plan = plan
+        self.conns.retain(plan.addresses)
+
+    def drain(self) -> None:
+        """Stop serving new requests; idle client connections close now."""
+        self.draining = True
+        for client in list(self.clients):
+            if client.current is None:
+                client.close()
+        self.forget(None)
+
+    def forget(self, client: ClientConn | None) -> None:
+        if client is not None:
+            self.clients.discard(client)
+        if self.draining and not self.clients:
+            self.all_closed.set()
+
+
+class ClientConn(asyncio.Protocol):
+    def __init__(self, proxy: Proxy, *, preview: bool = False) -> None:
+        self.proxy = proxy
+        self.preview = preview
+        self.parser = HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.peer = b"unknown"
+        self.closed = False
+        self.paused = 0
+        self.write_paused = False
+        self.current: Exchange | None = None
+        self.receiving: Exchange | None = None
+        self.queue: deque[Exchange] = deque()
+        self._begin()
+
+    def _begin(self) -> None:
+        self.started = 0.0
+        self.url = b""
+        self.headers: list[bytes] = []
+        self.wanted: dict[bytes, bytes] = {}
+        self.xff: bytes | None = None
+        self.length: bytes | None = None
+        self.chunked = False
+
+    # --- asyncio callbacks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and peer:
+            self.peer = str(peer[0]).encode()
+        self.proxy.clients.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except HttpParserError:
+            if self.current is None:
+                self.write(RESPONSE_400)
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.proxy.forget(self)
+        if self.current is not None:
+            self.current.abort()
+        self.current = None
+        self.queue.clear()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.current is not None and self.current.upstream is not None:
+            self.current.upstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.current is not None and self.current.upstream is not None:
+            self.current.upstream.resume_reading()
+
+    # --- httptools callbacks
+    def on_message_begin(self) -> None:
+        self._begin()
+        self.started = self.proxy.loop.time()
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        lname = name.lower()
+        if lname in HOP_BY_HOP:
+            if lname == b"x-forwarded-for":
+                self.xff = value
+            elif lname == b"content-length":
+                self.length = value
+            elif lname == b"transfer-encoding":
+                self.chunked = b"chunked" in value.lower()
+            return
+        self.headers.append(b"%s: %s\r\n" % (name, value))
+        if lname in self.proxy.plan.wanted:
+            self.wanted[lname] = value
+
+    def on_headers_complete(self) -> None:
+        plan = self.proxy.plan
+        method: bytes = self.parser.get_method()
+        pool = plan.preview if self.preview else plan.route(self.wanted)
+        exchange = Exchange(
+            self,
+            plan,
+            pool,
+            method=method,
+            head=self._head(method),
+            chunked=self.chunked,
+            keep_alive=bool(self.parser.should_keep_alive()),
+            started=self.started,
+        )
+        self.receiving = exchange
+        if self.current is None:
+            self.current = exchange
+            exchange.start()
+        else:
+            self.queue.append(exchange)
+            self.pause(BP_PIPELINE)
+
+    def _head(self, method: bytes) -> bytes:
+        xff = self.peer if self.xff is None else b"%s, %s" % (self.xff, self.peer)
+        if self.chunked:
+            framing = b"Transfer-Encoding: chunked\r\n"
+        elif self.length is not None:
+            framing = b"Content-Length: %s\r\n" % self.length
+        else:
+            framing = b""
+        return b"%s %s HTTP/1.1\r\n%sX-Forwarded-For: %s\r\n%s\r\n" % (
+            method,
+            self.url,
+            b"".join(self.headers),
+            xff,
+            framing,
+        )
+
+    def on_body(self, body: bytes) -> None:
+        if self.receiving is not None:
+            self.receiving.body(body)
+
+    def on_message_complete(self) -> None:
+        if self.receiving is not None:
+            self.receiving.request_complete()
+
+    # --- used by exchanges
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def exchange_done(self, exchange: Exchange, *, close: bool) -> None:
+        if exchange is not self.current:
+            return
+        self.resume(BP_UPSTREAM | BP_PENDING)
+        if close or not exchange.keep_alive or self.proxy.draining:
+            self.current = None
+            self.close()
+            return
+        if self.queue:
+            self.current = self.queue.popleft()
+            self.current.start()
+        else:
+            self.current = None
+            self.resume(BP_PIPELINE)
+
+    def pause(self, flag: int) -> None:
+        if not self.paused and self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+        self.paused |= flag
+
+    def resume(self, flags: int) -> None:
+        if not self.paused & flags:
+            return
+        self.paused &= ~flags
+        if not self.paused and self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.abort()

@@ -1,0 +1,199 @@
+"""Connections to backends: one raw `asyncio.Protocol` per connection and the idle pool.
+
+Response bytes are forwarded to the client exactly as they arrive; the httptools response
+parser only finds the status, whether the connection may be kept, and the end of the
+message. A HEAD response ends with its headers (the parser is replaced, since it would wait
+for the announced body). Idle connections are pooled per backend address, capped, and
+dropped when their backend leaves the table or the backend closes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol, cast
+
+from httptools import HttpParserError, HttpResponseParser
+
+from turnout.routers.proxy.balancer import BackendRef
+
+CONNECT_TIMEOUT = 5.0
+MAX_IDLE_PER_BACKEND = 64
+NO_BODY_STATUSES = frozenset({204, 304})
+
+
+class Sink(Protocol):
+    """What an upstream connection reports to (the exchange it serves)."""
+
+    def response_data(self, data: bytes) -> None: ...
+
+    def response_done(self, conn: UpstreamConn) -> None: ...
+
+    def upstream_lost(self, conn: UpstreamConn) -> None: ...
+
+    def pause_client(self) -> None: ...
+
+    def resume_client(self) -> None: ...
+
+
+class UpstreamConn(asyncio.Protocol):
+    """One keep-alive connection to a backend, serving one exchange at a time."""
+
+    def __init__(self, pool: ConnPool, address: str) -> None:
+        self.pool = pool
+        self.address = address
+        self.transport: asyncio.Transport | None = None
+        self.parser = HttpResponseParser(self)
+        self.sink: Sink | None = None
+        self.reused = False
+        self.closed = False
+        self.read_paused = False
+        self._reset(head=False)
+
+    def _reset(self, *, head: bool) -> None:
+        self.head = head
+        self.got_bytes = False
+        self.done = False
+        self.status = 0
+        self.keep_alive = True
+        self.framed = False
+
+    def attach(self, sink: Sink, *, head: bool) -> None:
+        self.sink = sink
+        self._reset(head=head)
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        self.sink = None
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.closed and not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.closed and self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    # asyncio callbacks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+
+    def data_received(self, data: bytes) -> None:
+        sink = self.sink
+        if sink is None:  # a backend must not talk while idle
+            self.close()
+            return
+        self.got_bytes = True
+        try:
+            self.parser.feed_data(data)
+        except HttpParserError:
+            self.close()  # connection_lost reports it to the sink
+            return
+        sink.response_data(data)
+        if self.done:
+            self.sink = None
+            sink.response_done(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.forget(self)
+        sink, self.sink = self.sink, None
+        if sink is None or self.done:
+            return
+        if self.status and not self.framed and not self.head:
+            self.done = True  # a response delimited by the end of the connection
+            self.keep_alive = False
+            sink.response_done(self)
+        else:
+            sink.upstream_lost(self)
+
+    def pause_writing(self) -> None:
+        if self.sink is not None:
+            self.sink.pause_client()
+
+    def resume_writing(self) -> None:
+        if self.sink is not None:
+            self.sink.resume_client()
+
+    # httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(name) in (14, 17):
+            lname = name.lower()
+            if lname in (b"content-length", b"transfer-encoding"):
+                self.framed = True
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if status < 200:
+            return  # an interim response (100 Continue): the final one follows
+        self.status = status
+        self.keep_alive = bool(self.parser.should_keep_alive())
+        if status in NO_BODY_STATUSES:
+            self.framed = True
+        if self.head:
+            self.done = True
+            self.parser = HttpResponseParser(self)
+
+    def on_message_complete(self) -> None:
+        if self.status and not self.head:
+            self.done = True
+
+
+class ConnPool:
+    """Idle keep-alive connections per backend address."""
+
+    def __init__(self, max_idle: int = MAX_IDLE_PER_BACKEND) -> None:
+        self.max_idle = max_idle
+        self.idle: dict[str, list[UpstreamConn]] = {}
+        self.live: frozenset[str] = frozenset()
+
+    def take(self, address: str) -> UpstreamConn | None:
+        conns = self.idle.get(address)
+        while conns:
+            conn = conns.pop()
+            if not conn.closed:
+                conn.reused = True
+                return conn
+        return None
+
+    def release(self, conn: UpstreamConn) -> None:
+        conn.sink = None
+        if conn.closed or conn.address not in self.live:
+            conn.close()
+            return
+        conns = self.idle.setdefault(conn.address, [])
+        if len(conns) >= self.max_idle:
+            conn.close()
+            return
+        conn.resume_reading()
+        conns.append(conn)
+
+    def forget(self, conn: UpstreamConn) -> None:
+        conns = self.idle.get(conn.address)
+        if conns and conn in conns:
+            conns.remove(conn)
+
+    async def connect(self, backend: BackendRef) -> UpstreamConn:
+        loop = asyncio.get_running_loop()
+        address = backend.address
+        _, conn = await asyncio.wait_for(
+            loop.create_connection(lambda: UpstreamConn(self, address), backend.host, backend.port),
+            CONNECT_TIMEOUT,
+        )
+        return conn
+
+    def retain(self, addresses: frozenset[str]) -> None:
+        """Keep only backends in `addresses`; idle connections to others are closed now."""
+        self.live = addresses
+        for address in [a for a in self.idle if a not in addresses]:
+            for conn in self.idle.pop(address):
+                conn.close()
+
+    def close_all(self) -> None:
+        self.retain(frozenset())

@@ -1,0 +1,90 @@
+"""The proxy worker process: serves the sockets its supervisor hands it, on uvloop.
+
+It loads the persisted table, serves the public listener, the optional preview listener and
+the admin socket until SIGTERM/SIGINT, then stops accepting, lets in-flight requests finish
+(bounded by `DRAIN_SECONDS`) and exits. If the supervisor dies, the kernel sends it SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import logging
+import signal
+import socket
+from pathlib import Path
+
+import uvloop
+
+from turnout.routers.proxy.admin import AdminConn, load_table
+from turnout.routers.proxy.server import ClientConn, Proxy
+
+DRAIN_SECONDS = 5.0
+PR_SET_PDEATHSIG = 1
+
+log = logging.getLogger("turnout.proxy")
+
+
+def _die_with_parent() -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the worker then outlives a killed parent
+        pass
+
+
+def _address(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def serve(listen_fd: int, preview_fd: int | None, admin_fd: int, state_dir: Path) -> None:
+    loop = asyncio.get_running_loop()
+    proxy = Proxy(loop, load_table(state_dir))
+    public = socket.socket(fileno=listen_fd)
+    proxy.addresses["listen"] = _address(public)
+    servers = [await loop.create_server(lambda: ClientConn(proxy), sock=public, backlog=1024)]
+    if preview_fd is not None:
+        preview = socket.socket(fileno=preview_fd)
+        proxy.addresses["preview_listen"] = _address(preview)
+        servers.append(
+            await loop.create_server(
+                lambda: ClientConn(proxy, preview=True), sock=preview, backlog=1024
+            )
+        )
+    admin = socket.socket(fileno=admin_fd)
+    servers.append(await loop.create_unix_server(lambda: AdminConn(proxy, state_dir), sock=admin))
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    log.info("worker %s serving %s (generation %d)", proxy.metrics.worker, proxy.addresses,
+             proxy.plan.table.generation)
+    await stop.wait()
+    log.info("worker %s draining", proxy.metrics.worker)
+    for server in servers:
+        server.close()
+    proxy.drain()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(proxy.all_closed.wait(), DRAIN_SECONDS)
+    for client in list(proxy.clients):
+        client.abort()
+    proxy.conns.close_all()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="turnout-proxy-worker")
+    parser.add_argument("--listen-fd", type=int, required=True)
+    parser.add_argument("--preview-fd", type=int)
+    parser.add_argument("--admin-fd", type=int, required=True)
+    parser.add_argument("--state-dir", type=Path, required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
+    _die_with_parent()
+    uvloop.run(serve(args.listen_fd, args.preview_fd, args.admin_fd, args.state_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
