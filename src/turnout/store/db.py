@@ -1,0 +1,416 @@
+"""The state store: revisions, the stable pointer, deployments, events and instances.
+
+A synchronous API over SQLAlchemy Core. Every write is its own committed transaction, so a
+control plane killed between two calls loses nothing. Opening a store runs the packaged
+Alembic migrations up to head.
+
+SQLite (the default) is shared by two processes at once, a deploying CLI and a
+`turnout status`: the store turns on WAL (readers never block the writer), a busy timeout
+(a writer waits for the other instead of failing), and starts write transactions with
+`BEGIN IMMEDIATE` so two writers queue up front rather than deadlock half way. Any other
+SQLAlchemy URL (PostgreSQL) works through the same code. Database errors leave this module
+only as `StoreError`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import EllipsisType
+from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
+
+import sqlalchemy as sa
+from alembic.util.exc import CommandError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from turnout.errors import ConflictError, StoreError
+from turnout.model import Instance, Revision
+from turnout.store import schema as t
+from turnout.store.engine import create_engine, migrate
+from turnout.store.records import DeploymentRecord, Event, InstanceRecord
+
+__all__ = ["DeploymentRecord", "Event", "InstanceRecord", "Store", "default_url"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def default_url(spec_dir: Path) -> str:
+    """`TURNOUT_DATABASE_URL` if set, else SQLite at `<spec_dir>/.turnout/state.db`."""
+    given = os.environ.get("TURNOUT_DATABASE_URL")
+    if given:
+        return given
+    return f"sqlite:///{(spec_dir / '.turnout' / 'state.db').resolve()}"
+
+
+def _converted(fn: Callable[Concatenate[Store, P], R]) -> Callable[Concatenate[Store, P], R]:
+    """Turn any database error raised by a Store method into a StoreError."""
+
+    @functools.wraps(fn)
+    def wrapper(self: Store, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(self, *args, **kwargs)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"state database {self.name}: {_reason(exc)}") from exc
+
+    return wrapper
+
+
+def _reason(exc: BaseException) -> str:
+    original = getattr(exc, "orig", None)
+    return str(original if original is not None else exc).splitlines()[0]
+
+
+class Store:
+    """The state of every service (see the module docstring). Build it with `Store.open`."""
+
+    def __init__(self, engine: sa.Engine, *, now: Callable[[], float] = time.time) -> None:
+        self._engine: sa.Engine | None = engine
+        self._now = now
+        self.name = engine.url.render_as_string(hide_password=True)
+
+    # -- life cycle ----------------------------------------------------------------------
+    @classmethod
+    def open(cls, url: str, *, now: Callable[[], float] = time.time) -> Store:
+        """Connect to `url`, bring its schema to the newest migration, return the store."""
+        shown = url
+        try:
+            parsed = sa.make_url(url)
+            shown = parsed.render_as_string(hide_password=True)
+            engine = create_engine(parsed)
+        except (SQLAlchemyError, OSError, ValueError) as exc:
+            raise StoreError(f"cannot open the state database {shown}: {_reason(exc)}") from exc
+        try:
+            migrate(engine)
+        except (SQLAlchemyError, CommandError, OSError) as exc:
+            engine.dispose()
+            raise StoreError(f"cannot open the state database {shown}: {_reason(exc)}") from exc
+        return cls(engine, now=now)
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _read(self) -> Iterator[sa.Connection]:
+        with self._connect() as conn:
+            yield conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sa.Connection]:
+        with self._connect() as conn:
+            conn.execution_options(turnout_write=True)
+            with conn.begin():
+                yield conn
+
+    def _connect(self) -> sa.Connection:
+        if self._engine is None:
+            raise StoreError(f"state database {self.name} is closed")
+        return self._engine.connect()
+
+    # -- revisions and the stable pointer ------------------------------------------------
+    @_converted
+    def save_revision(self, revision: Revision) -> None:
+        """Keep a revision for history and rollback; saving it again changes nothing."""
+        with self._write() as conn:
+            owner = conn.scalar(
+                sa.select(t.revisions.c.service).where(t.revisions.c.id == revision.id)
+            )
+            if owner == revision.service:
+                return
+            if owner is not None:
+                raise StoreError(
+                    f"revision id {revision.id} of {revision.service} is already taken by"
+                    f" service {owner} (same version and run settings); deploy another version"
+                )
+            latest = conn.scalar(
+                sa.select(sa.func.max(t.revisions.c.created_at)).where(
+                    t.revisions.c.service == revision.service
+                )
+            )
+            # Strictly increasing per service, so "newest first" holds within one tick too.
+            created = self._now() if latest is None else max(self._now(), latest + 1e-6)
+            conn.execute(
+                t.revisions.insert().values(
+                    id=revision.id,
+                    service=revision.service,
+                    version=revision.version,
+                    hash=revision.hash,
+                    data=revision.model_dump(mode="json"),
+                    created_at=created,
+                )
+            )
+
+    @_converted
+    def revision(self, revision_id: str) -> Revision | None:
+        with self._read() as conn:
+            data = conn.scalar(sa.select(t.revisions.c.data).where(t.revisions.c.id == revision_id))
+        return None if data is None else Revision.model_validate(data)
+
+    @_converted
+    def revisions(self, service: str) -> list[Revision]:
+        """Every saved revision of `service`, newest first."""
+        query = (
+            sa.select(t.revisions.c.data)
+            .where(t.revisions.c.service == service)
+            .order_by(t.revisions.c.created_at.desc())
+        )
+        with self._read() as conn:
+            return [Revision.model_validate(data) for data in conn.scalars(query)]
+
+    @_converted
+    def stable(self, service: str) -> str | None:
+        query = sa.select(t.services.c.stable_revision).where(t.services.c.name == service)
+        with self._read() as conn:
+            return conn.scalar(query)
+
+    @_converted
+    def set_stable(self, service: str, revision_id: str | None) -> None:
+        values = {"stable_revision": revision_id, "updated_at": self._now()}
+        with self._write() as conn:
+            _upsert(conn, t.services, t.services.c.name, service, values)
+
+    # -- deployments ---------------------------------------------------------------------
+    @_converted
+    def create_deployment(
+        self,
+        *,
+        service: str,
+        version: str,
+        target_revision: str,
+        previous_revision: str | None,
+        strategy: str,
+        plan: list[dict[str, Any]],
+        plan_hash: str,
+        owner_pid: int | None,
+    ) -> DeploymentRecord:
+        """Record a new deployment, progressing at step 0.
+
+        Raises ConflictError when another deployment of the service is still active.
+        """
+        now = self._now()
+        try:
+            with self._write() as conn:
+                active = _active(conn, service)
+                if active is not None:
+                    raise _conflict(active)
+                inserted = conn.execute(
+                    t.deployments.insert().values(
+                        service=service, version=version, target_revision=target_revision,
+                        previous_revision=previous_revision, strategy=strategy, plan=plan,
+                        plan_hash=plan_hash, step=0, phase="progressing", message="",
+                        abort_requested=False, promote_requested=False, owner_pid=owner_pid,
+                        created_at=now, updated_at=now, finished_at=None,
+                    )
+                )
+                key = inserted.inserted_primary_key
+                assert key is not None
+                return _deployment(conn, int(key[0]))
+        except IntegrityError as exc:  # lost a race the index caught
+            raise ConflictError(f"another deployment of {service} is in progress") from exc
+
+    @_converted
+    def deployment(self, deployment_id: int) -> DeploymentRecord | None:
+        with self._read() as conn:
+            return _find_deployment(conn, deployment_id)
+
+    @_converted
+    def active_deployment(self, service: str) -> DeploymentRecord | None:
+        with self._read() as conn:
+            return _active(conn, service)
+
+    @_converted
+    def update_deployment(
+        self,
+        deployment_id: int,
+        *,
+        step: int | None = None,
+        phase: str | None = None,
+        message: str | None = None,
+        owner_pid: int | EllipsisType | None = ...,
+        plan: list[dict[str, Any]] | None = None,
+        plan_hash: str | None = None,
+    ) -> DeploymentRecord:
+        """Change the given fields; a final phase sets `finished_at`. Returns the new record."""
+        now = self._now()
+        values: dict[str, Any] = {"updated_at": now}
+        given = {"step": step, "message": message, "plan": plan, "plan_hash": plan_hash}
+        values.update({name: value for name, value in given.items() if value is not None})
+        if owner_pid is not ...:
+            values["owner_pid"] = owner_pid
+        if phase is not None:
+            if phase not in t.PHASES:
+                raise ValueError(f"unknown phase {phase!r}; expected one of {t.PHASES}")
+            values["phase"] = phase
+            values["finished_at"] = now if phase in t.FINAL_PHASES else None
+        with self._write() as conn:
+            _update_one(conn, deployment_id, values)
+            return _deployment(conn, deployment_id)
+
+    @_converted
+    def request(self, deployment_id: int, action: Literal["abort", "promote"]) -> None:
+        """Ask the process running the deployment to abort or promote it."""
+        with self._write() as conn:
+            _update_one(conn, deployment_id, {_flag(action): True, "updated_at": self._now()})
+
+    @_converted
+    def clear_request(self, deployment_id: int, action: Literal["abort", "promote"]) -> None:
+        with self._write() as conn:
+            _update_one(conn, deployment_id, {_flag(action): False, "updated_at": self._now()})
+
+    @_converted
+    def history(self, service: str, limit: int = 20) -> list[DeploymentRecord]:
+        """The latest `limit` deployments of `service`, newest first."""
+        query = (
+            sa.select(t.deployments)
+            .where(t.deployments.c.service == service)
+            .order_by(t.deployments.c.id.desc())
+            .limit(limit)
+        )
+        with self._read() as conn:
+            return [_record(row) for row in conn.execute(query)]
+
+    @_converted
+    def add_event(self, deployment_id: int, *, step: int, kind: str, message: str) -> None:
+        with self._write() as conn:
+            conn.execute(
+                t.events.insert().values(
+                    deployment_id=deployment_id, at=self._now(), step=step, kind=kind,
+                    message=message,
+                )
+            )
+
+    @_converted
+    def events(self, deployment_id: int) -> list[Event]:
+        """The deployment's events in the order they were added."""
+        e = t.events.c
+        query = (
+            sa.select(e.at, e.step, e.kind, e.message)
+            .where(e.deployment_id == deployment_id)
+            .order_by(e.id)
+        )
+        with self._read() as conn:
+            return [Event(at=r.at, step=r.step, kind=r.kind, message=r.message)
+                    for r in conn.execute(query)]
+
+    # -- instances -----------------------------------------------------------------------
+    @_converted
+    def put_instance(
+        self, instance: Instance, *, state: str, warm_until: float | None = None
+    ) -> None:
+        """Insert or replace the instance with this id."""
+        values = {
+            "service": instance.service,
+            "revision": instance.revision,
+            "data": instance.to_json(),
+            "state": state,
+            "warm_until": warm_until,
+        }
+        with self._write() as conn:
+            _upsert(conn, t.instances, t.instances.c.id, instance.id, values)
+
+    @_converted
+    def set_instance_state(
+        self, instance_id: str, state: str, *, warm_until: float | None = None
+    ) -> None:
+        """Set the state (and `warm_until`, cleared unless given) of a known instance."""
+        with self._write() as conn:
+            done = conn.execute(
+                t.instances.update()
+                .where(t.instances.c.id == instance_id)
+                .values(state=state, warm_until=warm_until)
+            )
+            if done.rowcount == 0:
+                raise StoreError(f"no instance {instance_id!r} in {self.name}")
+
+    @_converted
+    def remove_instance(self, instance_id: str) -> None:
+        """Forget an instance; forgetting an unknown one is not an error."""
+        with self._write() as conn:
+            conn.execute(t.instances.delete().where(t.instances.c.id == instance_id))
+
+    @_converted
+    def instances(self, service: str) -> list[InstanceRecord]:
+        query = (
+            sa.select(t.instances.c.data, t.instances.c.state, t.instances.c.warm_until)
+            .where(t.instances.c.service == service)
+            .order_by(t.instances.c.id)
+        )
+        with self._read() as conn:
+            return [
+                InstanceRecord(Instance.from_json(r.data), state=r.state, warm_until=r.warm_until)
+                for r in conn.execute(query)
+            ]
+
+
+# -- queries ---------------------------------------------------------------------------
+def _upsert(
+    conn: sa.Connection, table: sa.Table, key: sa.Column[Any], key_value: str,
+    values: dict[str, Any],
+) -> None:
+    done = conn.execute(table.update().where(key == key_value).values(**values))
+    if done.rowcount == 0:
+        conn.execute(table.insert().values({key.name: key_value, **values}))
+
+
+def _record(row: sa.Row[Any]) -> DeploymentRecord:
+    data = dict(row._mapping)
+    data["abort_requested"] = bool(data["abort_requested"])
+    data["promote_requested"] = bool(data["promote_requested"])
+    return DeploymentRecord(**data)
+
+
+def _find_deployment(conn: sa.Connection, deployment_id: int) -> DeploymentRecord | None:
+    row = conn.execute(
+        sa.select(t.deployments).where(t.deployments.c.id == deployment_id)
+    ).first()
+    return None if row is None else _record(row)
+
+
+def _deployment(conn: sa.Connection, deployment_id: int) -> DeploymentRecord:
+    found = _find_deployment(conn, deployment_id)
+    if found is None:
+        raise StoreError(f"no deployment {deployment_id}")
+    return found
+
+
+def _active(conn: sa.Connection, service: str) -> DeploymentRecord | None:
+    row = conn.execute(
+        sa.select(t.deployments)
+        .where(t.deployments.c.service == service, t.deployments.c.phase.in_(t.ACTIVE_PHASES))
+        .order_by(t.deployments.c.id.desc())
+    ).first()
+    return None if row is None else _record(row)
+
+
+def _update_one(conn: sa.Connection, deployment_id: int, values: dict[str, Any]) -> None:
+    done = conn.execute(
+        t.deployments.update().where(t.deployments.c.id == deployment_id).values(**values)
+    )
+    if done.rowcount == 0:
+        raise StoreError(f"no deployment {deployment_id}")
+
+
+def _flag(action: str) -> str:
+    if action not in ("abort", "promote"):
+        raise ValueError(f"unknown request {action!r}; expected 'abort' or 'promote'")
+    return f"{action}_requested"
+
+
+def _conflict(active: DeploymentRecord) -> ConflictError:
+    owner = f" (pid {active.owner_pid})" if active.owner_pid else ""
+    return ConflictError(
+        f"deployment {active.id} of {active.service} to {active.version} is {active.phase}"
+        f"{owner}; run `turnout abort` or wait for it to finish"
+    )

@@ -1,0 +1,102 @@
+"""The tables of the state database, as SQLAlchemy Core objects.
+
+This is the shape the code reads and writes. Changes reach a database only through a new
+Alembic migration in `migrations/versions/`; a unit test checks that the migrations and
+these tables agree, so the two cannot drift apart unnoticed.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+ACTIVE_PHASES = ("progressing", "paused")
+FINAL_PHASES = ("succeeded", "aborted", "failed")
+PHASES = ACTIVE_PHASES + FINAL_PHASES
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+services = sa.Table(
+    "services",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("stable_revision", sa.String(200), nullable=True),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+revisions = sa.Table(
+    "revisions",
+    metadata,
+    sa.Column("id", sa.String(200), primary_key=True),
+    sa.Column("service", sa.String(64), nullable=False, index=True),
+    sa.Column("version", sa.String(200), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Column("data", sa.JSON, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+deployments = sa.Table(
+    "deployments",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("service", sa.String(64), nullable=False, index=True),
+    sa.Column("version", sa.String(200), nullable=False),
+    sa.Column("target_revision", sa.String(200), nullable=False),
+    sa.Column("previous_revision", sa.String(200), nullable=True),
+    sa.Column("strategy", sa.String(32), nullable=False),
+    sa.Column("plan", sa.JSON, nullable=False),
+    sa.Column("plan_hash", sa.String(64), nullable=False),
+    sa.Column("step", sa.Integer, nullable=False),
+    sa.Column("phase", sa.String(16), nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("abort_requested", sa.Boolean, nullable=False),
+    sa.Column("promote_requested", sa.Boolean, nullable=False),
+    sa.Column("owner_pid", sa.Integer, nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("finished_at", sa.Float, nullable=True),
+)
+
+# At most one deployment in progress per service, enforced by the database itself.
+_ACTIVE = sa.text("phase IN ('progressing', 'paused')")
+sa.Index(
+    "uq_deployments_active_service",
+    deployments.c.service,
+    unique=True,
+    sqlite_where=_ACTIVE,
+    postgresql_where=_ACTIVE,
+)
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "deployment_id",
+        sa.Integer,
+        sa.ForeignKey("deployments.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("step", sa.Integer, nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+)
+
+instances = sa.Table(
+    "instances",
+    metadata,
+    sa.Column("id", sa.String(250), primary_key=True),
+    sa.Column("service", sa.String(64), nullable=False, index=True),
+    sa.Column("revision", sa.String(200), nullable=False),
+    sa.Column("data", sa.JSON, nullable=False),
+    sa.Column("state", sa.String(32), nullable=False),
+    sa.Column("warm_until", sa.Float, nullable=True),
+)
