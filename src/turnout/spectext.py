@@ -72,7 +72,8 @@ def describe_error(path: FieldPath, errors: list[Any]) -> str:
         return "required field is missing"
     message = _message(path, kind, value, ctx, str(error["msg"]))
     scalar = not isinstance(value, dict | list) or kind in _PLAIN_MESSAGES
-    if scalar and ", got " not in message:
+    about_value = kind != "value_error" or ":" not in message  # not a cross-field rule
+    if scalar and about_value and ", got " not in message:
         message += f", got {show(value)}"
     if kind == "literal_error" and isinstance(value, str):
         options = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
@@ -173,16 +174,20 @@ _UNIT_SECONDS = (("h", 3600.0), ("m", 60.0), ("s", 1.0))
 
 
 def format_duration(seconds: float) -> str:
-    """Seconds as the spec writes them: `1h`, `5m`, `30s`, `500ms`, `1.5s`."""
+    """Seconds as a spec writes them (`1h`, `5m`, `30s`, `500ms`, `1.5s`); exact where it can be."""
     if seconds == 0:
         return "0s"
-    for unit, size in _UNIT_SECONDS:
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    millis = seconds * 1000
-    if seconds < 1 and millis == int(millis):
-        return f"{int(millis)}ms"
-    return f"{seconds:f}".rstrip("0").rstrip(".") + "s"
+    whole = [f"{int(seconds // size)}{unit}" for unit, size in _UNIT_SECONDS if seconds % size == 0]
+    short = f"{seconds:.3f}".rstrip("0").rstrip(".") + "s"
+    millis = f"{round(seconds * 1000)}ms"
+    readable = [*whole[:1], millis if seconds < 1 else short, millis, f"{seconds!r}s"]
+    for text in readable:
+        try:
+            if parse_duration(text) == seconds:
+                return text
+        except ValueError:  # repr() chose an exponent
+            continue
+    return millis if seconds < 1 else short
 
 
 def _duration_value(seconds: float) -> str | float:
