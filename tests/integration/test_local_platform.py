@@ -131,7 +131,7 @@ async def test_start_twice_returns_the_running_instance(platform: LocalPlatform)
 async def test_process_survives_the_cli_that_started_it(tmp_path: Path) -> None:
     rev = revision(sleeper())
     launcher = textwrap.dedent(f"""
-        import asyncio, json, sys
+        import asyncio, json, sys, time
         from pathlib import Path
         from turnout.model import Revision
         from turnout.platforms.local import LocalPlatform
@@ -139,19 +139,29 @@ async def test_process_survives_the_cli_that_started_it(tmp_path: Path) -> None:
         root = Path({str(tmp_path)!r})
         plat = LocalPlatform(spec_dir=root, state_dir=root / ".turnout")
         inst = asyncio.run(plat.start(rev, slot=0))
-        print(json.dumps(inst.to_json()))
+        print(json.dumps(inst.to_json()), flush=True)
+        time.sleep(60)
     """)
-    done = subprocess.run([PY, "-c", launcher, rev.model_dump_json()], capture_output=True,
-                          text=True, timeout=30, check=True)
-    started = Instance.from_json(json.loads(done.stdout))
-    platform = LocalPlatform(spec_dir=tmp_path, state_dir=tmp_path / ".turnout")
-    found = await platform.instances(SERVICE)
-    assert found == [started]
+    # The CLI runs in its own process group, like a shell job; a hangup kills that group.
+    cli = subprocess.Popen([PY, "-c", launcher, rev.model_dump_json()], stdout=subprocess.PIPE,
+                           text=True, start_new_session=True)
+    try:
+        assert cli.stdout is not None
+        started = Instance.from_json(json.loads(cli.stdout.readline()))
+        platform = LocalPlatform(spec_dir=tmp_path, state_dir=tmp_path / ".turnout")
+        await eventually(lambda: "ready" in platform.tail(started))
+        os.killpg(cli.pid, signal.SIGHUP)
+        assert cli.wait(timeout=10) == -signal.SIGHUP
+    finally:
+        cli.kill()
+        cli.wait(timeout=10)
+        if cli.stdout is not None:
+            cli.stdout.close()
+    assert await platform.instances(SERVICE) == [started]
     assert await platform.alive(started)
-    await eventually(lambda: "ready" in platform.tail(started))
     await platform.stop(started, grace=5)
     assert not await platform.alive(started)
-    assert "bye" in platform.tail(started)
+    assert platform.tail(started).splitlines() == ["ready", "bye"]
     assert await platform.instances(SERVICE) == []
 
 
@@ -181,6 +191,17 @@ async def test_stopping_a_gone_instance_is_not_an_error(platform: LocalPlatform)
     await platform.stop(inst, grace=1)
     await platform.stop(inst, grace=1)
     assert not await platform.alive(inst)
+
+
+async def test_stopping_a_stale_copy_keeps_the_newer_record(platform: LocalPlatform) -> None:
+    rev = revision(sleeper())
+    old = await platform.start(rev, slot=0)
+    await platform.stop(old, grace=1)
+    new = await platform.start(rev, slot=0)
+    assert new.id == old.id and new.pid != old.pid
+    await platform.stop(old, grace=1)
+    assert await platform.alive(new)
+    assert await platform.instances(SERVICE) == [new]
 
 
 async def test_pid_reuse_guard(platform: LocalPlatform) -> None:

@@ -105,7 +105,7 @@ class LocalPlatform:
                 await self._terminate(instance.pid, instance.started, grace)
         except PermissionError as exc:
             raise PlatformError(f"not allowed to stop {instance.id} (pid {instance.pid})") from exc
-        self._remove_record(instance.id)
+        self._remove_record(instance)
 
     async def instances(self, service: str) -> list[Instance]:
         """Every live instance of `service` with a record; records of dead ones are deleted."""
@@ -196,5 +196,18 @@ class LocalPlatform:
             return None
         return instance
 
-    def _remove_record(self, instance_id: str) -> None:
-        self._record_path(instance_id).unlink(missing_ok=True)
+    def _remove_record(self, instance: Instance) -> None:
+        """Delete the instance's record, unless it now describes a newer process."""
+        path = self._record_path(instance.id)
+        recorded = self._read_record(path)
+        if recorded is None:
+            return
+        newer = (recorded.pid, recorded.started) != (instance.pid, instance.started)
+        if (
+            newer
+            and recorded.pid is not None
+            and recorded.started is not None
+            and procs.is_running(recorded.pid, recorded.started)
+        ):
+            return
+        path.unlink(missing_ok=True)
