@@ -199,3 +199,10 @@ def test_in_memory_store_works_for_quick_tools() -> None:
     with Store.open("sqlite://") as store:
         store.set_stable("shop", "v1-x")
         assert store.stable("shop") == "v1-x"
+
+
+def test_missing_driver_is_a_store_error_without_the_password() -> None:
+    with pytest.raises(StoreError) as caught:
+        Store.open("postgresql+nosuchdriver://turnout:s3cret@127.0.0.1:1/turnout")
+    assert "s3cret" not in str(caught.value)
+    assert "127.0.0.1" in str(caught.value)

@@ -1,15 +1,11 @@
 """The state store: revisions, the stable pointer, deployments, events and instances.
 
 A synchronous API over SQLAlchemy Core. Every write is its own committed transaction, so a
-control plane killed between two calls loses nothing. Opening a store runs the packaged
-Alembic migrations up to head.
-
-SQLite (the default) is shared by two processes at once, a deploying CLI and a
-`turnout status`: the store turns on WAL (readers never block the writer), a busy timeout
-(a writer waits for the other instead of failing), and starts write transactions with
-`BEGIN IMMEDIATE` so two writers queue up front rather than deadlock half way. Any other
-SQLAlchemy URL (PostgreSQL) works through the same code. Database errors leave this module
-only as `StoreError`.
+control plane killed between two calls loses nothing; `Store.open` brings the schema to
+the newest packaged Alembic migration. SQLite (the default) is tuned in `engine` so a
+deploying CLI and a `turnout status` can share it; any other SQLAlchemy URL (PostgreSQL)
+runs through the same queries. Database errors leave this module only as `StoreError`,
+and a second active deployment of a service as `ConflictError`.
 """
 
 from __future__ import annotations
@@ -77,12 +73,12 @@ class Store:
     @classmethod
     def open(cls, url: str, *, now: Callable[[], float] = time.time) -> Store:
         """Connect to `url`, bring its schema to the newest migration, return the store."""
-        shown = url
+        shown = url.rpartition("@")[2]  # until parsed, never show what may be a password
         try:
             parsed = sa.make_url(url)
             shown = parsed.render_as_string(hide_password=True)
             engine = create_engine(parsed)
-        except (SQLAlchemyError, OSError, ValueError) as exc:
+        except (SQLAlchemyError, OSError, ValueError, ImportError) as exc:
             raise StoreError(f"cannot open the state database {shown}: {_reason(exc)}") from exc
         try:
             migrate(engine)
