@@ -61,7 +61,7 @@ def _download(into: Path) -> Path:
     )
     if done.returncode != 0:
         raise RuntimeError(f"npm pack {PACKAGE}@{VERSION} failed:\n{done.stderr[-2000:]}")
-    tarball = into / json.loads(done.stdout)[0]["filename"]
+    tarball = into / str(json.loads(done.stdout)[0]["filename"])
     digest = hashlib.sha256(tarball.read_bytes()).hexdigest()
     if digest != TARBALL_SHA256:
         raise RuntimeError(f"{tarball.name} has SHA-256 {digest}, expected {TARBALL_SHA256}")
