@@ -17,13 +17,13 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 from pydantic import ValidationError
 
 from turnout.errors import SpecError, UserError
-from turnout.spec import Health, Spec, parse_duration, split_address
+from turnout.spec import Health, Spec, Strategy, parse_duration, split_address
 from turnout.spectext import FieldPath, describe_error, dotted, format_duration, plain_spec, show
 
 SPEC_NAME = "turnout.yaml"
@@ -107,7 +107,7 @@ def load_spec(path: Path, overrides: Sequence[str] = ()) -> Spec:
     """Read, override and validate a spec file; every problem in it raises one SpecError."""
     name = str(path)
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = path.read_bytes().decode("utf-8-sig")
     except FileNotFoundError:
         raise SpecError([f"{name}: file not found"]) from None
     except IsADirectoryError:
@@ -132,7 +132,7 @@ def parse_spec(text: str, name: str = SPEC_NAME, overrides: Sequence[str] = ()) 
     except ValidationError as exc:
         _report_validation(exc, data, problems)
         problems.raise_if_any()
-        raise  # pragma: no cover - every pydantic error above becomes a problem
+        raise SpecError([f"{name}: {exc}"]) from None  # every error above became a problem
     problems.raise_if_any()
     return spec
 
@@ -174,6 +174,7 @@ class _NodeReader:
         self.name = name
         self.problems = problems
         self.constructor = yaml.SafeLoader("")
+        self.open: set[int] = set()  # collections being built: an alias back to one is a cycle
 
     def origin(self, node: yaml.Node) -> Origin:
         line = node.start_mark.line + 1
@@ -181,14 +182,19 @@ class _NodeReader:
 
     def build(self, node: yaml.Node, path: FieldPath, depth: int) -> Any:
         self.problems.origins.setdefault(path, self.origin(node))
-        if depth > 50:
-            self.problems.add(path, "nested too deeply (a recursive YAML alias?)")
+        if id(node) in self.open or depth > 50:
+            self.problems.add(path, "refers to itself through a YAML alias or is nested too deeply")
             self.problems.broken.add(path)
             return None
-        if isinstance(node, yaml.MappingNode):
-            return self._mapping(node, path, depth)
-        if isinstance(node, yaml.SequenceNode):
-            return [self.build(item, (*path, i), depth + 1) for i, item in enumerate(node.value)]
+        if isinstance(node, yaml.MappingNode | yaml.SequenceNode):
+            self.open.add(id(node))
+            try:
+                if isinstance(node, yaml.MappingNode):
+                    return self._mapping(node, path, depth)
+                items = enumerate(node.value)
+                return [self.build(item, (*path, i), depth + 1) for i, item in items]
+            finally:
+                self.open.discard(id(node))
         return self._scalar(node, path)
 
     def _scalar(self, node: yaml.Node, path: FieldPath) -> Any:
@@ -387,8 +393,10 @@ def _check_health(data: dict[str, Any], problems: Problems) -> None:
 def _check_strategy(data: dict[str, Any], problems: Problems) -> None:
     strategy = _get(data, "strategy")
     kind = _get(strategy, "kind") or "rolling"
-    if not isinstance(strategy, dict) or not isinstance(kind, str):
-        return
+    if not isinstance(strategy, dict) or kind not in get_args(
+        Strategy.model_fields["kind"].annotation
+    ):
+        return  # an unknown kind is reported by the model
     steps = strategy.get("steps")
     if kind == "canary" and not steps:
         problems.add(

@@ -133,6 +133,19 @@ def test_all_problems_are_reported_at_once_in_line_order(
     assert [p.split(":")[1] for p in problems] == ["1", "2", "4", "5"]
 
 
+def test_an_unknown_kind_is_reported_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    text = "service: a\nrun: {command: [x]}\nstrategy:\n  kind: canari\n  match: [{users: [a]}]\n"
+    problems = _problems(tmp_path, text)
+    assert len(problems) == 1 and problems[0].startswith("turnout.yaml:4: strategy.kind:"), problems
+
+
+def test_a_byte_order_mark_is_fine(tmp_path: Path) -> None:
+    path = tmp_path / "turnout.yaml"
+    path.write_bytes(b"\xef\xbb\xbf" + VALID.encode())
+    assert load_spec(path).service == "shop"
+
+
 def test_the_file_name_is_kept_as_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "deploy").mkdir()
     (tmp_path / "deploy" / "web.yaml").write_text("service: a\nrun: {command: [x]}\nwat: 1\n")
@@ -157,8 +170,12 @@ def test_the_file_name_is_kept_as_given(tmp_path: Path, monkeypatch: pytest.Monk
         ("service: a\n---\nservice: b\n", "turnout.yaml:2: invalid YAML:"),
         ("service: !!python/object:os.system x\nrun: {command: [x]}\n",
          "turnout.yaml:1: service: invalid value:"),
+        ("service: a\nrun: &r {command: [x], cwd: *r}\n",
+         "turnout.yaml:2: run.cwd: refers to itself through a YAML alias"),
+        ("service: a\nrun:\n  <<: 5\n", "turnout.yaml:2: run: invalid merge:"),
     ],
-    ids=["syntax", "tab", "empty", "comment only", "list", "scalar", "two documents", "unsafe tag"],
+    ids=["syntax", "tab", "empty", "comment only", "list", "scalar", "two documents", "unsafe tag",
+         "recursive alias", "bad merge"],
 )
 def test_unreadable_yaml_is_a_clean_spec_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, expected: str
@@ -166,6 +183,7 @@ def test_unreadable_yaml_is_a_clean_spec_error(
     monkeypatch.chdir(tmp_path)
     problems = _problems(tmp_path, text)
     assert problems[0].startswith(expected), problems
+    assert len(problems) == 1, problems
 
 
 def test_missing_and_unreadable_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -175,6 +193,9 @@ def test_missing_and_unreadable_files(tmp_path: Path, monkeypatch: pytest.Monkey
     (tmp_path / "dir.yaml").mkdir()
     with pytest.raises(SpecError, match="is a directory"):
         load_spec(Path("dir.yaml"))
+    (tmp_path / "plain.yaml").write_text("x")
+    with pytest.raises(SpecError, match=r"^plain\.yaml/turnout\.yaml: cannot be read: Not a dir"):
+        load_spec(Path("plain.yaml/turnout.yaml"))
     (tmp_path / "latin.yaml").write_bytes(b"service: caf\xe9\n")
     with pytest.raises(SpecError, match="not UTF-8"):
         load_spec(Path("latin.yaml"))
