@@ -463,6 +463,11 @@ def _data_path(loc: tuple[str | int, ...], data: Any, kind: str) -> FieldPath:
 def spec_json_schema() -> dict[str, Any]:
     """The JSON Schema of turnout.yaml, with the description of every field."""
     schema = Spec.model_json_schema(mode="validation")
+    step = schema["$defs"]["CanaryStep"]
+    schema["$defs"]["CanaryStep"] = {  # `- pause` alone is a step too
+        "description": step.pop("description"),
+        "anyOf": [step, {"const": "pause", "description": "wait for `turnout promote`"}],
+    }
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema, "title": SPEC_NAME}
 
 

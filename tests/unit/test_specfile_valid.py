@@ -194,6 +194,8 @@ def test_json_schema_describes_every_field() -> None:
     assert {"type": "integer", "minimum": 0} in surge["anyOf"]
     kinds = schema["$defs"]["Strategy"]["properties"]["kind"]["enum"]
     assert kinds == ["big-bang", "rolling", "blue-green", "canary", "feature-toggle"]
+    step = schema["$defs"]["CanaryStep"]["anyOf"]
+    assert {"const": "pause", "description": "wait for `turnout promote`"} in step
     for name, model in schema["$defs"].items():
         assert model.get("description"), f"{name} has no description"
 
