@@ -69,8 +69,10 @@ def compile_segment(raw: Any) -> Segment:
 
 def _percentage(params: Mapping[str, Any], key: str) -> float:
     text = as_text(params.get(key))
+    if text is None:
+        raise DefinitionError(f"parameter {key!r} is missing")
     try:
-        return float(text) if text is not None else float("nan")
+        return float(text)
     except ValueError:
         raise DefinitionError(f"parameter {key!r} must be a number, got {text!r}") from None
 

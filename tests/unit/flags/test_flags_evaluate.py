@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -173,3 +174,22 @@ def test_raw_json_state_is_accepted_too() -> None:
     doc = {"version": 1, "features": [flag("f")]}
     assert evaluate(doc, "f").enabled
     assert evaluate("junk", "f").error_code is ErrorCode.FLAG_NOT_FOUND  # type: ignore[arg-type]
+
+
+def test_missing_rollout_parameter_is_a_parse_error() -> None:
+    strategy = {"name": "flexibleRollout", "parameters": {"stickiness": "default"}}
+    result = evaluate(state_of(flag("f", strategy)), "f", {"userId": "1"})
+    assert result.error_code is ErrorCode.PARSE_ERROR and "rollout" in (result.error_message or "")
+
+
+def test_evaluation_is_precompiled_not_parsed_per_call() -> None:
+    constraint = {"contextName": "version", "operator": "SEMVER_GTE", "value": "2.0.0"}
+    state = state_of(flag("f", {**rollout(50), "constraints": [constraint]},
+                          variants=[{"name": "a", "weight": 1}, {"name": "b", "weight": 1}]))
+    ctx = {"userId": "42", "properties": {"version": "2.1.0"}}
+    started = time.perf_counter()
+    for _ in range(20_000):
+        evaluate(state, "f", ctx)
+        variant(state, "f", ctx)
+    per_call = (time.perf_counter() - started) / 40_000
+    assert per_call < 25e-6, f"{per_call * 1e6:.1f} us per evaluation"
