@@ -31,6 +31,7 @@ class Revision(BaseModel):
     @classmethod
     def of(cls, spec: Spec, version: str) -> Revision:
         settings = {
+            "service": spec.service,
             "version": version,
             "run": spec.run.model_dump(mode="json"),
             "health": spec.health.model_dump(mode="json"),

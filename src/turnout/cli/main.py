@@ -79,7 +79,8 @@ def _exit_for(record: DeploymentRecord | None) -> int:
 @cli.command()
 @click.argument("version")
 @FILE_OPTION
-@click.option("--strategy", default=None, help="big-bang | rolling | blue-green | canary")
+@click.option("--strategy", default=None,
+              type=click.Choice(["big-bang", "rolling", "blue-green", "canary"]), help="override strategy.kind")
 @SET_OPTION
 @click.option("--json", "as_json", is_flag=True, help="print events as JSON lines")
 def deploy(version: str, spec_file: str | None, strategy: str | None, overrides: tuple[str, ...],

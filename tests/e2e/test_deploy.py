@@ -1,0 +1,225 @@
+"""Deployments of the demo app through the real CLI, router and processes, under live load."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import Service, check
+from turnout.demo.load import Load
+
+pytestmark = pytest.mark.slow
+
+STRATEGIES: dict[str, dict[str, object]] = {
+    "rolling": {"kind": "rolling", "max_surge": 1, "max_unavailable": 0},
+    "blue-green": {"kind": "blue-green", "tests": [{"http": "/healthz"}], "rollback_window": "1s"},
+    "canary": {"kind": "canary", "steps": [{"weight": 20}, {"pause": "300ms"}, {"weight": 60},
+                                           {"pause": "300ms"}],
+               "gate": {"interval": "150ms"}},
+}
+RATE = 150.0
+
+
+def app_processes(folder: Path) -> list[int]:
+    """Pids of demo app processes started for the service in `folder` (cwd is the spec folder)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if b"turnout.demo.app" in cmdline and Path(cwd) == folder:
+            pids.append(int(entry.name))
+    return sorted(pids)
+
+
+@pytest.mark.parametrize("name", list(STRATEGIES))
+async def test_ten_deployments_under_load_fail_no_request(service: Service, name: str) -> None:
+    service.write(**STRATEGIES[name])
+    check(service.run("deploy", "v1"))
+    for number in range(2, 12):
+        version = f"v{number}"
+        async with Load(service.url, rate=RATE, users=50, max_seconds=120) as load:
+            code, out, err = await service.arun("deploy", version)
+            assert code == 0, out + err
+            await asyncio.sleep(0.4)
+        summary = load.summary(new_version=version)
+        assert summary.requests > 50
+        assert summary.failed == 0, (version, summary.errors)
+        assert set(summary.last_versions) == {version}, summary.last_versions
+    status = service.status()
+    assert status["stable"]["version"] == "v11"
+    assert status["deployment"] is None
+
+
+@pytest.mark.parametrize("failure", ["health", "start"])
+@pytest.mark.parametrize("name", ["big-bang", *STRATEGIES])
+async def test_a_version_that_never_gets_healthy_is_rolled_back(
+    service: Service, name: str, failure: str
+) -> None:
+    service.write(**STRATEGIES.get(name, {"kind": "big-bang"}))
+    check(service.run("deploy", "v1"))
+    async with Load(service.url, rate=RATE, users=50, max_seconds=120) as load:
+        code, out, err = await service.arun("deploy", "v2", "--set", f"run.env.DEMO_FAIL={failure}")
+        await asyncio.sleep(0.5)
+    assert code == 3, out + err
+    summary = load.summary(new_version="v2")
+    assert summary.versions.get("v2", 0) == 0
+    assert set(summary.last_versions) == {"v1"}
+    if name != "big-bang":
+        assert summary.failed == 0, summary.errors
+    status = service.status()
+    assert status["stable"]["version"] == "v1"
+    assert sorted(i["version"] for i in status["instances"]) == ["v1"] * 3
+    assert all(i["healthy"] for i in status["instances"])
+    assert len(app_processes(service.folder)) == 3
+
+
+async def test_canary_split_stickiness_and_match_rules(service: Service) -> None:
+    service.write(kind="canary", steps=[{"weight": 10}, {"pause": None}],
+                  match=[{"users": ["alice"]}, {"header": "X-Beta", "values": ["yes"]}])
+    check(service.run("deploy", "v1"))
+    deploy = asyncio.create_task(service.arun("deploy", "v2"))
+    await wait_for_phase(service, "paused")
+
+    async with httpx.AsyncClient(base_url=service.url, trust_env=False,
+                                 limits=httpx.Limits(max_connections=16)) as client:
+        async def version(headers: dict[str, str] | None = None) -> str:
+            response = await client.get("/", headers=headers)
+            assert response.status_code == 200
+            return response.headers["X-Version"]
+
+        seen: list[str] = []
+        for _ in range(50):
+            seen += await asyncio.gather(*(version() for _ in range(100)))
+        share = seen.count("v2") / len(seen)
+        assert len(seen) == 5000
+        assert 0.08 <= share <= 0.12, share
+
+        for user in range(200):
+            answers = {await version({"X-User-Id": f"user-{user}"}) for _ in range(4)}
+            assert len(answers) == 1, (user, answers)
+        assert {await version({"X-User-Id": "alice"}) for _ in range(20)} == {"v2"}
+        assert {await version({"X-Beta": "yes"}) for _ in range(20)} == {"v2"}
+
+    code, out, err = await service.arun("promote")
+    assert code == 0, out + err
+    code, out, err = await asyncio.wait_for(deploy, 60)
+    assert code == 0, out + err
+    assert service.status()["stable"]["version"] == "v2"
+
+
+async def wait_for_phase(service: Service, phase: str, timeout: float = 30) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        code, out, _ = await service.arun("status", "--json")
+        if code == 0:
+            data = json.loads(out)
+            deployment = data.get("deployment")
+            if deployment and deployment["phase"] == phase:
+                return data
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"deployment never reached {phase}")
+
+
+async def test_blue_green_failing_tests_mean_no_switch(service: Service) -> None:
+    service.write(kind="blue-green", tests=[{"command": [sys.executable, "-c", "raise SystemExit(1)"]}])
+    check(service.run("deploy", "v1"))
+    async with Load(service.url, rate=RATE, users=50, max_seconds=60) as load:
+        code, out, err = await service.arun("deploy", "v2")
+        await asyncio.sleep(0.3)
+    assert code == 3, out + err
+    assert "exited 1" in out + err
+    summary = load.summary(new_version="v2")
+    assert summary.failed == 0 and summary.versions.get("v2", 0) == 0
+
+
+async def test_blue_green_rollback_inside_the_window_is_a_flip(service: Service) -> None:
+    service.write(kind="blue-green", rollback_window="60s")
+    check(service.run("deploy", "v1"))
+    blue = sorted(i["pid"] for i in service.status()["instances"])
+    check(service.run("deploy", "v2"))
+    assert len(app_processes(service.folder)) == 6  # blue kept warm
+
+    async with Load(service.url, rate=400, users=50, max_seconds=60) as load:
+        await asyncio.sleep(0.3)
+        code, out, err = await service.arun("rollback")
+        await asyncio.sleep(0.3)
+    assert code == 0, out + err
+    status = service.status()
+    assert status["stable"]["version"] == "v1"
+    assert sorted(i["pid"] for i in status["instances"]) == blue  # the same processes: a flip
+    summary = load.summary(new_version="v1")
+    assert summary.failed == 0
+    assert set(summary.last_versions) == {"v1"}
+    flip = [s for s in load.samples if s.version == "v1"]
+    last_v2 = max(s.done for s in load.samples if s.version == "v2")
+    # After the first v1 answer, v2 answers only for requests already in flight.
+    assert all(s.sent < flip[0].done for s in load.samples if s.version == "v2")
+    assert last_v2 - flip[0].done < 1.0
+
+
+@pytest.mark.parametrize("resolve", ["deploy", "abort"])
+async def test_sigkill_of_the_cli_mid_deployment(service: Service, resolve: str) -> None:
+    service.write(kind="rolling", max_surge=1, max_unavailable=0)
+    check(service.run("deploy", "v1"))
+    async with Load(service.url, rate=RATE, users=50, max_seconds=120) as load:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "turnout", "deploy", "v2", "--json", "--set", "run.env.DEMO_STARTUP_MS=500",
+            cwd=service.folder, stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
+        )
+        assert proc.stdout is not None
+        while True:  # kill it right after its first change of traffic
+            line = await asyncio.wait_for(proc.stdout.readline(), 60)
+            assert line, "deploy ended before its first route step"
+            if json.loads(line).get("kind") == "traffic":
+                break
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+        await asyncio.sleep(0.5)
+
+        status = service.status()
+        assert status["deployment"]["interrupted"] is True
+        assert status["deployment"]["version"] == "v2"
+
+        if resolve == "deploy":
+            code, out, err = await service.arun("deploy", "--set", "run.env.DEMO_STARTUP_MS=500", "v2")
+            expected = "v2"
+        else:
+            code, out, err = await service.arun("abort")
+            expected = "v1"
+        assert code == 0, out + err
+        await asyncio.sleep(0.4)
+    summary = load.summary(new_version="v2")
+    assert summary.failed == 0, summary.errors
+    assert set(summary.last_versions) == {expected}
+    status = service.status()
+    assert status["deployment"] is None
+    assert status["stable"]["version"] == expected
+    assert sorted(i["version"] for i in status["instances"]) == [expected] * 3
+    assert len(app_processes(service.folder)) == 3  # nothing orphaned
+
+
+async def test_a_second_deployment_is_refused_while_one_runs(service: Service) -> None:
+    service.write(kind="canary", steps=[{"weight": 50}, {"pause": None}])
+    check(service.run("deploy", "v1"))
+    first = asyncio.create_task(service.arun("deploy", "v2"))
+    await wait_for_phase(service, "paused")
+    code, out, err = await service.arun("deploy", "v3")
+    assert code == 1 and "in progress" in err
+    code, out, err = await service.arun("abort")
+    assert code == 0, out + err
+    code, _, _ = await asyncio.wait_for(first, 60)
+    assert code == 3
+    assert service.status()["stable"]["version"] == "v1"
