@@ -18,6 +18,7 @@ import ipaddress
 import operator
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import re2
@@ -172,6 +173,10 @@ def _date(name: str, op: str, operand: str) -> Predicate:
     return check
 
 
+_context_semver = lru_cache(maxsize=4096)(semver_key)
+"""Context versions repeat (a fleet runs few releases): parse each once."""
+
+
 def _semver(get: Getter, op: str, operand: str) -> Predicate:
     target = semver_key(operand)
     if target is None:
@@ -180,7 +185,7 @@ def _semver(get: Getter, op: str, operand: str) -> Predicate:
 
     def check(ctx: Context) -> bool:
         text = get(ctx)
-        key: SemverKey | None = semver_key(text) if text is not None else None
+        key: SemverKey | None = _context_semver(text) if text is not None else None
         return key is not None and compare(key, target)
 
     return check
