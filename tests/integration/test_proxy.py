@@ -11,6 +11,7 @@ import hashlib
 import itertools
 import os
 import shutil
+import signal
 import socket
 import stat
 import tempfile
@@ -424,3 +425,99 @@ async def test_port_in_use_is_reported_with_the_log(state_dir: Path) -> None:
         with pytest.raises(RouterError, match="cannot bind"):
             await router.ensure_running()
         await router.aclose()
+
+
+def _worker_gone(pid: int) -> bool:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return True
+    return fields[0] in ("Z", "X")
+
+
+async def _fresh_get(port: int) -> bool:
+    """One GET on a new connection; True if a whole 200 answer came back."""
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return False
+    try:
+        writer.write(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        data = await asyncio.wait_for(reader.read(), 5)
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        writer.close()
+    return data.startswith(b"HTTP/1.1 200") and data.endswith(b"\r\n\r\nold")
+
+
+async def test_killed_worker_is_replaced_and_new_connections_are_served(
+    proxy: Running, ups: list[Upstream]
+) -> None:
+    old, _, _ = ups
+    await proxy.router.apply(RoutingTable(generation=1, pools=(pool("old", 100, old),)))
+    health = await proxy.router.health()
+    pid = int(str(health["pid"]))
+    port = int(proxy.url.rsplit(":", 1)[1])
+    loop = asyncio.get_running_loop()
+    stop_at = loop.time() + 2.0
+    results: list[tuple[float, bool]] = []
+    killed_at: list[float] = []
+
+    async def client() -> None:
+        for _ in range(2000):
+            if loop.time() > stop_at:
+                return
+            started = loop.time()
+            results.append((started, await _fresh_get(port)))
+
+    async def killer() -> None:
+        await asyncio.sleep(0.5)
+        os.kill(pid, signal.SIGKILL)
+        while not _worker_gone(pid):
+            await asyncio.sleep(0.001)
+        killed_at.append(loop.time())
+
+    await asyncio.gather(*(client() for _ in range(6)), killer())
+    after = [ok for started, ok in results if started > killed_at[0]]
+    before = [ok for started, ok in results if started <= killed_at[0]]
+    assert len(after) > 50 and all(after), f"{after.count(False)} of {len(after)} failed"
+    assert before.count(False) <= 6  # only requests in flight at the kill may fail
+    health = await proxy.router.health()
+    assert int(str(health["pid"])) != pid
+    stats = await proxy.router.stats()
+    assert stats.worker == health["worker"] and stats.generation == 1  # table reloaded
+
+
+async def test_in_flight_count_drains_after_backend_removal(
+    proxy: Running, ups: list[Upstream]
+) -> None:
+    old, new, _ = ups
+    await proxy.router.apply(RoutingTable(generation=1, pools=(pool("old", 100, old),)))
+    async with httpx.AsyncClient(timeout=5) as client:
+        slow = asyncio.create_task(client.get(f"{proxy.url}/sleep", params={"s": "0.8"}))
+        for _ in range(100):
+            if (await proxy.router.stats()).in_flight.get("old-0") == 1:
+                break
+            await asyncio.sleep(0.01)
+        await proxy.router.apply(RoutingTable(generation=2, pools=(pool("new", 100, new),)))
+        stats = await proxy.router.stats()
+        assert stats.in_flight == {"old-0": 1, "new-0": 0}
+        assert not await proxy.router.drained("old-0")
+        assert await versions(proxy.url, 8) == {"new": 8}
+        response = await slow
+        assert (response.status_code, response.text) == (200, "old")
+    assert await proxy.router.drained("old-0")
+    assert (await proxy.router.stats()).in_flight == {"new-0": 0}
+
+
+async def test_stop_lets_in_flight_requests_finish(proxy: Running, ups: list[Upstream]) -> None:
+    old, _, _ = ups
+    await proxy.router.apply(RoutingTable(generation=1, pools=(pool("old", 100, old),)))
+    async with httpx.AsyncClient(timeout=5) as client:
+        slow = asyncio.create_task(client.get(f"{proxy.url}/sleep", params={"s": "0.5"}))
+        await asyncio.sleep(0.2)
+        await proxy.router.stop()
+        response = await slow
+    assert (response.status_code, response.text) == (200, "old")
+    assert proxy.router.pid() is None
