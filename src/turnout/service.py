@@ -278,7 +278,7 @@ class Session:
         service = self.spec.service
         stable = self.store.stable(service)
         active = self.store.active_deployment(service)
-        table = await self.router.table() if self.router.running() else None
+        table = await self.router.table() if (self.router.pid() is not None) else None
         stats = await self.router.stats() if table is not None else None
         instances = []
         for record in self.store.instances(service):
@@ -325,7 +325,7 @@ class Session:
             stopped = 0
             found: dict[str, Instance] = {r.instance.id: r.instance for r in self.store.instances(self.spec.service)}
             found.update({i.id: i for i in await self.platform.instances(self.spec.service)})
-            if self.router.running():
+            if (self.router.pid() is not None):
                 await self.router.stop()
             for instance in found.values():
                 await self.platform.stop(instance, grace=self.spec.run.grace)

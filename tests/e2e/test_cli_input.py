@@ -36,12 +36,12 @@ BAD = [
     ("path: /healthz", "path: healthz", 6, "health.path"),
     ("timeout: 2s", "timeout: 60s", 6, "health.timeout"),
     ("  kind: rolling", "  kind: sideways", 8, "strategy.kind"),
-    ("  kind: rolling", "  kind: rolling\n  max_surge: 0\n  max_unavailable: 0", 8, "strategy"),
+    ("  kind: rolling", "  kind: rolling\n  max_surge: 0\n  max_unavailable: 0", 10, "strategy.max_unavailable"),
     ("  kind: rolling", "  kind: rolling\n  max_surge: lots", 9, "strategy.max_surge"),
     ("  kind: rolling", "  kind: canary\n  steps: [{weight: 50}, {weight: 10}]", 9, "strategy.steps"),
     ("  kind: rolling", "  kind: canary\n  steps: [{weight: 10, pause: 1s}]", 9, "strategy.steps.0"),
     ("instances: 2", "instances: 2\ninstances: 3", 4, "instances"),
-    ("run:", "run: [", 4, ""),
+    ("run:", "run: [", 6, "invalid YAML"),
 ]
 
 
@@ -52,7 +52,7 @@ def turnout(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize(("old", "new", "line", "field"), BAD, ids=[f"{b[3] or 'yaml'}-{i}" for i, b in enumerate(BAD)])
+@pytest.mark.parametrize(("old", "new", "line", "field"), BAD, ids=[f"{b[3]}-{i}" for i, b in enumerate(BAD)])
 def test_invalid_spec_is_refused_with_exit_2(tmp_path: Path, old: str, new: str, line: int, field: str) -> None:
     assert old in GOOD
     (tmp_path / "turnout.yaml").write_text(GOOD.replace(old, new, 1))

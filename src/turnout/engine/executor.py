@@ -255,7 +255,8 @@ class Executor:
             await self.router.apply(table)
         except RouterError as exc:
             raise StepFailed(f"router: {exc}") from exc
-        self.emit(Event("traffic", describe(step), data={"weights": table.weights()}))
+        split = ", ".join(f"{p.version} {table.share(p.revision):.0f}%" for p in table.pools if p.weight)
+        self.emit(Event("traffic", f"traffic: {split or 'none'}", data={"weights": table.weights()}))
 
     async def _run_tests(self, step: RunTests) -> None:
         preview = f"http://{self.spec.preview_listen()}"
