@@ -358,9 +358,14 @@ async def test_load_retries_once_when_a_reused_connection_drops_the_request() ->
 
 
 async def test_load_does_not_retry_on_a_fresh_connection() -> None:
+    connections = 0
+
     async def rude(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
         await reader.readuntil(b"\r\n\r\n")
 
     async with tiny_server(rude) as url, Load(url, rate=100, max_requests=5) as load:
         await load.finished()
     assert load.summary(new_version="v1").errors == {"connection closed": 5}
+    assert connections == 5

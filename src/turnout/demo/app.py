@@ -206,8 +206,11 @@ class _Connection(asyncio.Protocol):
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() == b"x-user-id":
+        lower = name.lower()
+        if lower == b"x-user-id":
             self._user = value.decode("latin-1")
+        elif lower == b"expect" and value.lower() == b"100-continue" and self._transport:
+            self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
         self._body_len += len(body)
@@ -318,7 +321,7 @@ async def serve(app: DemoApp, host: str, port: int, *, drain_timeout: float = 5.
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="turnout.demo.app", description=__doc__.split("\n")[0])
-    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "0")))
+    parser.add_argument("--port", type=int, default=os.environ.get("PORT", "0"))
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--version", default=None, help="defaults to $TURNOUT_VERSION")
     parser.add_argument("--drain-timeout", type=float, default=5.0, help="seconds (default 5)")

@@ -307,7 +307,7 @@ class Load:
     async def finished(self) -> None:
         """Wait until the load reaches one of its bounds by itself."""
         if self._sender is not None:
-            await asyncio.shield(self._sender)
+            await asyncio.wait({self._sender})
 
     async def stop(self) -> None:
         """Stop sending and wait (at most `timeout` + 1 s) for outstanding requests."""
