@@ -1,0 +1,416 @@
+"""The executor's logic on fakes: a real store on SQLite, fake time, platform and router.
+
+Each test deploys like `service.py` does (plan from the strategy, deployment record,
+`Executor.run`) and checks what a user would notice: who gets the traffic, what runs,
+what the store says. Every test also checks that no instance was stopped while the
+router still listed it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from turnout import strategies
+from turnout.engine.events import Event
+from turnout.engine.executor import Executor
+from turnout.engine.steps import Pause, dump_plan, load_plan, plan_hash
+from turnout.model import Revision
+from turnout.spec import Spec, Strategy
+from turnout.store.db import DeploymentRecord, Store
+from turnout.strategies import Fleet
+from turnout.testing import FakeClock, FakePlatform, FakeRouter, Journal, fake_http, traffic
+
+pytestmark = pytest.mark.timeout(20)
+
+SPEC: dict[str, Any] = {
+    "service": "shop",
+    "listen": "127.0.0.1:8080",
+    "instances": 3,
+    "run": {"command": ["app", "--port", "{port}"], "grace": "3s"},
+    "health": {"path": "/healthz", "interval": "1s", "deadline": "20s"},
+    "routing": {"drain_timeout": "10s"},
+}
+
+
+@dataclass
+class World:
+    spec: Spec
+    store: Store
+    clock: FakeClock
+    platform: FakePlatform
+    router: FakeRouter
+    journal: Journal
+    http: httpx.AsyncClient
+    events: list[Event] = field(default_factory=list)
+    progress: list[tuple[int, int]] = field(default_factory=list)  # (step shown, step stored)
+
+    def emit(self, event: Event) -> None:
+        self.events.append(event)
+        if event.kind == "step" and event.step is not None:
+            active = self.store.active_deployment(self.spec.service)
+            assert active is not None
+            self.progress.append((event.step, active.step))
+
+    def executor(self) -> Executor:
+        return Executor(spec=self.spec, store=self.store, platform=self.platform,
+                        router=self.router, clock=self.clock, emit=self.emit, http=self.http)
+
+    def rev(self, version: str) -> str:
+        return Revision.of(self.spec, version).id
+
+    async def create(self, version: str, **strategy: Any) -> DeploymentRecord:
+        """Plan and record a deployment of `version` the way `Session.deploy` does."""
+        if strategy:
+            self.spec = self.spec.model_copy(update={"strategy": Strategy.model_validate(strategy)})
+        revision = Revision.of(self.spec, version)
+        self.store.save_revision(revision)
+        probe = self.executor()
+        await probe.refresh()
+        stable = self.store.stable(self.spec.service)
+        serving = tuple(sorted(probe.fleet.get(stable, {}))) if stable else ()
+        previous = stable if serving else None
+        fleet = Fleet(target=revision.id, instances=self.spec.instances, stable=previous,
+                      stable_slots=serving)
+        plan = strategies.plan(fleet, self.spec.strategy)
+        return self.store.create_deployment(
+            service=self.spec.service, version=version, target_revision=revision.id,
+            previous_revision=previous, strategy=self.spec.strategy.kind, plan=dump_plan(plan),
+            plan_hash=plan_hash(plan), owner_pid=None,
+        )
+
+    async def deploy(self, version: str, **strategy: Any) -> DeploymentRecord:
+        return await self.executor().run(await self.create(version, **strategy))
+
+    def start(self, record: DeploymentRecord) -> asyncio.Task[DeploymentRecord]:
+        return asyncio.create_task(self.executor().run(record))
+
+    def running(self, version: str) -> list[int]:
+        return [i.slot for i in self.platform.live() if i.version == version]
+
+    def stored(self, version: str) -> list[tuple[int, str]]:
+        return [(r.instance.slot, r.state) for r in self.store.instances(self.spec.service)
+                if r.instance.version == version]
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    clock = FakeClock()
+    journal = Journal()
+    platform = FakePlatform(journal=journal)
+    store = Store.open(f"sqlite:///{tmp_path}/s.db", now=clock.wall)
+    async with fake_http(platform) as http:
+        w = World(Spec.model_validate(SPEC), store, clock, platform, FakeRouter(journal=journal),
+                  journal, http)
+        yield w
+    store.close()
+    assert journal.stopped_while_routed == [], "an instance was stopped while still routed"
+
+
+async def until(check: Callable[[], bool], what: str) -> None:
+    for _ in range(3000):
+        if check():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError(f"timed out waiting until {what}")
+
+
+def phase_is(w: World, deployment_id: int, phase: str) -> Callable[[], bool]:
+    def check() -> bool:
+        record = w.store.deployment(deployment_id)
+        return record is not None and record.phase == phase
+    return check
+
+
+async def first_release(w: World) -> DeploymentRecord:
+    done = await w.deploy("v1")
+    assert done.phase == "succeeded", done.message
+    assert w.router.shares() == {"v1": 100.0}
+    w.events.clear()
+    w.progress.clear()
+    return done
+
+
+CANARY_HOLD: dict[str, Any] = {"kind": "canary", "steps": [{"weight": 34}, {"pause": "forever"}]}
+
+
+# -- success paths -------------------------------------------------------------------
+
+async def test_rolling_plan_runs_to_succeeded_and_retires_the_old_fleet(world: World) -> None:
+    await first_release(world)
+    v1_instances = [i.id for i in world.platform.live()]
+    done = await world.deploy("v2", kind="rolling", max_surge=1, max_unavailable=0)
+    assert done.phase == "succeeded", done.message
+    assert done.step == len(done.plan)
+    final = world.router.tables[-1]
+    assert [(p.version, p.weight > 0, len(p.backends)) for p in final.pools] == [("v2", True, 3)]
+    assert world.router.shares() == {"v2": 100.0}
+    assert world.running("v1") == [] and world.running("v2") == [0, 1, 2]
+    assert sorted(i.id for i, _ in world.platform.stopped) == sorted(v1_instances)
+    assert all(grace == 3.0 for _, grace in world.platform.stopped)
+    assert world.stored("v1") == []
+    assert world.stored("v2") == [(0, "ready"), (1, "ready"), (2, "ready")]
+    assert world.store.stable("shop") == world.rev("v2")
+    # Never fewer than 3 serving backends while the traffic moved (max_unavailable 0).
+    assert all(len(t.backend_ids()) >= 3 for t in world.router.tables[1:])
+    assert world.events[-1].kind == "succeeded"
+
+
+async def test_progress_is_stored_after_every_step(world: World) -> None:
+    await first_release(world)
+    done = await world.deploy("v2", kind="rolling")
+    total = len(done.plan)
+    assert [shown for shown, _ in world.progress] == list(range(1, total + 1))
+    # When step N is announced, the store already says N-1 steps are done.
+    assert all(stored == shown - 1 for shown, stored in world.progress)
+    steps = [e for e in world.store.events(done.id) if e.kind == "step"]
+    assert [e.step for e in steps] == list(range(total))
+
+
+# -- resuming ------------------------------------------------------------------------
+
+async def test_resume_at_a_start_step_does_not_restart_what_already_runs(world: World) -> None:
+    await first_release(world)
+    record = await world.create("v2", kind="rolling")
+    # The control plane died right after starting slot 0, before it stored step 1.
+    revision = world.store.revision(world.rev("v2"))
+    assert revision is not None
+    early = await world.platform.start(revision, slot=0)
+    world.store.put_instance(early, state="starting")
+    assert record.step == 0
+
+    done = await world.executor().run(record)
+    assert done.phase == "succeeded", done.message
+    assert world.platform.starts("v2", slot=0) == 1
+    assert world.platform.starts("v2") == 3
+    assert early in world.platform.live()
+
+
+async def test_interrupted_canary_resumes_at_its_stored_step(world: World) -> None:
+    await first_release(world)
+    record = await world.create("v2", **CANARY_HOLD)
+    task = world.start(record)
+    await until(phase_is(world, record.id, "paused"), "the canary pauses")
+    canary = [i for i in world.platform.live() if i.version == "v2"]
+    task.cancel()  # the control plane dies while paused
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    stored = world.store.deployment(record.id)
+    assert stored is not None
+    assert isinstance(load_plan(stored.plan)[stored.step], Pause)
+    world.store.request(record.id, "promote")
+    done = await world.executor().run(stored)
+    assert done.phase == "succeeded", done.message
+    assert world.platform.starts("v2", slot=0) == 1  # the canary was kept, not restarted
+    assert world.platform.starts("v2") == 3
+    assert set(canary) <= set(world.platform.live())
+    assert world.router.shares() == {"v2": 100.0}
+
+
+# -- failures roll back ----------------------------------------------------------------
+
+async def test_new_revision_that_never_becomes_healthy_rolls_back(world: World) -> None:
+    await first_release(world)
+    v1_before = world.platform.live()
+    world.platform.unhealthy.add("v2")
+    began = world.clock.now()
+    done = await world.deploy("v2", kind="rolling")
+    assert done.phase == "failed"
+    assert "not healthy after 20s" in done.message and "answered 500" in done.message
+    assert world.clock.now() - began >= 20
+    assert world.router.shares() == {"v1": 100.0}
+    assert world.router.tables[-1].weights() == {world.rev("v1"): 100}
+    assert world.running("v2") == [] and world.stored("v2") == []
+    assert world.platform.live() == v1_before  # the old fleet never stopped
+    assert world.platform.starts("v1") == 3
+    assert world.store.stable("shop") == world.rev("v1")
+    assert any(e.kind == "rollback" for e in world.events)
+
+
+async def test_new_instance_that_exits_fails_fast_with_its_log(world: World) -> None:
+    await first_release(world)
+    world.platform.exit_on_start.add("v2")
+    began = world.clock.now()
+    done = await world.deploy("v2", kind="rolling")
+    assert done.phase == "failed"
+    assert "exited before it became healthy" in done.message
+    assert "exited with status 1" in done.message  # the log tail
+    assert world.clock.now() - began < 20  # no waiting for the health deadline
+    assert world.router.shares() == {"v1": 100.0}
+
+
+async def test_start_error_rolls_back(world: World) -> None:
+    await first_release(world)
+    world.platform.fail_start.add("v2")
+    done = await world.deploy("v2", kind="canary", steps=[{"weight": 10}])
+    assert done.phase == "failed"
+    assert "told to fail" in done.message
+    assert world.router.shares() == {"v1": 100.0}
+
+
+async def test_failed_first_release_leaves_an_empty_table(world: World) -> None:
+    world.platform.unhealthy.add("v1")
+    done = await world.deploy("v1")
+    assert done.phase == "failed"
+    assert done.previous_revision is None
+    assert world.router.tables[-1].pools == ()
+    assert world.platform.live() == [] and world.stored("v1") == []
+    assert world.store.stable("shop") is None
+
+
+async def test_failed_big_bang_starts_the_previous_fleet_again(world: World) -> None:
+    await first_release(world)
+    world.platform.unhealthy.add("v2")
+    done = await world.deploy("v2", kind="big-bang")
+    assert done.phase == "failed"
+    assert world.platform.starts("v1") == 6  # big bang stopped them; restore started them
+    assert world.running("v1") == [0, 1, 2] and world.running("v2") == []
+    assert world.router.shares() == {"v1": 100.0}
+    assert world.store.stable("shop") == world.rev("v1")
+
+
+# -- abort and promote -----------------------------------------------------------------
+
+async def test_abort_request_during_a_pause_restores_the_previous_version(world: World) -> None:
+    await first_release(world)
+    record = await world.create("v2", **CANARY_HOLD)
+    task = world.start(record)
+    await until(phase_is(world, record.id, "paused"), "the canary pauses")
+    assert world.router.tables[-1].weights() == {world.rev("v2"): 34, world.rev("v1"): 66}
+    world.store.request(record.id, "abort")
+    done = await task
+    assert done.phase == "aborted"
+    assert "aborted by request" in done.message
+    assert world.router.shares() == {"v1": 100.0}
+    assert world.running("v2") == [] and world.running("v1") == [0, 1, 2]
+    assert world.platform.starts("v1") == 3
+    assert world.store.stable("shop") == world.rev("v1")
+
+
+async def test_request_abort_in_process_interrupts_a_pause(world: World) -> None:
+    await first_release(world)
+    record = await world.create("v2", **CANARY_HOLD)
+    executor = world.executor()
+    task = asyncio.create_task(executor.run(record))
+    await until(phase_is(world, record.id, "paused"), "the canary pauses")
+    executor.request_abort()
+    done = await task
+    assert done.phase == "aborted" and done.message == "interrupted"
+    assert world.router.shares() == {"v1": 100.0}
+
+
+async def test_promote_request_ends_a_pause_without_duration(world: World) -> None:
+    await first_release(world)
+    record = await world.create("v2", **CANARY_HOLD)
+    task = world.start(record)
+    await until(phase_is(world, record.id, "paused"), "the canary pauses")
+    paused_at = world.clock.now()
+    await until(lambda: world.clock.now() > paused_at + 60, "a minute passes")
+    assert not task.done()  # a pause without duration does not end by itself
+    world.store.request(record.id, "promote")
+    done = await task
+    assert done.phase == "succeeded", done.message
+    assert not done.promote_requested  # the request was used up
+    assert world.router.shares() == {"v2": 100.0}
+    assert world.running("v1") == []
+
+
+# -- gates -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("errors", "phase"), [(0, "succeeded"), (50, "failed")])
+async def test_gate_during_a_canary_pause(world: World, errors: int, phase: str) -> None:
+    await first_release(world)
+    world.router.flow(world.rev("v2"), traffic(100, errors=errors))
+    done = await world.deploy("v2", kind="canary", steps=[{"weight": 50}, {"pause": "60s"}])
+    assert done.phase == phase, done.message
+    if phase == "failed":
+        assert "gate" in done.message and "50.0%" in done.message
+        assert world.router.shares() == {"v1": 100.0}
+        assert world.running("v2") == []
+        assert any(e.kind == "gate" and e.message.startswith("Failed") for e in world.events)
+    else:
+        assert world.router.shares() == {"v2": 100.0}
+
+
+async def test_gate_fails_on_slow_responses(world: World) -> None:
+    await first_release(world)
+    world.router.flow(world.rev("v2"), traffic(100, latency=3.0))
+    done = await world.deploy("v2", kind="canary", steps=[{"weight": 50}, {"pause": "60s"}])
+    assert done.phase == "failed"
+    assert "gate" in done.message and "p99" in done.message
+
+
+async def test_inconclusive_analysis_pauses_until_promote(world: World) -> None:
+    await first_release(world)
+    world.router.flow(world.rev("v2"), traffic(1))  # far fewer than min_requests
+    steps = [{"weight": 50}, {"analysis": {"duration": "30s", "min_requests": 50}}]
+    record = await world.create("v2", kind="canary", steps=steps)
+    task = world.start(record)
+    await until(phase_is(world, record.id, "paused"), "the analysis gives up")
+    paused = world.store.deployment(record.id)
+    assert paused is not None and "inconclusive" in paused.message
+    assert world.router.shares() == {"v2": 50.0, "v1": 50.0}
+    assert not task.done()
+    world.store.request(record.id, "promote")
+    done = await task
+    assert done.phase == "succeeded", done.message
+    assert world.router.shares() == {"v2": 100.0}
+
+
+async def test_failed_analysis_rolls_back(world: World) -> None:
+    await first_release(world)
+    world.router.flow(world.rev("v2"), traffic(40, errors=10))
+    steps = [{"weight": 50}, {"analysis": {"duration": "30s", "max_error_rate": 0.05}}]
+    done = await world.deploy("v2", kind="canary", steps=steps)
+    assert done.phase == "failed"
+    assert "analysis failed" in done.message
+    assert world.router.shares() == {"v1": 100.0}
+
+
+# -- blue-green and restore ------------------------------------------------------------
+
+async def test_blue_green_keeps_blue_warm_for_the_rollback_window(world: World) -> None:
+    await first_release(world)
+    done = await world.deploy("v2", kind="blue-green", rollback_window="2m")
+    assert done.phase == "succeeded", done.message
+    assert world.router.shares() == {"v2": 100.0}
+    assert world.running("v1") == [0, 1, 2]  # blue still runs, out of traffic
+    records = [r for r in world.store.instances("shop") if r.instance.version == "v1"]
+    assert [r.state for r in records] == ["warm"] * 3
+    assert all(r.warm_until == pytest.approx(world.clock.wall() + 120) for r in records)
+    assert world.stored("v2") == [(0, "ready"), (1, "ready"), (2, "ready")]
+    preview = [t for t in world.router.tables if t.preview == world.rev("v2")]
+    assert preview and preview[0].share(world.rev("v2")) == 0.0
+
+
+async def test_restore_of_a_warm_previous_revision_is_one_table_flip(world: World) -> None:
+    await first_release(world)
+    done = await world.deploy("v2", kind="blue-green", rollback_window="5m")
+    applies, starts = len(world.router.tables), len(world.platform.started)
+
+    await world.executor().restore(done)
+    assert len(world.router.tables) == applies + 1
+    assert len(world.platform.started) == starts
+    assert world.router.shares() == {"v1": 100.0}
+    assert world.running("v2") == [] and world.stored("v2") == []
+    assert world.stored("v1") == [(0, "ready"), (1, "ready"), (2, "ready")]
+    assert world.store.stable("shop") == world.rev("v1")
+
+
+async def test_busy_old_instance_is_stopped_after_the_drain_timeout(world: World) -> None:
+    await first_release(world)
+    busy = f"{world.rev('v1')}-0"
+    world.router.busy.add(busy)
+    began = world.clock.now()
+    done = await world.deploy("v2", kind="rolling")
+    assert done.phase == "succeeded"
+    assert world.clock.now() - began >= 10
+    assert any(e.kind == "warning" and busy in e.message for e in world.events)
+    assert world.running("v1") == []
