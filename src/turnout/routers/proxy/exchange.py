@@ -11,6 +11,7 @@ pool first, then of any pool, up to `MAX_ATTEMPTS` backends in all.
 from __future__ import annotations
 
 import asyncio
+from time import perf_counter
 from typing import TYPE_CHECKING
 
 from turnout.routers.proxy.balancer import BackendRef, Plan, PoolPlan
@@ -43,6 +44,12 @@ RESPONSE_503 = canned(503, b"Service Unavailable")
 
 class Exchange:
     """A request from `client` on its way to a backend of `pool` and the answer back."""
+
+    __slots__ = (
+        "backend", "chunked", "client", "complete", "finished", "keep_alive", "method",
+        "pending", "pending_size", "plan", "pool", "responded", "revision", "sent",
+        "sent_size", "started", "task", "tried", "upstream",
+    )
 
     def __init__(
         self,
@@ -173,7 +180,7 @@ class Exchange:
         else:
             conn.close()
         proxy = self.client.proxy
-        proxy.metrics.response(self.revision, conn.status, proxy.loop.time() - self.started)
+        proxy.metrics.response(self.revision, conn.status, perf_counter() - self.started)
         self.client.exchange_done(self, close=not conn.keep_alive)
 
     def upstream_lost(self, conn: UpstreamConn) -> None:
@@ -216,7 +223,7 @@ class Exchange:
         self.client.write(response)
         if status and self.revision:
             proxy = self.client.proxy
-            proxy.metrics.response(self.revision, status, proxy.loop.time() - self.started)
+            proxy.metrics.response(self.revision, status, perf_counter() - self.started)
         self.client.exchange_done(self, close=False)
 
     def abort(self) -> None:

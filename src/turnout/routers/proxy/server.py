@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from time import perf_counter
 from typing import cast
 
 from httptools import HttpParserError, HttpRequestParser
@@ -74,6 +75,12 @@ class Proxy:
 
 
 class ClientConn(asyncio.Protocol):
+    __slots__ = (
+        "chunked", "closed", "current", "headers", "length", "parser", "paused", "peer",
+        "preview", "proxy", "queue", "receiving", "started", "transport", "url", "wanted",
+        "write_paused", "xff",
+    )
+
     def __init__(self, proxy: Proxy, *, preview: bool = False) -> None:
         self.proxy = proxy
         self.preview = preview
@@ -134,7 +141,7 @@ class ClientConn(asyncio.Protocol):
     # --- httptools callbacks
     def on_message_begin(self) -> None:
         self._begin()
-        self.started = self.proxy.loop.time()
+        self.started = perf_counter()  # uvloop's clock ticks in milliseconds
 
     def on_url(self, url: bytes) -> None:
         self.url += url

@@ -38,6 +38,11 @@ class Sink(Protocol):
 class UpstreamConn(asyncio.Protocol):
     """One keep-alive connection to a backend, serving one exchange at a time."""
 
+    __slots__ = (
+        "address", "closed", "done", "framed", "got_bytes", "head", "keep_alive", "parser",
+        "pool", "read_paused", "reused", "sink", "status", "transport",
+    )
+
     def __init__(self, pool: ConnPool, address: str) -> None:
         self.pool = pool
         self.address = address
