@@ -9,7 +9,8 @@ checks run unchanged. A shared `Journal` records starts, stops and table applies
 order, and flags any instance stopped while the table in effect still lists it: the
 DESIGN's "remove from the router first" rule, checked on every test for free.
 
-A revision is named by its id or its version wherever a fake takes a set of names.
+Wherever a fake takes a set of names, an entry names a revision (its id or its version)
+or one instance (its id, `<revision id>-<slot>`).
 """
 
 from __future__ import annotations
@@ -81,8 +82,8 @@ class Journal:
         self.entries.append(("apply", ",".join(sorted(self._routed))))
 
 
-def _named(names: set[str], revision: str, version: str) -> bool:
-    return revision in names or version in names
+def _named(names: set[str], revision: str, version: str, slot: int | None = None) -> bool:
+    return revision in names or version in names or f"{revision}-{slot}" in names
 
 
 class FakePlatform:
@@ -107,7 +108,7 @@ class FakePlatform:
     # -- Platform ------------------------------------------------------------------
     async def start(self, revision: Revision, *, slot: int) -> Instance:
         await asyncio.sleep(0)
-        if _named(self.fail_start, revision.id, revision.version):
+        if _named(self.fail_start, revision.id, revision.version, slot):
             raise PlatformError(f"cannot start {revision.id} slot {slot}: told to fail")
         pid = next(self._pids)
         instance = Instance(
@@ -117,7 +118,7 @@ class FakePlatform:
         self._running[instance.id] = instance
         self.started.append(instance)
         self.journal.started(instance)
-        if _named(self.exit_on_start, revision.id, revision.version):
+        if _named(self.exit_on_start, revision.id, revision.version, slot):
             self._dead.add(instance)
         return instance
 
@@ -164,7 +165,8 @@ class FakePlatform:
         return next((i for i in self.live() if i.port == port), None)
 
     def health_status(self, instance: Instance) -> int:
-        return 500 if _named(self.unhealthy, instance.revision, instance.version) else 200
+        sick = _named(self.unhealthy, instance.revision, instance.version, instance.slot)
+        return 500 if sick else 200
 
     def _is_alive(self, instance: Instance) -> bool:
         return self._running.get(instance.id) == instance and instance not in self._dead
