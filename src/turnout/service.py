@@ -57,9 +57,7 @@ class Session:
         cls, spec_path: Path, overrides: tuple[str, ...] = (), *, emit: Emit = ignore
     ) -> AsyncIterator[Session]:
         spec = load_spec(spec_path, overrides)
-        spec_dir = spec_path.resolve().parent
-        state_dir = spec_dir / ".turnout"
-        state_dir.mkdir(parents=True, exist_ok=True)
+        spec_dir, state_dir = _state_dir(spec_path)
         store = Store.open(database_url(state_dir))
         platform = LocalPlatform(spec_dir=spec_dir, state_dir=state_dir)
         router = BuiltinRouter(state_dir / "router", listen=spec.listen, preview_listen=spec.preview_listen())
@@ -131,9 +129,10 @@ class Session:
                 if active.target_revision == revision.id:
                     self.emit(Event("info", f"resuming deployment #{active.id} at step {active.step + 1}"))
                     return await self._resume(active)
-                self.emit(Event("info", f"deployment #{active.id} of {active.version} was interrupted; undoing it"))
+                note = f"deployment #{active.id} of {active.version} was interrupted; undoing it"
+                self.emit(Event("info", note))
                 await executor.restore(active)
-                self.store.update_deployment(active.id, phase="aborted", message="replaced by a new deployment")
+                self.store.update_deployment(active.id, phase="aborted", message="replaced by a newer one")
             await self.tidy()
             self.store.save_revision(revision)
             await executor.refresh()
@@ -323,7 +322,8 @@ class Session:
             if active is not None:
                 self.store.update_deployment(active.id, phase="aborted", message="service taken down")
             stopped = 0
-            found: dict[str, Instance] = {r.instance.id: r.instance for r in self.store.instances(self.spec.service)}
+            records = self.store.instances(self.spec.service)
+            found: dict[str, Instance] = {r.instance.id: r.instance for r in records}
             found.update({i.id: i for i in await self.platform.instances(self.spec.service)})
             if (self.router.pid() is not None):
                 await self.router.stop()
@@ -333,6 +333,14 @@ class Session:
                 stopped += 1
             self.store.set_stable(self.spec.service, None)
             return stopped
+
+
+def _state_dir(spec_path: Path) -> tuple[Path, Path]:
+    """The spec's folder and its `.turnout` state folder, created on first use."""
+    spec_dir = spec_path.resolve().parent
+    state_dir = spec_dir / ".turnout"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    return spec_dir, state_dir
 
 
 def _describe_raw(step: dict[str, Any]) -> str:

@@ -56,7 +56,7 @@ class Service:
 
     def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "turnout", *args], cwd=self.folder, capture_output=True,
+            [sys.executable, "-m", "turnout", *args], check=False, cwd=self.folder, capture_output=True,
             text=True, timeout=timeout, stdin=subprocess.DEVNULL, env=cli_env(),
         )
 

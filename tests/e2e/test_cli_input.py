@@ -36,7 +36,8 @@ BAD = [
     ("path: /healthz", "path: healthz", 6, "health.path"),
     ("timeout: 2s", "timeout: 60s", 6, "health.timeout"),
     ("  kind: rolling", "  kind: sideways", 8, "strategy.kind"),
-    ("  kind: rolling", "  kind: rolling\n  max_surge: 0\n  max_unavailable: 0", 10, "strategy.max_unavailable"),
+    ("  kind: rolling", "  kind: rolling\n  max_surge: 0\n  max_unavailable: 0", 10,
+     "strategy.max_unavailable"),
     ("  kind: rolling", "  kind: rolling\n  max_surge: lots", 9, "strategy.max_surge"),
     ("  kind: rolling", "  kind: canary\n  steps: [{weight: 50}, {weight: 10}]", 9, "strategy.steps"),
     ("  kind: rolling", "  kind: canary\n  steps: [{weight: 10, pause: 1s}]", 9, "strategy.steps.0"),
@@ -47,13 +48,16 @@ BAD = [
 
 def turnout(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "turnout", *args], cwd=folder, capture_output=True, text=True,
+        [sys.executable, "-m", "turnout", *args], check=False, cwd=folder, capture_output=True,
+        text=True,
         timeout=60, stdin=subprocess.DEVNULL,
     )
 
 
 @pytest.mark.parametrize(("old", "new", "line", "field"), BAD, ids=[f"{b[3]}-{i}" for i, b in enumerate(BAD)])
-def test_invalid_spec_is_refused_with_exit_2(tmp_path: Path, old: str, new: str, line: int, field: str) -> None:
+def test_invalid_spec_is_refused_with_exit_2(
+    tmp_path: Path, old: str, new: str, line: int, field: str
+) -> None:
     assert old in GOOD
     (tmp_path / "turnout.yaml").write_text(GOOD.replace(old, new, 1))
     result = turnout(tmp_path, "deploy", "v1")
@@ -71,8 +75,13 @@ def test_bad_set_override_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / ".turnout").exists()
 
 
-@pytest.mark.parametrize("args", [["deploy"], ["deploy", "v1", "--strategy", "sideways"], ["rollback", "a", "b"],
-                                  ["deploy", "v1", "-f", "missing.yaml"], ["history", "-n", "0"], ["nonsense"]])
+BAD_ARGS = [
+    ["deploy"], ["deploy", "v1", "--strategy", "sideways"], ["rollback", "a", "b"],
+    ["deploy", "v1", "-f", "missing.yaml"], ["history", "-n", "0"], ["nonsense"],
+]
+
+
+@pytest.mark.parametrize("args", BAD_ARGS)
 def test_bad_arguments_exit_2(tmp_path: Path, args: list[str]) -> None:
     (tmp_path / "turnout.yaml").write_text(GOOD)
     result = turnout(tmp_path, *args)

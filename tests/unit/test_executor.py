@@ -440,9 +440,8 @@ async def test_blue_green_tests_on_the_preview_address_gate_the_switch(world: Wo
     assert world.running("v3") == []
 
 
-# -- known problems: strict xfails, so fixing one turns its test red until the mark goes ----
+# -- problems found and fixed: these keep them fixed ----
 
-@pytest.mark.xfail(strict=True, reason="wait_healthy waits for every instance of a batch")
 async def test_an_instance_that_exits_fails_its_batch_without_waiting_for_the_others(
     world: World,
 ) -> None:
@@ -455,7 +454,6 @@ async def test_an_instance_that_exits_fails_its_batch_without_waiting_for_the_ot
     assert world.clock.now() - began < 20
 
 
-@pytest.mark.xfail(strict=True, reason="restore routes only slots below spec.instances")
 async def test_abort_after_the_fleet_shrank_leaves_no_unrouted_old_instance(world: World) -> None:
     await first_release(world)
     world.spec = world.spec.model_copy(update={"instances": 2})
@@ -469,7 +467,6 @@ async def test_abort_after_the_fleet_shrank_leaves_no_unrouted_old_instance(worl
     assert {i.id for i in world.platform.live()} == routed
 
 
-@pytest.mark.xfail(strict=True, reason="a plan from a revision to itself stops what it routes")
 async def test_redeploying_the_stable_version_replaces_only_the_dead_instance(world: World) -> None:
     await first_release(world)
     world.platform.crash(next(i for i in world.platform.live() if i.slot == 1))

@@ -39,17 +39,16 @@ class Judgement:
 def judge(window: Counters, limits: Thresholds) -> Judgement:
     """Judge one window of a revision's traffic against the thresholds."""
     rate, p99 = window.error_rate, window.quantile(0.99)
-    facts = dict(requests=window.requests, error_rate=rate, p99=p99)
     errors = window.responses_5xx + window.connection_errors
     # Too many errors to pass even once `min_requests` is reached: fail without waiting.
     if errors > limits.max_error_rate * max(window.requests, limits.min_requests):
         reason = f"error rate {rate:.1%} over {window.requests} requests exceeds {limits.max_error_rate:.1%}"
-        return Judgement(Verdict.FAILED, reason, **facts)
+        return Judgement(Verdict.FAILED, reason, window.requests, rate, p99)
     if window.requests < max(1, limits.min_requests):
         reason = f"{window.requests} requests, fewer than the {limits.min_requests} needed to judge"
-        return Judgement(Verdict.INCONCLUSIVE, reason, **facts)
+        return Judgement(Verdict.INCONCLUSIVE, reason, window.requests, rate, p99)
     if p99 > limits.max_p99:
         reason = f"p99 latency up to {p99 * 1000:.0f} ms exceeds {limits.max_p99 * 1000:.0f} ms"
-        return Judgement(Verdict.FAILED, reason, **facts)
+        return Judgement(Verdict.FAILED, reason, window.requests, rate, p99)
     reason = f"{window.requests} requests, error rate {rate:.2%}, p99 <= {p99 * 1000:.0f} ms"
-    return Judgement(Verdict.SUCCESSFUL, reason, **facts)
+    return Judgement(Verdict.SUCCESSFUL, reason, window.requests, rate, p99)

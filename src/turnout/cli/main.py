@@ -24,7 +24,8 @@ from turnout.specfile import find_spec, spec_json_schema
 from turnout.store.db import DeploymentRecord
 
 T = TypeVar("T")
-FILE_OPTION = click.option("-f", "--file", "spec_file", default=None, help="spec file (default: ./turnout.yaml)")
+FILE_OPTION = click.option("-f", "--file", "spec_file", default=None,
+                           help="spec file (default: ./turnout.yaml)")
 SET_OPTION = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
                           help="override one spec field by dotted path, e.g. run.env.MODE=dev")
 
@@ -80,7 +81,8 @@ def _exit_for(record: DeploymentRecord | None) -> int:
 @click.argument("version")
 @FILE_OPTION
 @click.option("--strategy", default=None,
-              type=click.Choice(["big-bang", "rolling", "blue-green", "canary"]), help="override strategy.kind")
+              type=click.Choice(["big-bang", "rolling", "blue-green", "canary"]),
+              help="override strategy.kind")
 @SET_OPTION
 @click.option("--json", "as_json", is_flag=True, help="print events as JSON lines")
 def deploy(version: str, spec_file: str | None, strategy: str | None, overrides: tuple[str, ...],

@@ -56,8 +56,10 @@ class Printer:
         self.out.print(f"stable   {stable['version'] or '-'} ({stable['revision'] or 'none'})", markup=False)
         deployment = data["deployment"]
         if deployment:
-            state = "INTERRUPTED (run `turnout deploy "+deployment["version"]+"` to resume or `turnout abort`)" \
-                if deployment["interrupted"] else deployment["phase"]
+            state = deployment["phase"]
+            if deployment["interrupted"]:
+                version = deployment["version"]
+                state = f"INTERRUPTED (`turnout deploy {version}` resumes, `turnout abort` undoes)"
             self.out.print(
                 f"deploy   #{deployment['id']} {deployment['version']} ({deployment['strategy']}): {state}, "
                 f"step {deployment['step'] + 1}/{deployment['steps']}: {deployment['current'] or 'done'}",
@@ -65,7 +67,8 @@ class Printer:
             )
         router = data["router"]
         split = ", ".join(f"{v} {w}%" for v, w in router["traffic"].items()) or "-"
-        self.out.print(f"router   {'running' if router['running'] else 'stopped'}; traffic: {split}", markup=False)
+        running = "running" if router["running"] else "stopped"
+        self.out.print(f"router   {running}; traffic: {split}", markup=False)
         table = Table("instance", "version", "address", "pid", "state", "health", "in flight")
         for inst in data["instances"]:
             health = "healthy" if inst["healthy"] else f"unhealthy: {inst['problem']}"

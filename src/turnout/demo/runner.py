@@ -9,6 +9,8 @@ all traffic.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import socket
 import sys
 import tempfile
@@ -20,6 +22,7 @@ import yaml
 
 from turnout.demo.load import Load
 from turnout.engine.events import Event
+from turnout.model import Revision
 from turnout.service import Session
 
 STRATEGIES: dict[str, dict[str, object]] = {
@@ -96,44 +99,42 @@ async def run_demo(*, rate: float = 200.0, only: tuple[str, ...] = (), quiet: bo
     chosen = [name for name in STRATEGIES if not only or name in only]
     rows: list[DemoRow] = []
     with tempfile.TemporaryDirectory(prefix="turnout-demo-") as tmp:
-        port = free_port()
-        path = write_spec(Path(tmp), port)
-        cutover = Cutover(quiet)
-        async with Session.open(path, emit=cutover) as session:
+        demo = Demo(write_spec(Path(tmp), free_port()), rate, Cutover(quiet), quiet)
+        async with Session.open(demo.path, emit=demo.cutover) as session:
             try:
-                if not quiet:
-                    print("deploying v1 (the first release)", flush=True)
+                demo.say("deploying v1, the first release")
                 await session.deploy("v1")
                 for number, name in enumerate(chosen, start=2):
-                    rows.append(await _one(session, path, port, name, f"v{number}", rate, cutover, quiet))
+                    rows.append(await demo.deploy(name, f"v{number}"))
             finally:
                 await session.down()
     return rows
 
 
-async def _one(session: Session, path: Path, port: int, name: str, version: str, rate: float,
-               cutover: Cutover, quiet: bool) -> DemoRow:
-    if not quiet:
-        print(f"\n{name}: deploying {version} under {rate:g} req/s", flush=True)
-    overrides = tuple(f"strategy.{k}={yaml.safe_dump(v, default_flow_style=True).strip()}"
-                      for k, v in STRATEGIES[name].items())
-    async with Session.open(path, overrides, emit=cutover) as run:
-        from turnout.model import Revision
+@dataclass
+class Demo:
+    path: Path
+    rate: float
+    cutover: Cutover
+    quiet: bool
 
-        cutover.target, cutover.at = Revision.of(run.spec, version).id, None
-        async with Load(f"http://127.0.0.1:{port}/", rate=rate, users=200, max_seconds=300) as load:
-            started = time.monotonic()
-            record = await run.deploy(version)
-            duration = time.monotonic() - started
-            await _settle(1.0)
-        summary = load.summary(new_version=version, until=cutover.at)
-    del session
-    outcome = record.phase if record is not None else "succeeded"
-    return DemoRow(name, summary.requests, summary.failed, summary.longest_gap_s,
-                   summary.exposed_users, duration, outcome)
+    def say(self, text: str) -> None:
+        if not self.quiet:
+            print(text, flush=True)
 
-
-async def _settle(seconds: float) -> None:
-    import asyncio
-
-    await asyncio.sleep(seconds)
+    async def deploy(self, name: str, version: str) -> DemoRow:
+        """Deploy `version` with strategy `name` under load; measure what users saw."""
+        self.say(f"\n{name}: deploying {version} under {self.rate:g} req/s")
+        overrides = tuple(f"strategy.{key}={json.dumps(value)}" for key, value in STRATEGIES[name].items())
+        async with Session.open(self.path, overrides, emit=self.cutover) as run:
+            self.cutover.target, self.cutover.at = Revision.of(run.spec, version).id, None
+            url = f"http://{run.spec.listen}/"
+            async with Load(url, rate=self.rate, users=200, max_seconds=300) as load:
+                started = time.monotonic()
+                record = await run.deploy(version)
+                duration = time.monotonic() - started
+                await asyncio.sleep(1.0)
+            summary = load.summary(new_version=version, until=self.cutover.at)
+        outcome = record.phase if record is not None else "succeeded"
+        return DemoRow(name, summary.requests, summary.failed, summary.longest_gap_s,
+                       summary.exposed_users, duration, outcome)

@@ -214,15 +214,25 @@ class Executor:
             health.wait_healthy(self.http, self.platform, i, revision.health, self.clock)
             for i in instances
         ]
-        results = await asyncio.gather(*checks, return_exceptions=True)
-        for instance, result in zip(instances, results, strict=True):
-            if isinstance(result, BaseException):
-                tail = ""
-                tail_of = getattr(self.platform, "tail", None)
-                if tail_of is not None:
-                    tail = tail_of(instance, lines=5)
-                raise StepFailed(f"{result}" + (f"\n  log: {tail.strip()}" if tail.strip() else ""))
+        pairs = zip(checks, instances, strict=True)
+        tasks = {asyncio.ensure_future(check): instance for check, instance in pairs}
+        try:
+            # The first instance to fail fails the batch at once; the others are not waited for.
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                if task.exception() is not None:
+                    raise StepFailed(self._with_log(str(task.exception()), tasks[task]))
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for instance in instances:
             self.store.set_instance_state(instance.id, "ready")
+
+    def _with_log(self, message: str, instance: Instance) -> str:
+        tail_of = getattr(self.platform, "tail", None)
+        tail = str(tail_of(instance, lines=5)).strip() if tail_of is not None else ""
+        return message + (f"\n  log: {tail}" if tail else "")
 
     def table_for(self, step: Route, generation: int) -> RoutingTable:
         pools = [
@@ -297,7 +307,7 @@ class Executor:
     async def _pause(self, deployment: DeploymentRecord, step: Pause) -> None:
         if step.seconds is None:
             self.store.update_deployment(deployment.id, phase="paused", message="waiting for promote")
-            self.emit(Event("paused", "paused: run `turnout promote` to continue, `turnout abort` to go back"))
+            self.emit(Event("paused", "paused: `turnout promote` continues, `turnout abort` goes back"))
         end = None if step.seconds is None else self.clock.now() + step.seconds
         baseline = await self._counters(step.watch) if step.watch else None
         interval = self.spec.strategy.gate.interval
@@ -328,7 +338,8 @@ class Executor:
         if verdict.verdict is Verdict.FAILED:
             raise StepFailed(f"analysis failed: {verdict.reason}")
         if verdict.verdict is Verdict.INCONCLUSIVE:
-            self.store.update_deployment(deployment.id, phase="paused", message=f"inconclusive: {verdict.reason}")
+            message = f"inconclusive: {verdict.reason}"
+            self.store.update_deployment(deployment.id, phase="paused", message=message)
             self.emit(Event("paused", f"analysis inconclusive ({verdict.reason}): promote or abort"))
             await self._wait(deployment.id, None, promote_ends=True)
             self.store.update_deployment(deployment.id, phase="progressing", message="")
@@ -352,9 +363,10 @@ class Executor:
             await self._wait_healthy(previous, slots)
             await self._route(Route(pools=(RoutePool(revision=previous, weight=100, slots=slots),)))
             self.store.set_stable(self.spec.service, previous)
-            for instance in self._instances(previous, slots):
-                self.store.set_instance_state(instance.id, "ready")
-        leaving = list(self.fleet.get(deployment.target_revision, {}).values())
+        # Everything of the target goes, and any slot of the previous one beyond the fleet size.
+        leaving = [i for i in self.fleet.get(previous or "", {}).values() if i.slot >= self.spec.instances]
+        if deployment.target_revision != previous:
+            leaving += self.fleet.get(deployment.target_revision, {}).values()
         await self._drain(leaving)
         await self._stop(leaving)
         self.emit(Event("info", f"restored {previous or 'nothing (first release)'}"))

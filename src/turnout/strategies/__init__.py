@@ -21,7 +21,8 @@ PLANNERS: dict[str, Planner] = {
 
 def plan(fleet: Fleet, params: Strategy) -> list[Step]:
     """The steps that take `fleet` to its target revision with the strategy `params` name."""
-    if fleet.stable is None:
+    if fleet.stable is None or fleet.stable == fleet.target:
+        # Nothing serves yet, or the target lost instances: start what is missing, route all.
         return first_release(fleet)
     planner = PLANNERS.get(params.kind)
     if planner is None:
@@ -29,4 +30,4 @@ def plan(fleet: Fleet, params: Strategy) -> list[Step]:
     return planner(fleet, params)
 
 
-__all__ = ["PLANNERS", "Fleet", "plan"]
+__all__ = ["PLANNERS", "Fleet", "first_release", "plan"]

@@ -6,7 +6,17 @@ Blue leaves traffic in the same table that gives green all of it, and stays runn
 
 from __future__ import annotations
 
-from turnout.engine.steps import KeepWarm, Pause, Promote, Route, RoutePool, RunTests, Start, Step, WaitHealthy
+from turnout.engine.steps import (
+    KeepWarm,
+    Pause,
+    Promote,
+    Route,
+    RoutePool,
+    RunTests,
+    Start,
+    Step,
+    WaitHealthy,
+)
 from turnout.spec import Strategy
 from turnout.strategies.base import Fleet, only
 
