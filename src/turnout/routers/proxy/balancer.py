@@ -29,10 +29,10 @@ class BackendRef:
     revision: str
     host: str
     port: int
+    address: str = field(init=False, compare=False)  # "host:port", the idle pool's key
 
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "address", f"{self.host}:{self.port}")
 
 
 @dataclass(slots=True)
@@ -145,7 +145,8 @@ class Plan:
                 return rule.pool
         if not self.ends:
             return None
-        bucket = bucket_of(key) if key is not None else random.randrange(BUCKETS)
+        # bucket_of, inlined: this runs once per request
+        bucket = mmh3.hash(key, signed=False) % BUCKETS if key else random.randrange(BUCKETS)
         return self.ranged[bisect_right(self.ends, bucket)]
 
     def bucket_pool(self, bucket: int) -> str | None:

@@ -15,10 +15,11 @@ from time import perf_counter
 from typing import TYPE_CHECKING
 
 from turnout.routers.proxy.balancer import BackendRef, Plan, PoolPlan
+from turnout.routers.proxy.metrics import RevisionCounters
 from turnout.routers.proxy.upstream import UpstreamConn
 
 if TYPE_CHECKING:
-    from turnout.routers.proxy.server import ClientConn
+    from turnout.routers.proxy.server import ClientConn, Proxy
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"})
 RETAIN_MAX = 64 * 1024
@@ -46,38 +47,33 @@ class Exchange:
     """A request from `client` on its way to a backend of `pool` and the answer back."""
 
     __slots__ = (
-        "backend", "chunked", "client", "complete", "finished", "keep_alive", "method",
-        "pending", "pending_size", "plan", "pool", "responded", "revision", "sent",
+        "backend", "chunked", "client", "complete", "counters", "finished", "keep_alive",
+        "method", "pending", "pending_size", "plan", "pool", "proxy", "responded", "sent",
         "sent_size", "started", "task", "tried", "upstream",
     )
 
     def __init__(
-        self,
-        client: ClientConn,
-        plan: Plan,
-        pool: PoolPlan | None,
-        *,
-        method: bytes,
-        head: bytes,
-        chunked: bool,
-        keep_alive: bool,
-        started: float,
+        self, client: ClientConn, plan: Plan, pool: PoolPlan | None, method: bytes, head: bytes
     ) -> None:
+        """Framing, keep-alive and start time come from the client's request just parsed."""
         self.client = client
+        self.proxy: Proxy = client.proxy
         self.plan = plan
         self.pool = pool
-        self.revision = pool.revision if pool is not None else ""
+        self.counters: RevisionCounters | None = (
+            self.proxy.metrics.revision(pool.revision) if pool is not None else None
+        )
         self.method = method
-        self.chunked = chunked
-        self.keep_alive = keep_alive
-        self.started = started
+        self.chunked = client.chunked
+        self.keep_alive = bool(client.parser.should_keep_alive())
+        self.started = client.started
         self.pending: list[bytes] = [head]
         self.pending_size = len(head)
         self.sent: list[bytes] | None = []
         self.sent_size = 0
         self.upstream: UpstreamConn | None = None
         self.backend: BackendRef | None = None
-        self.tried: list[BackendRef] = []
+        self.tried: list[BackendRef] | None = None
         self.task: asyncio.Task[None] | None = None
         self.complete = False  # the whole request was received from the client
         self.finished = False  # the response is over (or failed)
@@ -85,55 +81,61 @@ class Exchange:
 
     # --- starting and connecting
     def start(self) -> None:
-        metrics = self.client.proxy.metrics
-        if self.revision:
-            metrics.request(self.revision)
+        if self.counters is not None:
+            self.counters.requests += 1
         backend = self.pool.pick() if self.pool is not None else None
         if backend is None:
             self._local(RESPONSE_503, 503)
             return
-        conn = self.client.proxy.conns.take(backend.address)
+        conn = self.proxy.conns.take(backend.address)
         if conn is not None:
-            self.tried.append(backend)
+            self.tried = [backend]
             self._attach(conn, backend)
         else:
+            self.tried = []
             self.task = asyncio.get_running_loop().create_task(self._connect(backend))
 
     async def _connect(self, backend: BackendRef | None) -> None:
+        tried = self.tried
+        assert tried is not None
         while backend is not None:
-            self.tried.append(backend)
+            tried.append(backend)
             try:
-                conn = await self.client.proxy.conns.connect(backend)
+                conn = await self.proxy.conns.connect(backend)
             except (OSError, TimeoutError):
-                backend = self._next_backend()
+                backend = self._next_backend(tried)
                 continue
             self.task = None
             if self.finished:
-                self.client.proxy.conns.release(conn)
+                self.proxy.conns.release(conn)
             else:
                 self._attach(conn, backend)
             return
         self.task = None
         self._fail()
 
-    def _next_backend(self) -> BackendRef | None:
-        if len(self.tried) >= MAX_ATTEMPTS or self.pool is None:
+    def _next_backend(self, tried: list[BackendRef]) -> BackendRef | None:
+        if len(tried) >= MAX_ATTEMPTS or self.pool is None:
             return None
         candidates = self.plan.fallbacks(self.pool)
-        return next((b for b in candidates if b not in self.tried), None)
+        return next((b for b in candidates if b not in tried), None)
 
     def _attach(self, conn: UpstreamConn, backend: BackendRef) -> None:
         self.upstream = conn
         self.backend = backend
-        self.client.proxy.metrics.begin(backend.id)
-        conn.attach(self, head=self.method == b"HEAD")
-        if self.client.write_paused:
+        in_flight = self.proxy.metrics.in_flight
+        in_flight[backend.id] = in_flight.get(backend.id, 0) + 1
+        conn.attach(self, self.method == b"HEAD")
+        client = self.client
+        if client.write_paused:
             conn.pause_reading()
-        data = b"".join(self.pending)
+        pending = self.pending
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
         self.pending = []
         self.pending_size = 0
         self._write(data)
-        self.client.resume(BP_PENDING)
+        if client.paused:
+            client.resume(BP_PENDING)
 
     # --- the request body
     def body(self, chunk: bytes) -> None:
@@ -172,16 +174,23 @@ class Exchange:
         self.responded = True
         self.client.write(data)
 
+    def response_end(self, data: bytes, conn: UpstreamConn) -> None:
+        """The last bytes of the response (the common case: the whole response at once)."""
+        self.responded = True
+        self.client.write(data)
+        self.response_done(conn)
+
     def response_done(self, conn: UpstreamConn) -> None:
         self._detach()
         self.finished = True
-        if conn.keep_alive and self.complete:
-            self.client.proxy.conns.release(conn)
+        keep_alive = conn.keep_alive
+        if keep_alive and self.complete:
+            self.proxy.conns.release(conn)
         else:
             conn.close()
-        proxy = self.client.proxy
-        proxy.metrics.response(self.revision, conn.status, perf_counter() - self.started)
-        self.client.exchange_done(self, close=not conn.keep_alive)
+        if self.counters is not None:
+            self.counters.response(conn.status, perf_counter() - self.started)
+        self.client.exchange_done(self, not keep_alive)
 
     def upstream_lost(self, conn: UpstreamConn) -> None:
         self._detach()
@@ -196,7 +205,8 @@ class Exchange:
             return
         if self.responded:
             self.finished = True
-            self.client.proxy.metrics.connection_error(self.revision)
+            if self.counters is not None:
+                self.counters.errors += 1
             self.client.abort()
         else:
             self._fail()
@@ -210,21 +220,24 @@ class Exchange:
     # --- endings
     def _detach(self) -> None:
         if self.upstream is not None and self.backend is not None:
-            self.client.proxy.metrics.end(self.backend.id)
+            in_flight = self.proxy.metrics.in_flight
+            backend_id = self.backend.id
+            in_flight[backend_id] = in_flight.get(backend_id, 1) - 1
         self.upstream = None
 
     def _fail(self) -> None:
-        self.client.proxy.metrics.connection_error(self.revision)
+        """Connection error: counted once as such (not also as a 5xx) and answered 502."""
+        if self.counters is not None:
+            self.counters.errors += 1
         self._local(RESPONSE_502, 0)
 
     def _local(self, response: bytes, status: int) -> None:
         self.finished = True
         self.responded = True
         self.client.write(response)
-        if status and self.revision:
-            proxy = self.client.proxy
-            proxy.metrics.response(self.revision, status, perf_counter() - self.started)
-        self.client.exchange_done(self, close=False)
+        if status and self.counters is not None:
+            self.counters.response(status, perf_counter() - self.started)
+        self.client.exchange_done(self, False)
 
     def abort(self) -> None:
         """The client went away: drop the backend connection (it cannot be reused)."""

@@ -1,6 +1,7 @@
 """Traffic counters of one proxy worker: per revision, plus in-flight requests per backend.
 
-Counting is a handful of integer additions and one bisection per request; the pydantic
+Counting is a handful of integer additions and one bisection over the bounds tuple per
+request, on a counters object the exchange looked up once; the pydantic
 `RouterStats` model is built only when the admin API asks for it.
 """
 
@@ -12,7 +13,9 @@ from bisect import bisect_left
 from turnout.routers.base import LATENCY_BOUNDS, Counters, RouterStats
 
 
-class _Revision:
+class RevisionCounters:
+    """One revision's counters; exchanges hold a reference and count without lookups."""
+
     __slots__ = ("errors", "latency", "requests", "responses_5xx")
 
     def __init__(self) -> None:
@@ -21,36 +24,31 @@ class _Revision:
         self.errors = 0
         self.latency = [0] * (len(LATENCY_BOUNDS) + 1)
 
+    def response(self, status: int, seconds: float) -> None:
+        if status >= 500:
+            self.responses_5xx += 1
+        self.latency[bisect_left(LATENCY_BOUNDS, seconds)] += 1
+
 
 class Metrics:
     """Counters since this worker started; `worker` is a random id per start."""
 
     def __init__(self) -> None:
         self.worker = secrets.token_hex(6)
-        self._revisions: dict[str, _Revision] = {}
+        self._revisions: dict[str, RevisionCounters] = {}
         self.in_flight: dict[str, int] = {}
 
-    def _rev(self, revision: str) -> _Revision:
+    def revision(self, revision: str) -> RevisionCounters:
+        """The counters of `revision`, created on first use.
+
+        `errors` counts requests that failed to reach or hear from their backend (answered
+        502 if possible); those are not also counted as 5xx, so `Counters.error_rate` counts
+        each failure once.
+        """
         counters = self._revisions.get(revision)
         if counters is None:
-            counters = self._revisions[revision] = _Revision()
+            counters = self._revisions[revision] = RevisionCounters()
         return counters
-
-    def request(self, revision: str) -> None:
-        self._rev(revision).requests += 1
-
-    def response(self, revision: str, status: int, seconds: float) -> None:
-        counters = self._rev(revision)
-        if status >= 500:
-            counters.responses_5xx += 1
-        counters.latency[bisect_left(LATENCY_BOUNDS, seconds)] += 1
-
-    def connection_error(self, revision: str) -> None:
-        """A request that failed to reach or hear from its backend (answered 502 if possible).
-
-        Not also counted as a 5xx, so `Counters.error_rate` counts each failure once.
-        """
-        self._rev(revision).errors += 1
 
     def begin(self, backend_id: str) -> None:
         self.in_flight[backend_id] = self.in_flight.get(backend_id, 0) + 1

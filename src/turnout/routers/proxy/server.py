@@ -77,8 +77,8 @@ class Proxy:
 class ClientConn(asyncio.Protocol):
     __slots__ = (
         "chunked", "closed", "current", "headers", "length", "parser", "paused", "peer",
-        "preview", "proxy", "queue", "receiving", "started", "transport", "url", "wanted",
-        "write_paused", "xff",
+        "preview", "proxy", "queue", "receiving", "started", "transport", "url", "want",
+        "wanted", "write_paused", "xff", "xff_line",
     )
 
     def __init__(self, proxy: Proxy, *, preview: bool = False) -> None:
@@ -87,22 +87,14 @@ class ClientConn(asyncio.Protocol):
         self.parser = HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.peer = b"unknown"
+        self.xff_line = b"X-Forwarded-For: unknown\r\n"
         self.closed = False
         self.paused = 0
         self.write_paused = False
         self.current: Exchange | None = None
         self.receiving: Exchange | None = None
         self.queue: deque[Exchange] = deque()
-        self._begin()
-
-    def _begin(self) -> None:
-        self.started = 0.0
-        self.url = b""
-        self.headers: list[bytes] = []
-        self.wanted: dict[bytes, bytes] = {}
-        self.xff: bytes | None = None
-        self.length: bytes | None = None
-        self.chunked = False
+        self.on_message_begin()
 
     # --- asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -110,6 +102,7 @@ class ClientConn(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and peer:
             self.peer = str(peer[0]).encode()
+            self.xff_line = b"X-Forwarded-For: %s\r\n" % self.peer
         self.proxy.clients.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -140,8 +133,14 @@ class ClientConn(asyncio.Protocol):
 
     # --- httptools callbacks
     def on_message_begin(self) -> None:
-        self._begin()
         self.started = perf_counter()  # uvloop's clock ticks in milliseconds
+        self.url = b""
+        self.headers: list[bytes] = []  # name, b": ", value, CRLF, ... joined once
+        self.want = self.proxy.plan.wanted
+        self.wanted: dict[bytes, bytes] = {}
+        self.xff: bytes | None = None
+        self.length: bytes | None = None
+        self.chunked = False
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -156,24 +155,16 @@ class ClientConn(asyncio.Protocol):
             elif lname == b"transfer-encoding":
                 self.chunked = b"chunked" in value.lower()
             return
-        self.headers.append(b"%s: %s\r\n" % (name, value))
-        if lname in self.proxy.plan.wanted:
+        self.headers += (name, b": ", value, b"\r\n")
+        if lname in self.want:
             self.wanted[lname] = value
 
     def on_headers_complete(self) -> None:
         plan = self.proxy.plan
-        method: bytes = self.parser.get_method()
+        parser = self.parser
+        method: bytes = parser.get_method()
         pool = plan.preview if self.preview else plan.route(self.wanted)
-        exchange = Exchange(
-            self,
-            plan,
-            pool,
-            method=method,
-            head=self._head(method),
-            chunked=self.chunked,
-            keep_alive=bool(self.parser.should_keep_alive()),
-            started=self.started,
-        )
+        exchange = Exchange(self, plan, pool, method, self._head(method))
         self.receiving = exchange
         if self.current is None:
             self.current = exchange
@@ -183,19 +174,17 @@ class ClientConn(asyncio.Protocol):
             self.pause(BP_PIPELINE)
 
     def _head(self, method: bytes) -> bytes:
-        xff = self.peer if self.xff is None else b"%s, %s" % (self.xff, self.peer)
+        xff = self.xff_line
+        if self.xff is not None:
+            xff = b"X-Forwarded-For: %s, %s\r\n" % (self.xff, self.peer)
         if self.chunked:
             framing = b"Transfer-Encoding: chunked\r\n"
         elif self.length is not None:
             framing = b"Content-Length: %s\r\n" % self.length
         else:
             framing = b""
-        return b"%s %s HTTP/1.1\r\n%sX-Forwarded-For: %s\r\n%s\r\n" % (
-            method,
-            self.url,
-            b"".join(self.headers),
-            xff,
-            framing,
+        return b"%s %s HTTP/1.1\r\n%s%s%s\r\n" % (
+            method, self.url, b"".join(self.headers), xff, framing
         )
 
     def on_body(self, body: bytes) -> None:
@@ -211,10 +200,11 @@ class ClientConn(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.write(data)
 
-    def exchange_done(self, exchange: Exchange, *, close: bool) -> None:
+    def exchange_done(self, exchange: Exchange, close: bool) -> None:
         if exchange is not self.current:
             return
-        self.resume(BP_UPSTREAM | BP_PENDING)
+        if self.paused:
+            self.resume(BP_UPSTREAM | BP_PENDING)
         if close or not exchange.keep_alive or self.proxy.draining:
             self.current = None
             self.close()
@@ -224,7 +214,8 @@ class ClientConn(asyncio.Protocol):
             self.current.start()
         else:
             self.current = None
-            self.resume(BP_PIPELINE)
+            if self.paused:
+                self.resume(BP_PIPELINE)
 
     def pause(self, flag: int) -> None:
         if not self.paused and self.transport is not None and not self.closed:

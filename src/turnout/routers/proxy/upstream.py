@@ -10,6 +10,7 @@ dropped when their backend leaves the table or the backend closes them.
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Protocol, cast
 
 from httptools import HttpParserError, HttpResponseParser
@@ -19,12 +20,15 @@ from turnout.routers.proxy.balancer import BackendRef
 CONNECT_TIMEOUT = 5.0
 MAX_IDLE_PER_BACKEND = 64
 NO_BODY_STATUSES = frozenset({204, 304})
+FRAMING = re.compile(rb"\r\n(?:content-length|transfer-encoding)[ \t]*:", re.IGNORECASE)
 
 
 class Sink(Protocol):
     """What an upstream connection reports to (the exchange it serves)."""
 
     def response_data(self, data: bytes) -> None: ...
+
+    def response_end(self, data: bytes, conn: UpstreamConn) -> None: ...
 
     def response_done(self, conn: UpstreamConn) -> None: ...
 
@@ -39,8 +43,8 @@ class UpstreamConn(asyncio.Protocol):
     """One keep-alive connection to a backend, serving one exchange at a time."""
 
     __slots__ = (
-        "address", "closed", "done", "framed", "got_bytes", "head", "keep_alive", "parser",
-        "pool", "read_paused", "reused", "sink", "status", "transport",
+        "address", "closed", "done", "got_bytes", "head", "head_bytes", "interim", "keep_alive",
+        "parser", "pool", "read_paused", "reused", "sink", "status", "transport",
     )
 
     def __init__(self, pool: ConnPool, address: str) -> None:
@@ -52,19 +56,29 @@ class UpstreamConn(asyncio.Protocol):
         self.reused = False
         self.closed = False
         self.read_paused = False
-        self._reset(head=False)
+        self.attach(None, False)
 
-    def _reset(self, *, head: bool) -> None:
+    def attach(self, sink: Sink | None, head: bool) -> None:
+        """Serve the exchange `sink` (one whose request is HEAD if `head`)."""
+        self.sink = sink
         self.head = head
         self.got_bytes = False
         self.done = False
         self.status = 0
         self.keep_alive = True
-        self.framed = False
+        self.head_bytes = b""  # bytes up to the chunk that completed the final head
+        self.interim = 0  # 1xx responses before the final one
 
-    def attach(self, sink: Sink, *, head: bool) -> None:
-        self.sink = sink
-        self._reset(head=head)
+    def _framed(self) -> bool:
+        """Whether the final response head announced its length (else the close ends it).
+
+        Only needed when the backend closes mid-response, so the head is searched then rather
+        than handing every header of every response to Python.
+        """
+        if self.status in NO_BODY_STATUSES:
+            return True
+        heads = self.head_bytes.split(b"\r\n\r\n", self.interim + 1)
+        return FRAMING.search(heads[min(self.interim, len(heads) - 1)]) is not None
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
@@ -95,15 +109,18 @@ class UpstreamConn(asyncio.Protocol):
             self.close()
             return
         self.got_bytes = True
+        if not self.status:
+            self.head_bytes += data
         try:
             self.parser.feed_data(data)
         except HttpParserError:
             self.close()  # connection_lost reports it to the sink
             return
-        sink.response_data(data)
         if self.done:
             self.sink = None
-            sink.response_done(self)
+            sink.response_end(data, self)
+        else:
+            sink.response_data(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -111,7 +128,7 @@ class UpstreamConn(asyncio.Protocol):
         sink, self.sink = self.sink, None
         if sink is None or self.done:
             return
-        if self.status and not self.framed and not self.head:
+        if self.status and not self.head and not self._framed():
             self.done = True  # a response delimited by the end of the connection
             self.keep_alive = False
             sink.response_done(self)
@@ -126,21 +143,14 @@ class UpstreamConn(asyncio.Protocol):
         if self.sink is not None:
             self.sink.resume_client()
 
-    # httptools callbacks
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if len(name) in (14, 17):
-            lname = name.lower()
-            if lname in (b"content-length", b"transfer-encoding"):
-                self.framed = True
-
+    # httptools callbacks (no on_header: headers are forwarded raw, never looked at one by one)
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
         if status < 200:
+            self.interim += 1
             return  # an interim response (100 Continue): the final one follows
         self.status = status
         self.keep_alive = bool(self.parser.should_keep_alive())
-        if status in NO_BODY_STATUSES:
-            self.framed = True
         if self.head:
             self.done = True
             self.parser = HttpResponseParser(self)
@@ -172,11 +182,14 @@ class ConnPool:
         if conn.closed or conn.address not in self.live:
             conn.close()
             return
-        conns = self.idle.setdefault(conn.address, [])
-        if len(conns) >= self.max_idle:
+        conns = self.idle.get(conn.address)
+        if conns is None:
+            conns = self.idle[conn.address] = []
+        elif len(conns) >= self.max_idle:
             conn.close()
             return
-        conn.resume_reading()
+        if conn.read_paused:
+            conn.resume_reading()
         conns.append(conn)
 
     def forget(self, conn: UpstreamConn) -> None:
