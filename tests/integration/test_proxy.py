@@ -97,6 +97,13 @@ class _UpstreamConn(asyncio.Protocol):
             self.transport.write(data)
 
     def _answer(self, path: str, query: dict[str, str]) -> None:
+        if path in {"/eof", "/cut"}:  # a body ended by closing, and one cut short
+            framing = b"" if path == "/eof" else b"Content-Length: 100\r\n"
+            self._head(b"Content-Type: text/plain\r\n" + framing)
+            self._write(b"until the end\r\nContent-Length: 3\r\n")
+            assert self.transport is not None
+            self.transport.close()
+            return
         if path == "/big":
             self._head(b"Transfer-Encoding: chunked\r\n")
             piece = b"x" * 65536
@@ -373,6 +380,24 @@ async def test_forwarded_for_head_and_keepalive(proxy: Running, ups: list[Upstre
     writer.close()
     assert data.count(b"HTTP/1.1 200 OK") == 3
     assert data.index(b"Host: b") < data.rindex(b"\r\n\r\nold")
+
+
+async def test_backend_closing_ends_or_cuts_the_response(
+    proxy: Running, ups: list[Upstream]
+) -> None:
+    old, _, _ = ups
+    await proxy.router.apply(RoutingTable(generation=1, pools=(pool("old", 100, old),)))
+    port = int(proxy.url.rsplit(":", 1)[1])
+    for path in (b"/eof", b"/cut"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET %s HTTP/1.1\r\nHost: a\r\n\r\n" % path)
+        data = await asyncio.wait_for(reader.read(), 5)  # the proxy closes in both cases
+        writer.close()
+        assert data.startswith(b"HTTP/1.1 200 OK") and data.endswith(b"Content-Length: 3\r\n")
+    stats = await proxy.router.stats()
+    counters = stats.revisions["old"]
+    assert counters.requests == 2 and counters.connection_errors == 1  # only the cut one
+    assert sum(counters.latency) == 1
 
 
 async def test_admin_socket_is_private_and_bad_tables_are_refused(
