@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import gc
 import logging
 import signal
 import socket
@@ -22,6 +23,7 @@ from turnout.routers.proxy.admin import AdminConn, load_table
 from turnout.routers.proxy.server import ClientConn, Proxy
 
 DRAIN_SECONDS = 5.0
+GC_THRESHOLD = 20_000
 PR_SET_PDEATHSIG = 1
 
 log = logging.getLogger("turnout.proxy")
@@ -57,6 +59,10 @@ async def serve(listen_fd: int, preview_fd: int | None, admin_fd: int, state_dir
     admin = socket.socket(fileno=admin_fd)
     servers.append(await loop.create_unix_server(lambda: AdminConn(proxy, state_dir), sock=admin))
     stop = asyncio.Event()
+    # Startup objects (modules, pydantic models) never die: keep the collector off them, and
+    # collect young objects less often; per-request objects are freed by reference counting.
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD)
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     log.info("worker %s serving %s (generation %d)", proxy.metrics.worker, proxy.addresses,
