@@ -71,9 +71,17 @@ def test_revisions_round_trip_newest_first_and_idempotent(store: Store) -> None:
     assert store.revisions("none") == []
 
 
+def test_same_version_in_two_services_is_two_revisions(store: Store) -> None:
+    shop, cart = rev("v1"), rev("v1", service="cart")
+    assert shop.id != cart.id  # the revision hash covers the service
+    store.save_revision(shop)
+    store.save_revision(cart)
+    assert store.revisions("cart") == [cart] and store.revisions("shop") == [shop]
+
+
 def test_revision_id_taken_by_another_service_is_refused(store: Store) -> None:
     store.save_revision(rev("v1"))
-    twin = rev("v1", service="cart")
+    twin = rev("v1", service="cart").model_copy(update={"hash": rev("v1").hash})
     with pytest.raises(StoreError, match="already taken by service shop"):
         store.save_revision(twin)
     assert store.revisions("cart") == []
