@@ -60,9 +60,10 @@ class Exchange:
         self.proxy: Proxy = client.proxy
         self.plan = plan
         self.pool = pool
-        self.counters: RevisionCounters | None = (
-            self.proxy.metrics.revision(pool.revision) if pool is not None else None
-        )
+        self.counters: RevisionCounters | None = None
+        if pool is not None:
+            metrics = self.proxy.metrics
+            self.counters = metrics.revisions.get(pool.revision) or metrics.revision(pool.revision)
         self.method = method
         self.chunked = client.chunked
         self.keep_alive = bool(client.parser.should_keep_alive())
@@ -177,11 +178,16 @@ class Exchange:
     def response_end(self, data: bytes, conn: UpstreamConn) -> None:
         """The last bytes of the response (the common case: the whole response at once)."""
         self.responded = True
-        self.client.write(data)
+        client = self.client
+        if not client.closed:
+            client.transport.write(data)  # type: ignore[union-attr]  # set once connected
         self.response_done(conn)
 
     def response_done(self, conn: UpstreamConn) -> None:
-        self._detach()
+        if self.backend is not None and self.upstream is not None:  # _detach, inlined
+            in_flight = self.proxy.metrics.in_flight
+            in_flight[self.backend.id] = in_flight.get(self.backend.id, 1) - 1
+        self.upstream = None
         self.finished = True
         keep_alive = conn.keep_alive
         if keep_alive and self.complete:

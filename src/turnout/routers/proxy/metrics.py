@@ -35,7 +35,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.worker = secrets.token_hex(6)
-        self._revisions: dict[str, RevisionCounters] = {}
+        self.revisions: dict[str, RevisionCounters] = {}  # read directly per request
         self.in_flight: dict[str, int] = {}
 
     def revision(self, revision: str) -> RevisionCounters:
@@ -45,9 +45,9 @@ class Metrics:
         502 if possible); those are not also counted as 5xx, so `Counters.error_rate` counts
         each failure once.
         """
-        counters = self._revisions.get(revision)
+        counters = self.revisions.get(revision)
         if counters is None:
-            counters = self._revisions[revision] = RevisionCounters()
+            counters = self.revisions[revision] = RevisionCounters()
         return counters
 
     def begin(self, backend_id: str) -> None:
@@ -70,7 +70,7 @@ class Metrics:
                 connection_errors=c.errors,
                 latency=list(c.latency),
             )
-            for name, c in self._revisions.items()
+            for name, c in self.revisions.items()
         }
         return RouterStats(
             worker=self.worker, generation=generation, revisions=revisions, in_flight=in_flight

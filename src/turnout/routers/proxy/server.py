@@ -192,8 +192,12 @@ class ClientConn(asyncio.Protocol):
             self.receiving.body(body)
 
     def on_message_complete(self) -> None:
-        if self.receiving is not None:
-            self.receiving.request_complete()
+        exchange = self.receiving
+        if exchange is not None:
+            if exchange.chunked:
+                exchange.request_complete()
+            else:
+                exchange.complete = True  # request_complete, inlined for the usual case
 
     # --- used by exchanges
     def write(self, data: bytes) -> None:
