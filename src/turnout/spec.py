@@ -212,11 +212,31 @@ class Match(_Strict):
         return self
 
 
+def parse_ratio(value: object) -> object:
+    """`1%` or `0.01` -> 0.01."""
+    if isinstance(value, str) and re.fullmatch(r"\s*\d+(\.\d+)?\s*%\s*", value):
+        return float(value.strip()[:-1].strip()) / 100.0
+    return value
+
+
+Ratio = Annotated[
+    float,
+    BeforeValidator(parse_ratio),
+    Field(ge=0, le=1),
+    WithJsonSchema(
+        {"anyOf": [{"type": "number", "minimum": 0, "maximum": 1},
+                   {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*%\s*$"}],
+         "examples": ["1%", 0.01]},
+        mode="validation",
+    ),
+]
+
+
 class Gate(_Strict):
     """The canary's first gate: its error rate and p99 latency from the router's counters."""
 
-    max_error_rate: float = Field(
-        default=0.01, ge=0, le=1, description="5xx and connection errors / requests"
+    max_error_rate: Ratio = Field(
+        default=0.01, description="5xx and connection errors / requests, as 0.01 or 1%"
     )
     max_p99: Duration = Field(default=1.0, description="highest acceptable 99th percentile latency")
     min_requests: int = Field(
@@ -229,9 +249,7 @@ class Analysis(_Strict):
     """A canary step that watches the new revision for a while; unset limits come from the gate."""
 
     duration: Duration = Field(default=30.0, description="how long to watch")
-    max_error_rate: float | None = Field(
-        default=None, ge=0, le=1, description="default: strategy.gate"
-    )
+    max_error_rate: Ratio | None = Field(default=None, description="default: strategy.gate")
     max_p99: Duration | None = Field(default=None, description="default: strategy.gate")
     min_requests: int | None = Field(default=None, ge=0, description="default: strategy.gate")
 
