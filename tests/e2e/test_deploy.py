@@ -233,3 +233,46 @@ async def test_a_second_deployment_is_refused_while_one_runs(service: Service) -
     code, _, _ = await asyncio.wait_for(first, 60)
     assert code == 3
     assert service.status()["stable"]["version"] == "v1"
+
+
+async def test_ctrl_c_during_a_deployment_rolls_back(service: Service) -> None:
+    service.write(kind="canary", steps=[{"weight": 50}, {"pause": None}])
+    check(service.run("deploy", "v1"))
+    async with Load(service.url, rate=RATE, users=50, max_seconds=60) as load:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "turnout", "deploy", "v2", cwd=service.folder,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
+        )
+        await wait_for_phase(service, "paused")
+        proc.send_signal(signal.SIGINT)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        finished = time.monotonic()
+        await asyncio.sleep(0.4)
+    assert proc.returncode == 3, out.decode() + err.decode()
+    summary = load.summary(new_version="v2")
+    assert summary.failed == 0, summary.errors
+    assert summary.versions.get("v2", 0) > 0  # the canary really served before the interrupt
+    assert answered_after(load, finished) == {"v1"}
+    assert service.status()["stable"]["version"] == "v1"
+    assert len(app_processes(service.folder)) == 3
+
+
+def test_demo_prints_one_row_per_strategy_as_json(tmp_path: Path) -> None:
+    import subprocess
+
+    result = subprocess.run(
+        [sys.executable, "-m", "turnout", "demo", "--json", "--rate", "100"], cwd=tmp_path, check=False,
+        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = json.loads(result.stdout)
+    assert [r["strategy"] for r in rows] == ["big-bang", "rolling", "blue-green", "canary"]
+    keys = {"strategy", "requests", "failed", "longest_gap_s", "exposed_users", "duration_s", "outcome"}
+    for row in rows:
+        assert set(row) == keys
+        assert row["outcome"] == "succeeded" and row["requests"] > 50
+    by_name = {r["strategy"]: r for r in rows}
+    for name in ("rolling", "blue-green", "canary"):
+        assert by_name[name]["failed"] == 0, by_name[name]
+    assert by_name["blue-green"]["exposed_users"] == 0  # one atomic switch
+    assert by_name["canary"]["exposed_users"] > 0  # some users met the canary first
