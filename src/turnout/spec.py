@@ -186,6 +186,13 @@ class Routing(_Strict):
         default=None,
         description="where blue-green tests reach the green fleet; default: listen port + 1",
     )
+    flags: list[str] = Field(
+        default_factory=list,
+        description="flags the router evaluates for each request's user key and forwards to the app",
+    )
+    flags_header: str = Field(
+        default="X-Turnout-Flags", description="the header that carries `name=on, other=off` to the app"
+    )
     drain_timeout: Duration = Field(
         default=30.0, description="how long a removed instance may finish its in-flight requests"
     )
@@ -283,6 +290,33 @@ class CanaryStep(_Strict):
         return self
 
 
+class RampStep(_Strict):
+    """One step of a feature-toggle ramp: exactly one of users, segment, percent, pause, analysis."""
+
+    users: list[str] | None = Field(default=None, description="switch the flag on for these user keys")
+    segment: str | None = Field(default=None, description="switch the flag on for this segment's users")
+    percent: int | None = Field(default=None, ge=0, le=100, description="sticky share of all users")
+    pause: Duration | Literal["forever"] | None = Field(
+        default=None, description="wait this long; without a duration, wait for `turnout promote`"
+    )
+    analysis: Analysis | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_pause(cls, data: object) -> object:
+        if isinstance(data, dict) and "pause" in data and data["pause"] in (None, {}, ""):
+            data = {**data, "pause": "forever"}
+        return data
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> RampStep:
+        kinds = ("users", "segment", "percent", "pause", "analysis")
+        given = [n for n in kinds if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError("each ramp step is exactly one of users, segment, percent, pause or analysis")
+        return self
+
+
 class HttpTest(_Strict):
     """A GET on the green fleet's preview address that must answer `expect_status`."""
 
@@ -343,6 +377,16 @@ class Strategy(_Strict):
     )
     match: list[Match] = Field(default_factory=list, description="canary: users sent to the canary")
     gate: Gate = Field(default_factory=Gate)
+    # feature toggle
+    flag: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9_.-]{1,100}$", description="feature-toggle: the flag to ramp"
+    )
+    ship: Literal["big-bang", "rolling", "blue-green", "canary"] = Field(
+        default="rolling", description="feature-toggle: the strategy that puts the code out, flag off"
+    )
+    ramp: list[RampStep] = Field(
+        default_factory=list, description="feature-toggle: users, segments, percentages, pauses"
+    )
 
     @field_validator("max_unavailable")
     @classmethod
@@ -359,7 +403,7 @@ class Strategy(_Strict):
     @field_validator("steps")
     @classmethod
     def _weights_rise(cls, value: list[CanaryStep], info: ValidationInfo) -> list[CanaryStep]:
-        if info.data.get("kind") == "canary":
+        if info.data.get("kind") in ("canary", "feature-toggle"):
             weights = [s.weight for s in value if s.weight is not None]
             for before, after in itertools.pairwise(weights):
                 if after < before:

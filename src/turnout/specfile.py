@@ -398,6 +398,10 @@ def _check_strategy(data: dict[str, Any], problems: Problems) -> None:
     ):
         return  # an unknown kind is reported by the model
     steps = strategy.get("steps")
+    if kind == "feature-toggle":
+        if not strategy.get("flag"):
+            problems.add(("strategy", "flag"), "a feature-toggle names its flag, e.g. flag: new-checkout")
+        kind = strategy.get("ship") or "rolling"  # the shipping strategy reads the other fields
     if kind == "canary" and not steps:
         problems.add(
             ("strategy", "steps"),

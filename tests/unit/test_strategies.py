@@ -171,3 +171,30 @@ def test_plans_round_trip_through_json() -> None:
             params = Strategy(kind=kind, steps=[{"weight": 10}, {"pause": None}])
         steps = plan(FLEET, params)
         assert load_plan(dump_plan(steps)) == steps
+
+
+def test_feature_toggle_ships_dark_then_ramps_the_flag() -> None:
+    params = Strategy(kind="feature-toggle", flag="new-checkout", ship="blue-green",
+                      ramp=[{"users": ["alice"]}, {"pause": "10s"}, {"segment": "beta"},
+                            {"percent": 25}, {"pause": None}])
+    steps = plan(FLEET, params)
+    assert describe(steps[0]) == "flag new-checkout: off"
+    ship = plan(FLEET, Strategy(kind="blue-green"))
+    assert steps[1 : 1 + len(ship)] == ship  # the shipping strategy, unchanged, with the flag off
+    assert lines(steps[1 + len(ship) :]) == [
+        "flag new-checkout: on for 1 user(s)",
+        "pause 10s",
+        "flag new-checkout: on for 1 user(s), segment beta",
+        "flag new-checkout: on for 1 user(s), segment beta, 25% of users",
+        "pause until `turnout promote`",
+        "flag new-checkout: on for 1 user(s), segment beta, 100% of users",
+    ]
+    pauses = [s for s in steps if isinstance(s, Pause)]
+    assert {p.watch for p in pauses} == {"flag:new-checkout:on"}
+
+
+def test_feature_toggle_first_release_still_ramps() -> None:
+    params = Strategy(kind="feature-toggle", flag="f", ramp=[{"percent": 100}])
+    steps = lines(plan(Fleet(target="v1", instances=1), params))
+    assert steps[0] == "flag f: off" and steps[-1] == "flag f: on for 100% of users"
+    assert "promote v1 to stable" in steps

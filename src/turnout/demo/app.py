@@ -49,6 +49,8 @@ class Behaviour:
     error_rate: float = 0.0
     latency_s: float = 0.0
     startup_s: float = 0.0
+    feature: str = ""  # a flag whose `on` (X-Turnout-Flags from the router) takes the new code path
+    feature_fail: bool = False  # the new code path answers 500
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], version: str | None = None) -> Behaviour:
@@ -65,6 +67,8 @@ class Behaviour:
             error_rate=rate,
             latency_s=_number(env, "DEMO_LATENCY_MS") / 1000.0,
             startup_s=_number(env, "DEMO_STARTUP_MS") / 1000.0,
+            feature=env.get("DEMO_FEATURE", "").strip(),
+            feature_fail=env.get("DEMO_FEATURE_FAIL", "").strip() in ("1", "true", "yes"),
         )
 
 
@@ -86,6 +90,7 @@ class Request:
     user: str | None
     body_len: int
     keep_alive: bool
+    flags: str = ""  # X-Turnout-Flags as the router sent it
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +99,7 @@ class Answer:
     body: bytes
     delay_s: float = 0.0
     content_type: bytes = b"application/json"
+    version: bytes = b""  # X-Version when it differs from the process's (the new code path)
 
 
 class DemoApp:
@@ -122,16 +128,22 @@ class DemoApp:
             except ValueError:
                 return Answer(400, b'{"error": "ms must be a number"}')
             delay += min(max(ms, 0.0), MAX_SLOW_MS) / 1000.0
+        version = b.version
+        if b.feature and f"{b.feature}=on" in request.flags.replace(" ", "").split(","):
+            version = f"{b.version}+{b.feature}"  # the new code path says so in X-Version
+            if b.feature_fail:
+                return Answer(500, b'{"error": "new code path failed"}', delay, version=version.encode())
         if b.fail == "errors" or (b.error_rate and self._rng.random() < b.error_rate):
             return Answer(500, b'{"error": "injected failure"}', delay)
         doc: dict[str, object] = {
-            "version": b.version,
+            "version": version,
             "path": path.decode("latin-1"),
             "user": request.user,
         }
         if request.method not in ("GET", "HEAD"):
             doc["received"] = request.body_len
-        return Answer(200, json.dumps(doc).encode(), delay)
+        override = version.encode() if version != b.version else b""
+        return Answer(200, json.dumps(doc).encode(), delay, version=override)
 
     def render(self, request: Request, answer: Answer, *, close: bool) -> bytes:
         reason = _REASONS.get(answer.status, "Unknown")
@@ -140,7 +152,7 @@ class DemoApp:
             + b"Content-Type: "
             + answer.content_type
             + b"\r\n"
-            + self._version_header
+            + (b"X-Version: " + answer.version + b"\r\n" if answer.version else self._version_header)
             + (b"Connection: close\r\n\r\n" if close else b"Connection: keep-alive\r\n\r\n")
         )
         return head if request.method == "HEAD" else head + answer.body
@@ -174,6 +186,7 @@ class _Connection(asyncio.Protocol):
         self._paused = False
         self._url = b""
         self._user: str | None = None
+        self._flags = ""
         self._body_len = 0
 
     # asyncio.Protocol
@@ -200,7 +213,7 @@ class _Connection(asyncio.Protocol):
     # httptools callbacks
     def on_message_begin(self) -> None:
         self._in_message = True
-        self._url, self._user, self._body_len = b"", None, 0
+        self._url, self._user, self._body_len, self._flags = b"", None, 0, ""
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -209,6 +222,8 @@ class _Connection(asyncio.Protocol):
         lower = name.lower()
         if lower == b"x-user-id":
             self._user = value.decode("latin-1")
+        elif lower == b"x-turnout-flags":
+            self._flags = value.decode("latin-1")
         elif lower == b"expect" and value.lower() == b"100-continue" and self._transport:
             self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
@@ -219,7 +234,7 @@ class _Connection(asyncio.Protocol):
         self._in_message = False
         method = self._parser.get_method().decode("latin-1")
         keep = self._parser.should_keep_alive()
-        self._pending.append(Request(method, self._url, self._user, self._body_len, keep))
+        self._pending.append(Request(method, self._url, self._user, self._body_len, keep, self._flags))
 
     # answering
     @property

@@ -111,10 +111,27 @@ class KeepWarm(_Step):
     seconds: float
 
 
+class SetFlag(_Step):
+    """Write the flag's rollout and push it to the router: off, or on for these users,
+    segments and sticky percentage (the feature-toggle strategy's ramp)."""
+
+    kind: Literal["set-flag"] = "set-flag"
+    flag: str
+    enabled: bool
+    users: tuple[str, ...] = ()
+    segments: tuple[str, ...] = ()
+    percent: int = 0
+
+
+def cohort(flag: str) -> str:
+    """The `watch` name of the users a flag is on for (the router counts them apart)."""
+    return f"flag:{flag}:on"
+
+
 Route.model_rebuild()
 
 Step = Annotated[
-    Start | WaitHealthy | Route | RunTests | Pause | Analyse | Drain | Stop | Promote | KeepWarm,
+    Start | WaitHealthy | Route | RunTests | Pause | Analyse | Drain | Stop | Promote | KeepWarm | SetFlag,
     Field(discriminator="kind"),
 ]
 _PLAN = TypeAdapter(list[Step])
@@ -160,4 +177,10 @@ def describe(step: Step) -> str:
             return f"promote {r} to stable"
         case KeepWarm(revision=r, slots=s, seconds=sec):
             return f"keep {r} slots {list(s)} warm for {sec:g}s"
+        case SetFlag(flag=f, enabled=False):
+            return f"flag {f}: off"
+        case SetFlag(flag=f, users=u, segments=g, percent=p):
+            parts = [f"{len(u)} user(s)"] if u else []
+            parts += [f"segment {s}" for s in g] + ([f"{p}% of users"] if p else [])
+            return f"flag {f}: on for " + (", ".join(parts) or "nobody yet")
     return step.kind  # pragma: no cover

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from turnout.engine.steps import Step
 from turnout.spec import Strategy
-from turnout.strategies import big_bang, blue_green, canary, rolling
+from turnout.strategies import big_bang, blue_green, canary, feature_toggle, rolling
 from turnout.strategies.base import Fleet, first_release
 
 Planner = Callable[[Fleet, Strategy], list[Step]]
@@ -21,6 +21,9 @@ PLANNERS: dict[str, Planner] = {
 
 def plan(fleet: Fleet, params: Strategy) -> list[Step]:
     """The steps that take `fleet` to its target revision with the strategy `params` name."""
+    if params.kind == "feature-toggle":
+        ship = plan(fleet, params.model_copy(update={"kind": params.ship}))
+        return feature_toggle.plan(ship, params)
     if fleet.stable is None or fleet.stable == fleet.target:
         # Nothing serves yet, or the target lost instances: start what is missing, route all.
         return first_release(fleet)

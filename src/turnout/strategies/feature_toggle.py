@@ -1,0 +1,52 @@
+"""Feature toggle: ship the code dark, then switch the flag on for more and more users.
+
+The shipping strategy (`ship`) puts the new revision out with the flag off; the ramp
+then widens the flag step by step (named users, segments, a sticky percentage), each
+pause watching the flag's cohort at the router with the same gate as a canary. The
+last step switches the flag on for everyone. Going back switches the flag off, which
+the router applies to the very next request.
+"""
+
+from __future__ import annotations
+
+from turnout.engine.steps import Analyse, Pause, SetFlag, Step, cohort
+from turnout.spec import Strategy
+
+
+def plan(ship: list[Step], params: Strategy) -> list[Step]:
+    assert params.flag is not None
+    flag = params.flag
+    steps: list[Step] = [SetFlag(flag=flag, enabled=False), *ship]
+    users: list[str] = []
+    segments: list[str] = []
+    percent = 0
+
+    def widen() -> SetFlag:
+        return SetFlag(flag=flag, enabled=True, users=tuple(users), segments=tuple(segments),
+                       percent=percent)
+
+    for item in params.ramp:
+        if item.users is not None:
+            users += [u for u in item.users if u not in users]
+            steps.append(widen())
+        elif item.segment is not None:
+            segments += [item.segment] if item.segment not in segments else []
+            steps.append(widen())
+        elif item.percent is not None:
+            percent = max(percent, item.percent)
+            steps.append(widen())
+        elif item.pause is not None:
+            seconds = None if item.pause == "forever" else float(item.pause)
+            steps.append(Pause(seconds=seconds, watch=cohort(flag)))
+        elif item.analysis is not None:
+            a, gate = item.analysis, params.gate
+            steps.append(Analyse(
+                revision=cohort(flag), seconds=a.duration,
+                max_error_rate=gate.max_error_rate if a.max_error_rate is None else a.max_error_rate,
+                max_p99=gate.max_p99 if a.max_p99 is None else a.max_p99,
+                min_requests=gate.min_requests if a.min_requests is None else a.min_requests,
+            ))
+    if percent < 100:
+        percent = 100
+        steps.append(widen())
+    return steps
