@@ -1,0 +1,383 @@
+"""turnout's flag client: a local copy of the server's flags, kept current, evaluated in-process.
+
+``FlagClient`` fetches the state document from ``GET /api/client/features`` (with
+``If-None-Match``), then holds ``GET /api/client/stream`` open and swaps in a newly
+compiled ``FlagState`` on every ``state`` event. When the stream breaks it polls every
+``poll_interval`` and retries the stream with exponential backoff; an optional cache
+file keeps the last document so an application that starts while the server is down
+still has its flags (status STALE). The network runs on one background thread with its
+own asyncio loop, because evaluation must stay synchronous and local: ``evaluate`` and
+``variant`` only read the current state, which is replaced whole, never mutated.
+
+``LocalFlags`` is the same surface over a document the caller supplies (tests, offline
+use). Both tell listeners about READY, CHANGED (with the flag names), STALE and ERROR.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import threading
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from turnout.flags.evaluate import evaluate, variant
+from turnout.flags.model import Context, Result, VariantResult
+from turnout.flags.state import FlagState
+
+log = logging.getLogger(__name__)
+
+
+class ClientStatus(StrEnum):
+    NOT_READY = "NOT_READY"
+    """No state yet."""
+    READY = "READY"
+    """The state is the server's latest as far as the client knows."""
+    STALE = "STALE"
+    """A state is held, but the server cannot be reached (or it came from the cache)."""
+    ERROR = "ERROR"
+    """No state, and the server cannot be reached or refused the token."""
+    CLOSED = "CLOSED"
+
+
+class ClientEvent(StrEnum):
+    READY = "ready"
+    CHANGED = "changed"
+    STALE = "stale"
+    ERROR = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """What a listener is told: the event, the flags that changed, a message, the revision."""
+
+    event: ClientEvent
+    flags_changed: tuple[str, ...] = ()
+    message: str | None = None
+    revision: int | None = None
+
+
+Listener = Callable[[Notice], None]
+
+
+def changed_flags(old: FlagState, new: FlagState) -> tuple[str, ...]:
+    """Names of flags added, removed or redefined, or whose segments changed."""
+    names = {n for n in old.raw_features.keys() | new.raw_features.keys()
+             if old.raw_features.get(n) != new.raw_features.get(n)}
+    segments = {i for i in old.raw_segments.keys() | new.raw_segments.keys()
+                if old.raw_segments.get(i) != new.raw_segments.get(i)}
+    if segments:
+        names.update(n for n, f in new.features.items() if f.segment_ids & segments)
+    return tuple(sorted(names))
+
+
+def _revision(doc: Mapping[str, Any]) -> int | None:
+    meta = doc.get("meta")
+    rev = meta.get("revision") if isinstance(meta, Mapping) else None
+    return rev if isinstance(rev, int) and not isinstance(rev, bool) else None
+
+
+class _Holder:
+    """The current state, its status and the listeners; shared by both sources."""
+
+    def __init__(self) -> None:
+        self._state = FlagState()
+        self._doc: dict[str, Any] | None = None
+        self._revision: int | None = None
+        self._status = ClientStatus.NOT_READY
+        self._lock = threading.Lock()
+        self._has_state = threading.Event()
+        self._listeners: list[Listener] = []
+
+    @property
+    def state(self) -> FlagState:
+        return self._state
+
+    @property
+    def status(self) -> ClientStatus:
+        return self._status
+
+    @property
+    def revision(self) -> int | None:
+        return self._revision
+
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(listener)
+
+    def wait_for_state(self, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds until a state (from server or cache) is held."""
+        return self._has_state.wait(timeout)
+
+    def evaluate(self, name: str, context: Context | None = None, *,
+                 now: datetime | None = None) -> Result:
+        """Whether flag ``name`` is on for ``context``; local, never raises."""
+        return evaluate(self._state, name, context, now=now)
+
+    def variant(self, name: str, context: Context | None = None, *,
+                now: datetime | None = None) -> VariantResult:
+        """The variant of flag ``name`` for ``context``; local, never raises."""
+        return variant(self._state, name, context, now=now)
+
+    def is_enabled(self, name: str, context: Context | None = None) -> bool:
+        return evaluate(self._state, name, context).enabled
+
+    def _notify(self, notices: list[Notice]) -> None:
+        for notice in notices:
+            for listener in list(self._listeners):
+                try:
+                    listener(notice)
+                except Exception:
+                    log.exception("flag listener failed on %s", notice.event)
+
+    def _install(self, doc: dict[str, Any], *, fresh: bool = True) -> None:
+        """Replace the state with ``doc``; ``fresh`` is False for a cached document."""
+        new = FlagState.from_json(doc)
+        rev = _revision(doc)
+        with self._lock:
+            old, had = self._state, self._has_state.is_set()
+            was = self._status
+            self._state, self._doc, self._revision = new, doc, rev
+            self._status = ClientStatus.READY if fresh else ClientStatus.STALE
+            self._has_state.set()
+        notices = []
+        if fresh and was is not ClientStatus.READY:
+            notices.append(Notice(ClientEvent.READY, revision=rev))
+        if not fresh:
+            notices.append(Notice(ClientEvent.STALE, message="serving cached flags", revision=rev))
+        changed = changed_flags(old, new) if had else ()
+        if changed:
+            notices.append(Notice(ClientEvent.CHANGED, changed, revision=rev))
+        self._notify(notices)
+
+    def _confirm(self) -> None:
+        """The server answered and the held state is current."""
+        with self._lock:
+            was = self._status
+            if was is ClientStatus.STALE and self._doc is not None:
+                self._status = ClientStatus.READY
+        if was is ClientStatus.STALE and self._doc is not None:
+            self._notify([Notice(ClientEvent.READY, revision=self._revision)])
+
+    def _failed(self, message: str) -> None:
+        """The server could not be reached: STALE with a state, ERROR without."""
+        with self._lock:
+            was = self._status
+            if was is ClientStatus.CLOSED:
+                return
+            now = ClientStatus.STALE if self._has_state.is_set() else ClientStatus.ERROR
+            self._status = now
+        if now is not was:
+            event = ClientEvent.STALE if now is ClientStatus.STALE else ClientEvent.ERROR
+            self._notify([Notice(event, message=message, revision=self._revision)])
+
+
+class LocalFlags(_Holder):
+    """Flags from a document the caller supplies; no network."""
+
+    def __init__(self, doc: Mapping[str, Any] | None = None) -> None:
+        super().__init__()
+        if doc is not None:
+            self.set(doc)
+
+    def set(self, doc: Mapping[str, Any]) -> None:
+        """Install ``doc`` (a client API state document); listeners hear READY/CHANGED."""
+        self._install(dict(doc))
+
+    def mark_stale(self, message: str = "stale") -> None:
+        self._failed(message)
+
+    def start(self) -> None:
+        """Nothing to start; present so both sources can be used alike."""
+
+    def close(self) -> None:
+        self._status = ClientStatus.CLOSED
+
+
+async def _sse_events(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, str]]:
+    """(event, data) pairs from server-sent event lines; comments are skipped."""
+    event, data = "message", list[str]()
+    async for line in lines:
+        if not line:
+            if data:
+                yield event, "\n".join(data)
+            event, data = "message", []
+        elif line.startswith(":"):
+            continue
+        else:
+            field, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if field == "event":
+                event = value
+            elif field == "data":
+                data.append(value)
+
+
+class FlagClient(_Holder):
+    """Keeps a local copy of a turnout server's flags current; evaluation is in-process."""
+
+    def __init__(self, url: str, token: str, *, poll_interval: float = 15.0, stream: bool = True,
+                 cache_path: str | os.PathLike[str] | None = None, timeout: float = 5.0,
+                 backoff_max: float = 30.0, idle_timeout: float = 45.0) -> None:
+        super().__init__()
+        self._url = url.rstrip("/")
+        self._headers = {"Authorization": token, "User-Agent": "turnout-flag-client"}
+        self._poll_interval = poll_interval
+        self._stream = stream
+        self._cache = Path(cache_path) if cache_path is not None else None
+        self._timeout = httpx.Timeout(timeout, read=idle_timeout)
+        self._backoff_max = backoff_max
+        self._etag: str | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._started = threading.Event()
+
+    def start(self) -> None:
+        """Start the background thread (once); returns at once."""
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._thread_main, name="turnout-flags", daemon=True)
+        self._thread.start()
+        self._started.wait(5.0)
+
+    def close(self) -> None:
+        """Stop the background thread; returns within about a second."""
+        with self._lock:
+            self._status = ClientStatus.CLOSED
+        loop, task = self._loop, self._task
+        if loop is not None and task is not None:
+            with contextlib.suppress(RuntimeError):  # the loop already ended
+                loop.call_soon_threadsafe(task.cancel)
+        if self._thread is not None:
+            self._thread.join(1.0)
+
+    def _thread_main(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            self._task = loop.create_task(self._main())
+            loop.call_soon(self._started.set)
+            with contextlib.suppress(asyncio.CancelledError):
+                loop.run_until_complete(self._task)
+        except Exception:
+            log.exception("flag client stopped")
+        finally:
+            self._started.set()
+            loop.close()
+
+    async def _main(self) -> None:
+        async with httpx.AsyncClient(base_url=self._url, headers=self._headers,
+                                     timeout=self._timeout) as http:
+            problem = await self._try_fetch(http)
+            if problem is not None:
+                if not self._has_state.is_set():
+                    self._load_cache()
+                self._failed(problem)
+            attempt = 0
+            while True:
+                if self._stream and await self._hold_stream(http):
+                    attempt = 0
+                delay = min(0.25 * 2 ** attempt, self._backoff_max) if self._stream else float("inf")
+                await self._poll_for(http, delay)
+                attempt += 1
+
+    async def _poll_for(self, http: httpx.AsyncClient, duration: float) -> None:
+        """Fetch now, then every ``poll_interval`` until ``duration`` has passed."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + duration
+        await self._fetch(http)
+        while (left := deadline - loop.time()) > 0:
+            await asyncio.sleep(min(self._poll_interval, left))
+            if loop.time() < deadline:
+                await self._fetch(http)
+
+    async def _fetch(self, http: httpx.AsyncClient) -> None:
+        problem = await self._try_fetch(http)
+        if problem is not None:
+            self._failed(problem)
+
+    async def _try_fetch(self, http: httpx.AsyncClient) -> str | None:
+        """Fetch and install the state; the problem, if that failed."""
+        headers = {"If-None-Match": self._etag} if self._etag and self._has_state.is_set() else {}
+        try:
+            response = await http.get("/api/client/features", headers=headers)
+            if response.status_code == 304:
+                self._confirm()
+                return None
+            response.raise_for_status()
+            doc = response.json()
+            if not isinstance(doc, dict):
+                raise ValueError("the state document is not an object")
+        except (httpx.HTTPError, ValueError) as exc:
+            return f"fetching flags failed: {_describe(exc)}"
+        self._etag = response.headers.get("ETag")
+        self._accept(doc)
+        return None
+
+    async def _hold_stream(self, http: httpx.AsyncClient) -> bool:
+        """Read the stream until it ends; True if it delivered at least one state."""
+        delivered = False
+        try:
+            async with http.stream("GET", "/api/client/stream",
+                                   headers={"Accept": "text/event-stream"}) as response:
+                response.raise_for_status()
+                async for event, data in _sse_events(response.aiter_lines()):
+                    if event != "state":
+                        continue
+                    doc = json.loads(data)
+                    if not isinstance(doc, dict):
+                        raise ValueError("a state event is not an object")
+                    self._accept(doc)
+                    delivered = True
+        except (httpx.HTTPError, ValueError) as exc:
+            log.debug("flag stream ended: %s", _describe(exc))
+        return delivered
+
+    def _accept(self, doc: dict[str, Any]) -> None:
+        rev = _revision(doc)
+        if rev is not None and rev == self._revision and self._status is ClientStatus.READY:
+            return
+        if rev is not None:
+            self._etag = f'"{rev}"'
+        self._install(doc)
+        self._write_cache(doc)
+
+    def _write_cache(self, doc: dict[str, Any]) -> None:
+        if self._cache is None:
+            return
+        try:
+            tmp = self._cache.with_name(self._cache.name + ".tmp")
+            tmp.write_text(json.dumps(doc, separators=(",", ":")))
+            os.replace(tmp, self._cache)
+        except OSError as exc:
+            log.warning("could not write the flag cache %s: %s", self._cache, exc)
+
+    def _load_cache(self) -> None:
+        if self._cache is None:
+            return
+        try:
+            doc = json.loads(self._cache.read_text())
+        except (OSError, ValueError) as exc:
+            log.warning("could not read the flag cache %s: %s", self._cache, exc)
+            return
+        if isinstance(doc, dict):
+            self._install(doc, fresh=False)
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, httpx.HTTPStatusError):
+        return f"HTTP {exc.response.status_code}"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
