@@ -1,0 +1,205 @@
+"""`turnout server`: the Unleash-compatible client API, the admin API and the event stream.
+
+Routes (every `/api/` route needs `Authorization: <token>` or `Bearer <token>`; missing
+or unknown → 401, a client token on an admin route → 403):
+
+    GET  /api/client/features   the state document; ETag "<revision>", If-None-Match → 304
+    POST /api/client/register   an SDK says hello (202)
+    POST /api/client/metrics    an SDK's flag counts (202), summed on GET /api/admin/metrics
+    GET  /api/client/stream     server-sent events: `state` now and on every change
+    /api/admin/...              flags, segments, metrics (see `turnout.api.admin`)
+    GET  /health                liveness, no token
+
+`App.handle` answers the client routes synchronously from memory (the snapshot, the
+token cache), which is what lets one core serve over ten thousand feature requests a
+second; only a token not seen for a few seconds and the admin routes touch the store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Sequence
+from pathlib import Path
+
+from turnout.api.admin import PREFIX as ADMIN_PREFIX
+from turnout.api.admin import Admin
+from turnout.api.bodies import BodyError, MetricsBook, MetricsReport, Registration, parse
+from turnout.api.http import Connection, Outcome, Request, Response, Stream, json_response, problems
+from turnout.api.live import Gateway, Live
+from turnout.api.tokens import Caller, TokenCache, secret_of
+from turnout.errors import TurnoutError, UserError
+from turnout.flags.store import FlagStore
+
+DEFAULT_LISTEN = "127.0.0.1:4242"
+DRAIN_S = 2.0
+_UNAUTHORIZED = problems(401, ["authorization: missing or unknown API token"])
+_FORBIDDEN = problems(403, ["authorization: this route needs an admin token"])
+_ACCEPTED = Response(202)
+_SSE = b"Content-Type: text/event-stream\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\n"
+
+
+def _not_found(request: Request) -> Response:
+    return problems(404, [f"path: no route {request.method} {request.path}"])
+
+
+class App:
+    """Routes requests (see the module docstring)."""
+
+    def __init__(self, store: FlagStore, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.metrics = MetricsBook()
+        self.tokens = TokenCache(self._check_token)
+        self.live = Live(store, gateway, on_change=self.tokens.clear)
+        self.admin = Admin(store, gateway, self.metrics)
+        self._store = store
+
+    async def _check_token(self, secret: str) -> Caller | None:
+        token = await self.gateway.run(self._store.check_token, secret)
+        return None if token is None else Caller(token.name, token.kind)
+
+    def handle(self, request: Request) -> Outcome:
+        if not request.path.startswith("/api/"):
+            if request.path in ("/health", "/healthz") and request.method in ("GET", "HEAD"):
+                return json_response(200, {"health": "GOOD"})
+            return _not_found(request)
+        secret = secret_of(request.authorization)
+        if secret is None:
+            return _UNAUTHORIZED
+        known, caller = self.tokens.cached(secret)
+        if not known:
+            return self._after_lookup(request, secret)
+        return self._route(request, caller)
+
+    async def _after_lookup(self, request: Request, secret: str) -> Response:
+        outcome = self._route(request, await self.tokens.lookup(secret))
+        if isinstance(outcome, Stream):  # cannot happen: streams are GETs answered at once
+            return problems(500, ["server: stream routed through the slow path"])
+        return outcome if isinstance(outcome, Response) else await outcome
+
+    def _route(self, request: Request, caller: Caller | None) -> Outcome:
+        if caller is None:
+            return _UNAUTHORIZED
+        path, method = request.path, request.method
+        if path == "/api/client/features" and method == "GET":
+            snapshot = self.live.snapshot
+            if snapshot is None:
+                return problems(503, ["server: the flag state is not loaded yet"])
+            return Response(200, raw=snapshot.answer(request.if_none_match, request.accept_gzip))
+        if path.startswith(ADMIN_PREFIX):
+            if caller.kind != "admin":
+                return _FORBIDDEN
+            work = self.admin.dispatch(request, caller)
+            return _not_found(request) if work is None else work
+        if path == "/api/client/stream" and method == "GET":
+            return Stream(_SSE, self.live.subscribe)
+        if path == "/api/client/register" and method == "POST":
+            return self._accept(request, register=True)
+        if path == "/api/client/metrics" and method == "POST":
+            return self._accept(request, register=False)
+        return _not_found(request)
+
+    def _accept(self, request: Request, *, register: bool) -> Response:
+        try:
+            if register:
+                self.metrics.register(parse(Registration, request.body), at=time.time())
+            else:
+                self.metrics.record(parse(MetricsReport, request.body), at=time.time())
+        except BodyError as exc:
+            return problems(400, exc.problems)
+        return _ACCEPTED
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """`HOST:PORT` (port 0 picks a free one); UserError otherwise."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise UserError(f"--listen: expected HOST:PORT like {DEFAULT_LISTEN}, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+async def serve(store: FlagStore, host: str, port: int, *,
+                stop: asyncio.Event | None = None) -> None:
+    """Serve until `stop` is set (or SIGTERM/SIGINT), then close streams and drain."""
+    loop = asyncio.get_running_loop()
+    if stop is None:
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+    gateway = Gateway()
+    app = App(store, gateway)
+    connections: set[Connection] = set()
+    try:
+        await app.live.load()
+        server = await loop.create_server(lambda: Connection(app.handle, connections),
+                                          host, port, backlog=2048)
+        bound = server.sockets[0].getsockname()
+        print(f"turnout server pid={os.getpid()} listening on http://{host}:{bound[1]}", flush=True)
+        follower = asyncio.create_task(app.live.follow())
+        await stop.wait()
+        server.close()
+        app.live.close_streams()
+        await _drain(connections)
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follower
+    finally:
+        gateway.shutdown()
+    print(f"turnout server pid={os.getpid()} stopped", flush=True)
+
+
+async def _drain(connections: set[Connection]) -> None:
+    deadline = asyncio.get_running_loop().time() + DRAIN_S
+    while connections and asyncio.get_running_loop().time() < deadline:
+        for conn in list(connections):
+            conn.close()
+        await asyncio.sleep(0.02)
+
+
+def database_url(spec_file: str | None) -> str:
+    """TURNOUT_DATABASE_URL, else the state database beside the spec file."""
+    from turnout.specfile import find_spec
+    from turnout.store.db import default_url
+
+    given = os.environ.get("TURNOUT_DATABASE_URL")
+    if given:
+        return given
+    return default_url(find_spec(Path.cwd(), spec_file).resolve().parent)
+
+
+def _run(work: Awaitable[None]) -> None:
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        runner = asyncio.Runner()
+    with runner:
+        runner.run(work)  # type: ignore[arg-type]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `turnout server`; returns the exit code."""
+    parser = argparse.ArgumentParser(prog="turnout server", description=__doc__.split("\n")[0])
+    parser.add_argument("--listen", default=DEFAULT_LISTEN, help=f"HOST:PORT (default {DEFAULT_LISTEN})")
+    parser.add_argument("-f", "--file", default=None, help="spec file (default: ./turnout.yaml)")
+    args = parser.parse_args(argv)
+    try:
+        host, port = parse_listen(args.listen)
+        store = FlagStore.open(database_url(args.file))
+    except TurnoutError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    try:
+        _run(serve(store, host, port))
+    except OSError as exc:
+        print(f"error: cannot listen on {args.listen}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    return 0
