@@ -218,6 +218,16 @@ def proxy(ctx: click.Context) -> None:
     sys.exit(proxy_main(list(ctx.args)))
 
 
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                               "help_option_names": []})
+@click.pass_context
+def server(ctx: click.Context) -> None:
+    """Serve the flag API: Unleash client API, admin API, event stream (--help for options)."""
+    from turnout.api.server import main as server_main
+
+    sys.exit(server_main(list(ctx.args)))
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="print the rows as a JSON list")
 @click.option("--rate", default=200.0, type=click.FloatRange(1, 2000), help="requests per second")
