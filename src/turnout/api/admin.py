@@ -56,14 +56,16 @@ class Admin:
     store: FlagStore
     gateway: Gateway
     metrics: MetricsBook
+    refresh: Callable[[], Awaitable[object]]  # re-reads the state after a change
 
     def dispatch(self, request: Request, caller: Caller) -> Awaitable[Response] | None:
         rest = request.path[len(PREFIX):]
         method = request.method
-        if rest == "flags":
-            return self._flags(request, caller) if method in ("GET", "POST") else None
-        if rest == "segments":
-            return self._segments(request, caller) if method in ("GET", "POST") else None
+        change = method != "GET"
+        if rest == "flags" and method in ("GET", "POST"):
+            return self._guard(self._flags(request, caller), change=change)
+        if rest == "segments" and method in ("GET", "POST"):
+            return self._guard(self._segments(request, caller), change=change)
         if rest == "metrics" and method == "GET":
             return self._metrics()
         match = _FLAG.match(rest)
@@ -71,11 +73,17 @@ class Admin:
             return None
         name, action = unquote(match.group(1)), match.group(2)
         route = _FLAG_ROUTES.get((method, action))
-        return None if route is None else self._guard(route(self, request, caller, name))
+        if route is None:
+            return None
+        return self._guard(route(self, request, caller, name), change=change)
 
-    async def _guard(self, work: Awaitable[Response]) -> Response:
+    async def _guard(self, work: Awaitable[Response], *, change: bool) -> Response:
+        """Map store errors to statuses; after a change, serve the new state at once."""
         try:
-            return await work
+            response = await work
+            if change and response.status in (200, 201):
+                await self.refresh()
+            return response
         except BodyError as exc:
             return problems(400, exc.problems)
         except FlagNotFound as exc:
@@ -92,25 +100,17 @@ class Admin:
             archived = parse_qs(request.query).get("archived", ["false"])[0] == "true"
             records = await self.gateway.run(self.store.flags, archived=archived)
             return json_response(200, {"flags": [record_json(r) for r in records]})
-
-        async def create() -> Response:
-            data = json_body(request.body)
-            record = await self.gateway.run(self.store.create, data, who=caller.name)
-            return json_response(201, record_json(record))
-
-        return await self._guard(create())
+        data = json_body(request.body)
+        record = await self.gateway.run(self.store.create, data, who=caller.name)
+        return json_response(201, record_json(record))
 
     async def _segments(self, request: Request, caller: Caller) -> Response:
         if request.method == "GET":
             segments = await self.gateway.run(self.store.segments)
             return json_response(200, {"segments": segments})
-
-        async def put() -> Response:
-            data = json_body(request.body)
-            segment = await self.gateway.run(self.store.put_segment, data, who=caller.name)
-            return json_response(200, segment)
-
-        return await self._guard(put())
+        data = json_body(request.body)
+        segment = await self.gateway.run(self.store.put_segment, data, who=caller.name)
+        return json_response(200, segment)
 
     async def _metrics(self) -> Response:
         return json_response(200, self.metrics.as_json())

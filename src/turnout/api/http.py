@@ -116,6 +116,7 @@ class Connection(asyncio.Protocol):
         self._pending: deque[Request] = deque()
         self._worker: asyncio.Task[None] | None = None
         self._streaming = False
+        self._failed = False
         self._url = b""
         self._body: list[bytes] = []
         self._size = 0
@@ -138,12 +139,14 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._streaming:
             return  # a stream's client has nothing more to say
+        if self._failed:
+            return
         try:
             self._parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade):
-            self._write(render(400, b'{"problems":["request: malformed HTTP"]}',
-                               b"Content-Type: application/json\r\n", close=True), close=True)
-            return
+            # Requests parsed before the error are still answered, then a 400 closes.
+            self._failed = True
+            self._pending.append(Request("", b"", keep_alive=False))
         self._pump()
 
     # httptools callbacks
@@ -187,8 +190,10 @@ class Connection(asyncio.Protocol):
         while (self._pending and self._worker is None and not self._streaming
                and transport is not None and not transport.is_closing()):
             request = self._pending.popleft()
-            if len(request.body) > MAX_BODY:
-                outcome: Outcome = problems(413, [f"body: larger than {MAX_BODY} bytes"])
+            if not request.method:
+                outcome: Outcome = problems(400, ["request: malformed HTTP"])
+            elif len(request.body) > MAX_BODY:
+                outcome = problems(413, [f"body: larger than {MAX_BODY} bytes"])
             else:
                 outcome = self._handler(request)
             if isinstance(outcome, Response):

@@ -78,6 +78,8 @@ class Live:
         """Read the whole state now (at start, and whenever the revision moved)."""
         state = await self._gateway.run(self._backend.state)
         snapshot = Snapshot.build(state)
+        if self.snapshot is not None and snapshot.revision < self.snapshot.revision:
+            return self.snapshot  # an older read that finished late
         changed = self.snapshot is None or snapshot.revision != self.snapshot.revision
         self.snapshot = snapshot
         if changed:

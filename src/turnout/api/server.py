@@ -56,7 +56,7 @@ class App:
         self.metrics = MetricsBook()
         self.tokens = TokenCache(self._check_token)
         self.live = Live(store, gateway, on_change=self.tokens.clear)
-        self.admin = Admin(store, gateway, self.metrics)
+        self.admin = Admin(store, gateway, self.metrics, self.live.load)
         self._store = store
 
     async def _check_token(self, secret: str) -> Caller | None:
