@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import click
 
+from turnout.cli.flags import flags_group
 from turnout.cli.render import Printer
 from turnout.errors import TurnoutError, UserError
 from turnout.service import Session
@@ -242,6 +243,9 @@ def demo(as_json: bool, rate: float, only: tuple[str, ...]) -> None:
     else:
         Printer().demo(rows)
     sys.exit(0 if all(row.ok for row in rows) else 1)
+
+
+cli.add_command(flags_group)
 
 
 def main() -> None:
