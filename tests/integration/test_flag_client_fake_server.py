@@ -38,6 +38,7 @@ class FakeFlagServer:
         self.port = 0
         self.fetches = 0
         self.streams = 0
+        self.stream_broken = False
         self._server: ThreadingHTTPServer | None = None
         self._open: set[socket.socket] = set()
         self._stopping = False
@@ -90,6 +91,10 @@ class FakeFlagServer:
                     self._send(401, b'{"error": "unauthorized"}')
                 elif self.path == "/api/client/features":
                     self._features()
+                elif self.path == "/api/client/stream" and fake.stream_broken:
+                    with fake.cond:
+                        fake.streams += 1
+                    self._send(503, b'{"error": "stream unavailable"}')
                 elif self.path == "/api/client/stream":
                     self._stream()
                 else:
@@ -249,6 +254,30 @@ def test_polling_only(server: FakeFlagServer, make_client: Any) -> None:
     time.sleep(0.35)
     assert server.fetches >= fetches + 2  # 304s keep coming at the poll interval
     assert client.status is ClientStatus.READY
+
+
+def test_broken_stream_falls_back_to_polling_and_retries_with_backoff(
+        server: FakeFlagServer, make_client: Any) -> None:
+    server.stream_broken = True
+    client, notes = make_client(server.url, poll_interval=0.1, backoff_max=0.4)
+    notes.wait(ClientEvent.READY)
+    server.change(flag("alpha", False))
+    notes.wait(ClientEvent.CHANGED, timeout=2.0)  # by polling: the stream never worked
+    assert not client.is_enabled("alpha")
+    assert client.status is ClientStatus.READY  # the server answers, so the flags are current
+    wait_until(lambda: server.streams >= 3)
+    tries = server.streams
+    time.sleep(0.8)
+    assert 1 <= server.streams - tries <= 4  # retried, but backed off (at most every 0.4 s)
+
+    server.stream_broken = False
+    wait_until(lambda: len(server._open) == 1, 2.0)  # the stream is back
+    fetches = server.fetches
+    server.change(flag("alpha", True))
+    notes.wait(ClientEvent.CHANGED, count=2, timeout=2.0)
+    assert client.is_enabled("alpha")
+    time.sleep(0.3)
+    assert server.fetches == fetches  # with the stream up, polling has stopped
 
 
 def test_cache_used_when_server_is_down_at_start(server: FakeFlagServer, make_client: Any,
