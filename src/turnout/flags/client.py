@@ -67,6 +67,7 @@ class Notice:
 
 
 Listener = Callable[[Notice], None]
+_NETWORK_ERRORS = (httpx.HTTPError, httpx.StreamError, OSError, ValueError)
 
 
 def changed_flags(old: FlagState, new: FlagState) -> tuple[str, ...]:
@@ -321,7 +322,7 @@ class FlagClient(_Holder):
             doc = response.json()
             if not isinstance(doc, dict):
                 raise ValueError("the state document is not an object")
-        except (httpx.HTTPError, ValueError) as exc:
+        except _NETWORK_ERRORS as exc:
             return f"fetching flags failed: {_describe(exc)}"
         self._etag = response.headers.get("ETag")
         self._accept(doc)
@@ -342,7 +343,7 @@ class FlagClient(_Holder):
                         raise ValueError("a state event is not an object")
                     self._accept(doc)
                     delivered = True
-        except (httpx.HTTPError, ValueError) as exc:
+        except _NETWORK_ERRORS as exc:
             log.debug("flag stream ended: %s", _describe(exc))
         return delivered
 

@@ -276,3 +276,20 @@ def test_shutdown_closes_the_source() -> None:
     provider.initialize(EvaluationContext())
     provider.shutdown()
     assert source.status == "CLOSED"
+
+
+def test_segment_change_names_the_flags_that_use_it() -> None:
+    def state(values: list[str]) -> dict[str, Any]:
+        segment = {"id": 7, "name": "beta", "constraints": [
+            {"contextName": "userId", "operator": "IN", "values": values}]}
+        return {"version": 2, "segments": [segment], "features": [
+            flag("uses-segment", {"name": "default", "segments": [7]}), flag("other")]}
+
+    source = LocalFlags(state(["a"]))
+    provider = TurnoutProvider(source)
+    changed: list[Any] = []
+    source.add_listener(lambda notice: changed.append(notice.flags_changed))
+    assert not provider.resolve_boolean_details("uses-segment", False, ctx("b")).value
+    source.set(state(["a", "b"]))
+    assert changed == [("uses-segment",)]
+    assert provider.resolve_boolean_details("uses-segment", False, ctx("b")).value
