@@ -91,10 +91,13 @@ BAD_FILES = [
      "1.strategies.0.constraints.0.value"),
     ("name: checkout\nenabled: [\n", "flags.yaml:3"),
     ("- {name: twice}\n- {name: twice}\n", "defined twice"),
+    ("- {name: fine}\n- {name: other, strategies: [{name: default, segments: [4]}]}\n",
+     "1.strategies.0.segments.0: no segment with id 4"),
 ]
 
 
-@pytest.mark.parametrize(("text", "where"), BAD_FILES, ids=["rollout", "one-of-a-list", "yaml", "twice"])
+@pytest.mark.parametrize(("text", "where"), BAD_FILES,
+                         ids=["rollout", "one-of-a-list", "yaml", "twice", "segment"])
 def test_an_invalid_file_is_refused_and_nothing_is_created(folder: Path, text: str, where: str) -> None:
     (folder / "flags.yaml").write_text(text)
     refused(turnout(folder, "flags", "create", "-f", "flags.yaml"), "flags.yaml", where)

@@ -208,11 +208,12 @@ def create(obj: FlagsContext, flag_file: Path) -> None:
     if taken:
         raise UserError(f"{flag_file}: flag(s) already exist: {', '.join(taken)}; use update")
     with obj.change() as store:
-        for definition in definitions:
-            try:
-                _done(store.create(definition, who=who()), "created")
-            except FlagError as exc:
-                raise _in_file(flag_file, exc) from None
+        try:
+            records = store.create_many(list(definitions), who=who())
+        except FlagError as exc:
+            raise _in_file(flag_file, exc) from None
+    for record in records:
+        _done(record, "created")
 
 
 @flags_group.command()

@@ -212,20 +212,34 @@ class FlagStore:
                                      .order_by(t.flag_segments.c.id)))
 
     # -- changing flags ------------------------------------------------------------------
-    @_converted
     def create(self, definition: object, *, who: str) -> FlagRecord:
         """Add a flag; an archived flag of the same name is brought back with it."""
-        new = validate_flag(definition)
+        return self.create_many([definition], who=who)[0]
+
+    @_converted
+    def create_many(self, definitions: list[object], *, who: str) -> list[FlagRecord]:
+        """Add several flags in one transaction: all of them, or (on any error) none.
+
+        A flag may depend on one created before it in the same list.
+        """
+        news = _each_of(definitions, validate_flag)
+        names = [new["name"] for new in news]
+        if len(set(names)) != len(names):
+            raise FlagError([f"name: flag {n!r} is given twice" for n in dict.fromkeys(names)
+                             if names.count(n) > 1])
         try:
             with self._write() as conn:
-                old = _find(conn, new["name"])
-                if old is not None and not old.archived:
-                    raise FlagExists(f"flag {new['name']!r} already exists; use update")
-                _check_references(conn, new)
-                action = "create" if old is None else "revive"
-                return self._save(conn, old, new, archived=False, who=who, action=action)
-        except IntegrityError as exc:  # another process created it first
-            raise FlagExists(f"flag {new['name']!r} already exists; use update") from exc
+                return _each_of(news, lambda new: self._create(conn, new, who))
+        except IntegrityError as exc:  # another process created one of them first
+            raise FlagExists(f"flag(s) {', '.join(names)} already exist; use update") from exc
+
+    def _create(self, conn: sa.Connection, new: dict[str, Any], who: str) -> FlagRecord:
+        old = _find(conn, new["name"])
+        if old is not None and not old.archived:
+            raise FlagExists(f"flag {new['name']!r} already exists; use update")
+        _check_references(conn, new)
+        action = "create" if old is None else "revive"
+        return self._save(conn, old, new, archived=False, who=who, action=action)
 
     @_converted
     def update(self, name: str, definition: object, *, who: str,
@@ -381,6 +395,19 @@ def _audit(conn: sa.Connection, flag: str, *, version: int, now: float, who: str
                  .values(revision=t.flag_meta.c.revision + 1))
     conn.execute(t.flag_audit.insert().values(flag=flag, version=version, at=now, who=who,
                                               action=action, change=change))
+
+
+def _each_of(items: list[Any], work: Callable[[Any], R]) -> list[R]:
+    """``work`` on each item; a FlagError names the item by its index when there are several."""
+    out: list[R] = []
+    for i, item in enumerate(items):
+        try:
+            out.append(work(item))
+        except FlagError as exc:
+            if len(items) == 1:
+                raise
+            raise FlagError([f"{i}.{problem}" for problem in exc.problems]) from None
+    return out
 
 
 def _find(conn: sa.Connection, name: str) -> FlagRecord | None:

@@ -69,6 +69,18 @@ def test_create_twice_is_a_conflict_and_changes_nothing(store: FlagStore) -> Non
     assert store.revision() == 1 and store.flag("checkout").definition["enabled"] is False  # type: ignore[union-attr]
 
 
+def test_create_many_creates_all_or_none(store: FlagStore) -> None:
+    with pytest.raises(FlagError) as caught:
+        store.create_many([flag("a"), flag("b", strategies=[{"name": "default", "segments": [7]}])],
+                          who="x")
+    assert caught.value.problems == ["1.strategies.0.segments.0: no segment with id 7"]
+    assert store.flags() == [] and store.revision() == 0
+    made = store.create_many([flag("parent"), flag("child", dependencies=[{"feature": "parent"}])],
+                             who="x")
+    assert [(r.name, r.version) for r in made] == [("parent", 1), ("child", 1)]
+    assert store.revision() == 2
+
+
 def test_invalid_definitions_change_nothing(store: FlagStore) -> None:
     store.create(flag(), who="a")
     with pytest.raises(FlagError) as caught:
