@@ -89,7 +89,7 @@ class Variant(_Model):
     name: Name
     weight: int = Field(0, ge=0, le=TOTAL_WEIGHT)
     weightType: Literal["variable", "fix"] = "variable"
-    stickiness: Name = "default"
+    stickiness: Name | None = None  # unset: a strategy variant inherits its strategy's
     payload: Payload | None = None
     overrides: list[Override] = []
 
