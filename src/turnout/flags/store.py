@@ -16,29 +16,23 @@ Database errors leave this module only as ``StoreError``.
 from __future__ import annotations
 
 import copy
-import functools
 import hashlib
 import secrets
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
+from typing import Any, Literal
 
 import sqlalchemy as sa
-from alembic.util.exc import CommandError
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 
-from turnout.errors import ConflictError, StoreError, UserError
+from turnout.errors import ConflictError, UserError
 from turnout.flags.definition import FlagError, validate_flag, validate_segment
 from turnout.store import schema as t
-from turnout.store.engine import create_engine, migrate
+from turnout.store.base import Database, converted
 
 __all__ = ["AuditRecord", "FlagError", "FlagExists", "FlagNotFound", "FlagRecord", "FlagStore",
            "Token", "VersionConflict", "validate_flag"]
 
-P = ParamSpec("P")
-R = TypeVar("R")
 TokenKind = Literal["client", "admin"]
 STATE_FORMAT_VERSION = 2
 
@@ -82,22 +76,6 @@ class Token:
     kind: TokenKind
 
 
-def _converted(fn: Callable[Concatenate[FlagStore, P], R]) -> Callable[Concatenate[FlagStore, P], R]:
-    @functools.wraps(fn)
-    def wrapper(self: FlagStore, /, *args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return fn(self, *args, **kwargs)
-        except SQLAlchemyError as exc:
-            raise StoreError(f"state database {self.name}: {_reason(exc)}") from exc
-
-    return wrapper
-
-
-def _reason(exc: BaseException) -> str:
-    original = getattr(exc, "orig", None)
-    return str(original if original is not None else exc).splitlines()[0]
-
-
 def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
@@ -107,68 +85,18 @@ def _record(row: sa.Row[Any]) -> FlagRecord:
                       archived=bool(row.archived), updated_at=row.updated_at)
 
 
-class FlagStore:
+class FlagStore(Database):
     """Flags, segments and tokens in the state database. Build it with ``FlagStore.open``."""
 
-    def __init__(self, engine: sa.Engine, *, now: Callable[[], float] = time.time) -> None:
-        self._engine: sa.Engine | None = engine
-        self._now = now
-        self.name = engine.url.render_as_string(hide_password=True)
-
-    @classmethod
-    def open(cls, url: str, *, now: Callable[[], float] = time.time) -> FlagStore:
-        """Connect to ``url``, bring its schema to the newest migration, return the store."""
-        shown = url.rpartition("@")[2]
-        try:
-            parsed = sa.make_url(url)
-            shown = parsed.render_as_string(hide_password=True)
-            engine = create_engine(parsed)
-        except (SQLAlchemyError, OSError, ValueError, ImportError) as exc:
-            raise StoreError(f"cannot open the state database {shown}: {_reason(exc)}") from exc
-        try:
-            migrate(engine)
-        except (SQLAlchemyError, CommandError, OSError) as exc:
-            engine.dispose()
-            raise StoreError(f"cannot open the state database {shown}: {_reason(exc)}") from exc
-        return cls(engine, now=now)
-
-    def close(self) -> None:
-        if self._engine is not None:
-            self._engine.dispose()
-            self._engine = None
-
-    def __enter__(self) -> FlagStore:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    @contextmanager
-    def _read(self) -> Iterator[sa.Connection]:
-        with self._connect() as conn, conn.begin():
-            yield conn
-
-    @contextmanager
-    def _write(self) -> Iterator[sa.Connection]:
-        with self._connect() as conn:
-            conn.execution_options(turnout_write=True)
-            with conn.begin():
-                yield conn
-
-    def _connect(self) -> sa.Connection:
-        if self._engine is None:
-            raise StoreError(f"state database {self.name} is closed")
-        return self._engine.connect()
-
     # -- reading -------------------------------------------------------------------------
-    @_converted
+    @converted
     def revision(self) -> int:
         """The global revision: it grows by one with every change of any flag or segment."""
         with self._read() as conn:
             return int(conn.scalar(sa.select(t.flag_meta.c.revision).where(t.flag_meta.c.id == 1))
                        or 0)
 
-    @_converted
+    @converted
     def state(self) -> dict[str, Any]:
         """The document SDKs get: live flags, every segment, and the revision it reflects."""
         with self._read() as conn:
@@ -182,21 +110,21 @@ class FlagStore:
                 "segments": [_served_segment(s) for s in segments],
                 "meta": {"revision": int(revision or 0)}}
 
-    @_converted
+    @converted
     def flags(self, *, archived: bool = False) -> list[FlagRecord]:
         """Live flags by name (or, with ``archived=True``, the archived ones)."""
         query = sa.select(t.flags).where(t.flags.c.archived.is_(archived)).order_by(t.flags.c.name)
         with self._read() as conn:
             return [_record(row) for row in conn.execute(query)]
 
-    @_converted
+    @converted
     def flag(self, name: str) -> FlagRecord | None:
         """The flag called ``name``, live or archived, or None."""
         with self._read() as conn:
             row = conn.execute(sa.select(t.flags).where(t.flags.c.name == name)).first()
         return None if row is None else _record(row)
 
-    @_converted
+    @converted
     def history(self, name: str) -> list[AuditRecord]:
         """Every recorded change of flag ``name`` (or ``segment:<id>``), oldest first."""
         query = (sa.select(t.flag_audit).where(t.flag_audit.c.flag == name)
@@ -205,7 +133,7 @@ class FlagStore:
             return [AuditRecord(flag=r.flag, version=r.version, at=r.at, who=r.who,
                                 action=r.action, change=r.change) for r in conn.execute(query)]
 
-    @_converted
+    @converted
     def segments(self) -> list[dict[str, Any]]:
         with self._read() as conn:
             return list(conn.scalars(sa.select(t.flag_segments.c.definition)
@@ -216,7 +144,7 @@ class FlagStore:
         """Add a flag; an archived flag of the same name is brought back with it."""
         return self.create_many([definition], who=who)[0]
 
-    @_converted
+    @converted
     def create_many(self, definitions: list[object], *, who: str) -> list[FlagRecord]:
         """Add several flags in one transaction: all of them, or (on any error) none.
 
@@ -241,7 +169,7 @@ class FlagStore:
         action = "create" if old is None else "revive"
         return self._save(conn, old, new, archived=False, who=who, action=action)
 
-    @_converted
+    @converted
     def update(self, name: str, definition: object, *, who: str,
                expected_version: int | None = None) -> FlagRecord:
         """Replace a flag's definition; with ``expected_version``, only if it is still that one."""
@@ -298,7 +226,7 @@ class FlagStore:
 
         return self._modify(name, change, who=who, action="target")
 
-    @_converted
+    @converted
     def archive(self, name: str, *, who: str) -> FlagRecord:
         """Take a flag out of the state SDKs see; its history is kept."""
         with self._write() as conn:
@@ -311,7 +239,7 @@ class FlagStore:
                                     "depend(s) on it")
             return self._save(conn, old, old.definition, archived=True, who=who, action="archive")
 
-    @_converted
+    @converted
     def _modify(self, name: str, change: Callable[[dict[str, Any]], None], *, who: str,
                 action: str) -> FlagRecord:
         with self._write() as conn:
@@ -338,7 +266,7 @@ class FlagStore:
 
 
     # -- segments ------------------------------------------------------------------------
-    @_converted
+    @converted
     def put_segment(self, segment: object, *, who: str) -> dict[str, Any]:
         """Create a segment (no ``id``: the next free one) or replace the one with its ``id``."""
         new = validate_segment(segment)
@@ -363,7 +291,7 @@ class FlagStore:
             return new
 
     # -- tokens --------------------------------------------------------------------------
-    @_converted
+    @converted
     def create_token(self, name: str, kind: TokenKind) -> str:
         """A new API token; the secret is returned once and only its SHA-256 is kept."""
         if kind not in ("client", "admin"):
@@ -376,7 +304,7 @@ class FlagStore:
                                                   created_at=self._now()))
         return secret
 
-    @_converted
+    @converted
     def check_token(self, secret: str) -> Token | None:
         """The token ``secret`` belongs to, or None when it is unknown."""
         query = sa.select(t.tokens.c.name, t.tokens.c.kind).where(

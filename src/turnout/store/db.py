@@ -10,29 +10,22 @@ and a second active deployment of a service as `ConflictError`.
 
 from __future__ import annotations
 
-import functools
 import os
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from types import EllipsisType
-from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
+from typing import Any, Literal
 
 import sqlalchemy as sa
-from alembic.util.exc import CommandError
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 
 from turnout.errors import ConflictError, StoreError
 from turnout.model import Instance, Revision
 from turnout.store import schema as t
-from turnout.store.engine import create_engine, migrate
+from turnout.store.base import Database, converted
 from turnout.store.records import DeploymentRecord, Event, InstanceRecord
 
 __all__ = ["DeploymentRecord", "Event", "InstanceRecord", "Store", "default_url"]
 
-P = ParamSpec("P")
-R = TypeVar("R")
 
 
 def default_url(spec_dir: Path) -> str:
@@ -43,80 +36,11 @@ def default_url(spec_dir: Path) -> str:
     return f"sqlite:///{(spec_dir / '.turnout' / 'state.db').resolve()}"
 
 
-def _converted(fn: Callable[Concatenate[Store, P], R]) -> Callable[Concatenate[Store, P], R]:
-    """Turn any database error raised by a Store method into a StoreError."""
-
-    @functools.wraps(fn)
-    def wrapper(self: Store, /, *args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return fn(self, *args, **kwargs)
-        except SQLAlchemyError as exc:
-            raise StoreError(f"state database {self.name}: {_reason(exc)}") from exc
-
-    return wrapper
-
-
-def _reason(exc: BaseException) -> str:
-    original = getattr(exc, "orig", None)
-    return str(original if original is not None else exc).splitlines()[0]
-
-
-class Store:
+class Store(Database):
     """The state of every service (see the module docstring). Build it with `Store.open`."""
 
-    def __init__(self, engine: sa.Engine, *, now: Callable[[], float] = time.time) -> None:
-        self._engine: sa.Engine | None = engine
-        self._now = now
-        self.name = engine.url.render_as_string(hide_password=True)
-
-    # -- life cycle ----------------------------------------------------------------------
-    @classmethod
-    def open(cls, url: str, *, now: Callable[[], float] = time.time) -> Store:
-        """Connect to `url`, bring its schema to the newest migration, return the store."""
-        shown = url.rpartition("@")[2]  # until parsed, never show what may be a password
-        try:
-            parsed = sa.make_url(url)
-            shown = parsed.render_as_string(hide_password=True)
-            engine = create_engine(parsed)
-        except (SQLAlchemyError, OSError, ValueError, ImportError) as exc:
-            raise StoreError(f"cannot open the state database {shown}: {_reason(exc)}") from exc
-        try:
-            migrate(engine)
-        except (SQLAlchemyError, CommandError, OSError) as exc:
-            engine.dispose()
-            raise StoreError(f"cannot open the state database {shown}: {_reason(exc)}") from exc
-        return cls(engine, now=now)
-
-    def close(self) -> None:
-        if self._engine is not None:
-            self._engine.dispose()
-            self._engine = None
-
-    def __enter__(self) -> Store:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    @contextmanager
-    def _read(self) -> Iterator[sa.Connection]:
-        with self._connect() as conn:
-            yield conn
-
-    @contextmanager
-    def _write(self) -> Iterator[sa.Connection]:
-        with self._connect() as conn:
-            conn.execution_options(turnout_write=True)
-            with conn.begin():
-                yield conn
-
-    def _connect(self) -> sa.Connection:
-        if self._engine is None:
-            raise StoreError(f"state database {self.name} is closed")
-        return self._engine.connect()
-
     # -- revisions and the stable pointer ------------------------------------------------
-    @_converted
+    @converted
     def save_revision(self, revision: Revision) -> None:
         """Keep a revision for history and rollback; saving it again changes nothing."""
         with self._write() as conn:
@@ -148,13 +72,13 @@ class Store:
                 )
             )
 
-    @_converted
+    @converted
     def revision(self, revision_id: str) -> Revision | None:
         with self._read() as conn:
             data = conn.scalar(sa.select(t.revisions.c.data).where(t.revisions.c.id == revision_id))
         return None if data is None else Revision.model_validate(data)
 
-    @_converted
+    @converted
     def revisions(self, service: str) -> list[Revision]:
         """Every saved revision of `service`, newest first."""
         query = (
@@ -165,20 +89,20 @@ class Store:
         with self._read() as conn:
             return [Revision.model_validate(data) for data in conn.scalars(query)]
 
-    @_converted
+    @converted
     def stable(self, service: str) -> str | None:
         query = sa.select(t.services.c.stable_revision).where(t.services.c.name == service)
         with self._read() as conn:
             return conn.scalar(query)
 
-    @_converted
+    @converted
     def set_stable(self, service: str, revision_id: str | None) -> None:
         values = {"stable_revision": revision_id, "updated_at": self._now()}
         with self._write() as conn:
             _upsert(conn, t.services, t.services.c.name, service, values)
 
     # -- deployments ---------------------------------------------------------------------
-    @_converted
+    @converted
     def create_deployment(
         self,
         *,
@@ -216,17 +140,17 @@ class Store:
         except IntegrityError as exc:  # lost a race the index caught
             raise ConflictError(f"another deployment of {service} is in progress") from exc
 
-    @_converted
+    @converted
     def deployment(self, deployment_id: int) -> DeploymentRecord | None:
         with self._read() as conn:
             return _find_deployment(conn, deployment_id)
 
-    @_converted
+    @converted
     def active_deployment(self, service: str) -> DeploymentRecord | None:
         with self._read() as conn:
             return _active(conn, service)
 
-    @_converted
+    @converted
     def update_deployment(
         self,
         deployment_id: int,
@@ -254,18 +178,18 @@ class Store:
             _update_one(conn, deployment_id, values)
             return _deployment(conn, deployment_id)
 
-    @_converted
+    @converted
     def request(self, deployment_id: int, action: Literal["abort", "promote"]) -> None:
         """Ask the process running the deployment to abort or promote it."""
         with self._write() as conn:
             _update_one(conn, deployment_id, {_flag(action): True, "updated_at": self._now()})
 
-    @_converted
+    @converted
     def clear_request(self, deployment_id: int, action: Literal["abort", "promote"]) -> None:
         with self._write() as conn:
             _update_one(conn, deployment_id, {_flag(action): False, "updated_at": self._now()})
 
-    @_converted
+    @converted
     def history(self, service: str, limit: int = 20) -> list[DeploymentRecord]:
         """The latest `limit` deployments of `service`, newest first."""
         query = (
@@ -277,7 +201,7 @@ class Store:
         with self._read() as conn:
             return [_record(row) for row in conn.execute(query)]
 
-    @_converted
+    @converted
     def add_event(self, deployment_id: int, *, step: int, kind: str, message: str) -> None:
         with self._write() as conn:
             conn.execute(
@@ -287,7 +211,7 @@ class Store:
                 )
             )
 
-    @_converted
+    @converted
     def events(self, deployment_id: int) -> list[Event]:
         """The deployment's events in the order they were added."""
         e = t.events.c
@@ -301,7 +225,7 @@ class Store:
                     for r in conn.execute(query)]
 
     # -- instances -----------------------------------------------------------------------
-    @_converted
+    @converted
     def put_instance(
         self, instance: Instance, *, state: str, warm_until: float | None = None
     ) -> None:
@@ -316,7 +240,7 @@ class Store:
         with self._write() as conn:
             _upsert(conn, t.instances, t.instances.c.id, instance.id, values)
 
-    @_converted
+    @converted
     def set_instance_state(
         self, instance_id: str, state: str, *, warm_until: float | None = None
     ) -> None:
@@ -330,13 +254,13 @@ class Store:
             if done.rowcount == 0:
                 raise StoreError(f"no instance {instance_id!r} in {self.name}")
 
-    @_converted
+    @converted
     def remove_instance(self, instance_id: str) -> None:
         """Forget an instance; forgetting an unknown one is not an error."""
         with self._write() as conn:
             conn.execute(t.instances.delete().where(t.instances.c.id == instance_id))
 
-    @_converted
+    @converted
     def instances(self, service: str) -> list[InstanceRecord]:
         query = (
             sa.select(t.instances.c.data, t.instances.c.state, t.instances.c.warm_until)
