@@ -20,7 +20,7 @@ import hashlib
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -33,6 +33,7 @@ from turnout.store.base import Database, converted
 __all__ = ["AuditRecord", "FlagError", "FlagExists", "FlagNotFound", "FlagRecord", "FlagStore",
            "Token", "VersionConflict", "validate_flag"]
 
+R = TypeVar("R")
 TokenKind = Literal["client", "admin"]
 STATE_FORMAT_VERSION = 2
 
