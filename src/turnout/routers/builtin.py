@@ -3,18 +3,20 @@
 It talks to the proxy's admin API on `DIR/admin.sock` with httpx and turns every socket,
 HTTP and decoding error into `RouterError`. It also manages the process: `ensure_running`
 starts the proxy detached (own session, output to `DIR/proxy.log`) so it outlives the CLI,
-and `stop` ends it (SIGTERM, then SIGKILL of its process group).
+and `stop` ends it (SIGTERM, then SIGKILL of its process group). `set_flags` makes the proxy
+evaluate flags per request (see `turnout.routers.proxy.flags`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sys
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 from pydantic import ValidationError
@@ -120,16 +122,31 @@ class BuiltinRouter:
     async def drained(self, backend_id: str) -> bool:
         return (await self.stats()).in_flight.get(backend_id, 0) == 0
 
-    async def health(self) -> dict[str, object]:
-        """The worker's id and pid and the addresses it really listens on (port 0 resolved)."""
-        response = await self._call("GET", "/healthz")
+    async def set_flags(self, state: dict[str, Any], *, evaluate: list[str], header: str) -> None:
+        """Evaluate `evaluate` (flags of the Unleash `state` document) per request's user key,
+        forward the results in `header` and count cohorts; in effect (and saved) on return."""
+        body = json.dumps({"state": state, "evaluate": evaluate, "header": header}).encode()
+        in_effect = self._json(await self._call("PUT", "/flags", body))
+        if in_effect.get("evaluate") != evaluate or in_effect.get("header") != header:
+            raise RouterError(f"builtin router took other flag settings than sent: {in_effect}")
+
+    async def flags(self) -> dict[str, Any]:
+        """The flag settings in effect: `{"state": ..., "evaluate": [...], "header": ...}`."""
+        return self._json(await self._call("GET", "/flags"))
+
+    @staticmethod
+    def _json(response: httpx.Response) -> dict[str, Any]:
         try:
             data = response.json()
         except ValueError as exc:
-            raise RouterError(f"builtin router sent an unreadable health answer: {exc}") from exc
+            raise RouterError(f"builtin router sent unreadable JSON: {exc}") from exc
         if not isinstance(data, dict):
-            raise RouterError("builtin router sent an unreadable health answer")
+            raise RouterError("builtin router sent JSON that is not an object")
         return data
+
+    async def health(self) -> dict[str, object]:
+        """The worker's id and pid and the addresses it really listens on (port 0 resolved)."""
+        return self._json(await self._call("GET", "/healthz"))
 
     async def healthy(self) -> bool:
         try:

@@ -4,6 +4,9 @@ A tiny HTTP/1.1 handler on httptools (no framework):
 `PUT /table` validates a `RoutingTable`, refuses (409) one older than the table in effect,
 writes `table.json` durably (temp file, fsync, rename, fsync of the directory), swaps it in
 and only then answers 200 with the table; `GET /table`, `GET /stats`, `GET /healthz`.
+`PUT /flags` does the same for the flag settings (`flags.json`, see `proxy.flags`): 400 and
+no change on a bad body, else saved, compiled, swapped in, and answered with the settings;
+`GET /flags` answers the settings in effect.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from typing import cast
 from httptools import HttpParserError, HttpRequestParser
 from pydantic import ValidationError
 
+from turnout.routers.proxy.files import write_atomic
+from turnout.routers.proxy.flags import SettingsError, parse_settings, save_settings
 from turnout.routers.proxy.server import Proxy
 from turnout.routers.table import RoutingTable
 
@@ -31,21 +36,7 @@ log = logging.getLogger("turnout.proxy")
 
 def save_table(state_dir: Path, table: RoutingTable) -> None:
     """Write the table so that a crash leaves either the old or the new file, never half."""
-    path = state_dir / TABLE_FILE
-    tmp = path.with_suffix(".json.tmp")
-    data = table.model_dump_json(indent=2).encode()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(state_dir, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_atomic(state_dir / TABLE_FILE, table.model_dump_json(indent=2).encode())
 
 
 def load_table(state_dir: Path) -> RoutingTable:
@@ -120,7 +111,11 @@ class AdminConn(asyncio.Protocol):
             return 200, proxy.plan.table.model_dump(mode="json")
         if path == "/table" and method == "PUT":
             return self._put_table(body)
-        if path in ("/healthz", "/stats", "/table"):
+        if path == "/flags" and method == "GET":
+            return 200, proxy.flags.settings
+        if path == "/flags" and method == "PUT":
+            return self._put_flags(body)
+        if path in ("/healthz", "/stats", "/table", "/flags"):
             return 405, {"error": f"{method} not allowed on {path}"}
         return 404, {"error": f"no such resource {path}"}
 
@@ -135,6 +130,15 @@ class AdminConn(asyncio.Protocol):
         save_table(self.state_dir, table)
         self.proxy.swap(table)
         return 200, table.model_dump(mode="json")
+
+    def _put_flags(self, body: bytes) -> tuple[int, object]:
+        try:
+            settings, state = parse_settings(body, self.proxy.flags.settings)
+        except SettingsError as exc:
+            return 400, {"error": f"invalid flag settings: {exc}"}
+        save_settings(self.state_dir, settings)
+        self.proxy.set_flags(settings, state)
+        return 200, settings
 
     def _respond(self, status: int, payload: object, *, close: bool) -> None:
         if self.transport is None or self.transport.is_closing():

@@ -108,6 +108,7 @@ class Plan:
     key_cookie: str | None
     preview: PoolPlan | None
     wanted: frozenset[bytes] = field(default_factory=frozenset)
+    drop: frozenset[bytes] = field(default_factory=frozenset)  # request headers not forwarded
     addresses: frozenset[str] = field(default_factory=frozenset)
 
     @classmethod
@@ -150,6 +151,20 @@ class Plan:
         # bucket_of, inlined: this runs once per request
         bucket = mmh3.hash(key, signed=False) % BUCKETS if key else random.randrange(BUCKETS)
         return self.ranged[bisect_right(self.ends, bucket)]
+
+    def route_keyed(self, headers: Mapping[bytes, bytes]) -> tuple[PoolPlan | None, bytes | None]:
+        """`route`, plus the request's user key (used when the proxy evaluates flags)."""
+        cookies: dict[str, bytes] | None = None
+        if COOKIE in headers and (self.key_cookie or self.rules):
+            cookies = parse_cookies(headers[COOKIE])
+        key = self._user_key(headers, cookies)
+        for rule in self.rules:
+            if _matches(rule, headers, cookies, key):
+                return rule.pool, key
+        if not self.ends:
+            return None, key
+        bucket = mmh3.hash(key, signed=False) % BUCKETS if key else random.randrange(BUCKETS)
+        return self.ranged[bisect_right(self.ends, bucket)], key
 
     def bucket_pool(self, bucket: int) -> str | None:
         """The revision a bucket maps to (for tests and diagnostics)."""

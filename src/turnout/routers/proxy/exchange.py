@@ -47,16 +47,27 @@ class Exchange:
     """A request from `client` on its way to a backend of `pool` and the answer back."""
 
     __slots__ = (
-        "backend", "chunked", "client", "complete", "counters", "finished", "keep_alive",
+        "backend", "chunked", "client", "cohort", "complete", "counters", "finished", "keep_alive",
         "method", "pending", "pending_size", "plan", "pool", "proxy", "responded", "sent",
         "sent_size", "started", "task", "tried", "upstream",
     )
 
     def __init__(
-        self, client: ClientConn, plan: Plan, pool: PoolPlan | None, method: bytes, head: bytes
+        self,
+        client: ClientConn,
+        plan: Plan,
+        pool: PoolPlan | None,
+        method: bytes,
+        head: bytes,
+        *,
+        cohort: RevisionCounters | None = None,
     ) -> None:
-        """Framing, keep-alive and start time come from the client's request just parsed."""
+        """Framing, keep-alive and start time come from the client's request just parsed.
+
+        `cohort`: the counters of the request's flag cohort, when the proxy evaluates flags.
+        """
         self.client = client
+        self.cohort = cohort
         self.proxy: Proxy = client.proxy
         self.plan = plan
         self.pool = pool
@@ -84,6 +95,8 @@ class Exchange:
     def start(self) -> None:
         if self.counters is not None:
             self.counters.requests += 1
+        if self.cohort is not None:
+            self.cohort.requests += 1
         backend = self.pool.pick() if self.pool is not None else None
         if backend is None:
             self._local(RESPONSE_503, 503)
@@ -196,6 +209,8 @@ class Exchange:
             conn.close()
         if self.counters is not None:
             self.counters.response(conn.status, perf_counter() - self.started)
+        if self.cohort is not None:
+            self.cohort.response(conn.status, perf_counter() - self.started)
         self.client.exchange_done(self, not keep_alive)
 
     def upstream_lost(self, conn: UpstreamConn) -> None:
@@ -211,8 +226,7 @@ class Exchange:
             return
         if self.responded:
             self.finished = True
-            if self.counters is not None:
-                self.counters.errors += 1
+            self._count_error()
             self.client.abort()
         else:
             self._fail()
@@ -233,16 +247,25 @@ class Exchange:
 
     def _fail(self) -> None:
         """Connection error: counted once as such (not also as a 5xx) and answered 502."""
+        self._count_error()
+        self._local(RESPONSE_502, 0)
+
+    def _count_error(self) -> None:
         if self.counters is not None:
             self.counters.errors += 1
-        self._local(RESPONSE_502, 0)
+        if self.cohort is not None:
+            self.cohort.errors += 1
 
     def _local(self, response: bytes, status: int) -> None:
         self.finished = True
         self.responded = True
         self.client.write(response)
-        if status and self.counters is not None:
-            self.counters.response(status, perf_counter() - self.started)
+        if status:
+            seconds = perf_counter() - self.started
+            if self.counters is not None:
+                self.counters.response(status, seconds)
+            if self.cohort is not None:
+                self.cohort.response(status, seconds)
         self.client.exchange_done(self, False)
 
     def abort(self) -> None:

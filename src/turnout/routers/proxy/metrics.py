@@ -1,8 +1,10 @@
-"""Traffic counters of one proxy worker: per revision, plus in-flight requests per backend.
+"""Traffic counters of one proxy worker: per revision and flag cohort, in-flight per backend.
 
 Counting is a handful of integer additions and one bisection over the bounds tuple per
 request, on a counters object the exchange looked up once; the pydantic
-`RouterStats` model is built only when the admin API asks for it.
+`RouterStats` model is built only when the admin API asks for it. Flag cohorts are
+counted per combination of results (one counters object per request however many flags
+are evaluated) and added up per `<flag>:on` / `<flag>:off` in the snapshot.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class Metrics:
         self.worker = secrets.token_hex(6)
         self.revisions: dict[str, RevisionCounters] = {}  # read directly per request
         self.in_flight: dict[str, int] = {}
+        self.combos: dict[tuple[str, ...], RevisionCounters] = {}  # cohort keys -> counters
 
     def revision(self, revision: str) -> RevisionCounters:
         """The counters of `revision`, created on first use.
@@ -48,6 +51,13 @@ class Metrics:
         counters = self.revisions.get(revision)
         if counters is None:
             counters = self.revisions[revision] = RevisionCounters()
+        return counters
+
+    def combo(self, cohorts: tuple[str, ...]) -> RevisionCounters:
+        """The counters of requests in every one of `cohorts` (`<flag>:on|off` each)."""
+        counters = self.combos.get(cohorts)
+        if counters is None:
+            counters = self.combos[cohorts] = RevisionCounters()
         return counters
 
     def begin(self, backend_id: str) -> None:
@@ -63,15 +73,28 @@ class Metrics:
                 del self.in_flight[backend_id]
         in_flight = {backend_id: 0 for backend_id in current_ids}
         in_flight.update(self.in_flight)
-        revisions = {
-            name: Counters(
-                requests=c.requests,
-                responses_5xx=c.responses_5xx,
-                connection_errors=c.errors,
-                latency=list(c.latency),
-            )
-            for name, c in self.revisions.items()
-        }
+        revisions = {name: _counters(c) for name, c in self.revisions.items()}
+        cohorts: dict[str, Counters] = {}
+        for keys, c in self.combos.items():
+            for key in keys:
+                total = cohorts.get(key)
+                if total is None:
+                    cohorts[key] = _counters(c)
+                else:
+                    total.requests += c.requests
+                    total.responses_5xx += c.responses_5xx
+                    total.connection_errors += c.errors
+                    total.latency = [a + b for a, b in zip(total.latency, c.latency, strict=True)]
         return RouterStats(
-            worker=self.worker, generation=generation, revisions=revisions, in_flight=in_flight
+            worker=self.worker, generation=generation, revisions=revisions, in_flight=in_flight,
+            cohorts=cohorts,
         )
+
+
+def _counters(c: RevisionCounters) -> Counters:
+    return Counters(
+        requests=c.requests,
+        responses_5xx=c.responses_5xx,
+        connection_errors=c.errors,
+        latency=list(c.latency),
+    )

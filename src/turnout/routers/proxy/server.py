@@ -5,6 +5,8 @@ headers dropped, `X-Forwarded-For` extended, chunked bodies re-framed) and hande
 `Exchange`. Pipelined requests queue behind the current exchange and reading from the client
 pauses until they are served, so responses go back in order. `Proxy` is the worker-wide
 state: the compiled plan in effect (swapped as one reference), counters and the idle pool.
+When flags are evaluated (`proxy.flags`), the request's cohort adds its header line to the
+head (any such header the client sent is dropped) and its counters to the exchange.
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from time import perf_counter
-from typing import cast
+from typing import Any, cast
 
 from httptools import HttpParserError, HttpRequestParser
 
+from turnout.flags import FlagState
 from turnout.routers.proxy.balancer import Plan
 from turnout.routers.proxy.exchange import BP_PENDING, BP_UPSTREAM, Exchange, canned
+from turnout.routers.proxy.flags import FlagPlan, empty_settings
 from turnout.routers.proxy.metrics import Metrics
 from turnout.routers.proxy.upstream import ConnPool
 from turnout.routers.table import RoutingTable
@@ -42,7 +46,13 @@ RESPONSE_400 = canned(400, b"Bad Request")
 class Proxy:
     """Worker-wide state shared by every connection."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, table: RoutingTable) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        table: RoutingTable,
+        flags: tuple[dict[str, Any], FlagState] | None = None,
+    ) -> None:
+        """`flags`: the flag settings and their compiled state (default: none evaluated)."""
         self.loop = loop
         self.metrics = Metrics()
         self.conns = ConnPool()
@@ -50,14 +60,30 @@ class Proxy:
         self.draining = False
         self.all_closed = asyncio.Event()  # set once draining and no client is left
         self.addresses: dict[str, str] = {}  # listener name -> bound host:port
+        if flags is None:
+            settings = empty_settings()
+            flags = settings, FlagState.from_json(settings["state"])
         self.plan = Plan.compile(table)
+        self.flags: FlagPlan
+        self.flagging: FlagPlan | None  # `flags` while it evaluates any flag, else None
+        self.drop: frozenset[bytes]  # request headers not forwarded
+        self.set_flags(*flags)
         self.conns.retain(self.plan.addresses)
 
     def swap(self, table: RoutingTable) -> None:
         """Put `table` in effect: compile first, then replace one reference."""
         plan = Plan.compile(table)
+        plan.drop = self.drop
         self.plan = plan
         self.conns.retain(plan.addresses)
+
+    def set_flags(self, settings: dict[str, Any], state: FlagState) -> None:
+        """Put flag settings in effect (`state` is `settings["state"]` compiled)."""
+        flags = FlagPlan(settings, state, self.metrics.combo)
+        self.drop = HOP_BY_HOP | {flags.lheader}
+        self.flags = flags
+        self.flagging = flags if flags.names else None
+        self.plan.drop = self.drop
 
     def drain(self) -> None:
         """Stop serving new requests; idle client connections close now."""
@@ -76,7 +102,7 @@ class Proxy:
 
 class ClientConn(asyncio.Protocol):
     __slots__ = (
-        "chunked", "closed", "current", "headers", "length", "parser", "paused", "peer",
+        "chunked", "closed", "current", "drop", "headers", "length", "parser", "paused", "peer",
         "preview", "proxy", "queue", "receiving", "started", "transport", "url", "want",
         "wanted", "write_paused", "xff", "xff_line",
     )
@@ -136,7 +162,9 @@ class ClientConn(asyncio.Protocol):
         self.started = perf_counter()  # uvloop's clock ticks in milliseconds
         self.url = b""
         self.headers: list[bytes] = []  # name, b": ", value, CRLF, ... joined once
-        self.want = self.proxy.plan.wanted
+        plan = self.proxy.plan
+        self.want = plan.wanted
+        self.drop = plan.drop
         self.wanted: dict[bytes, bytes] = {}
         self.xff: bytes | None = None
         self.length: bytes | None = None
@@ -147,7 +175,7 @@ class ClientConn(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         lname = name.lower()
-        if lname in HOP_BY_HOP:
+        if lname in self.drop:  # hop-by-hop, or the flags header, which only the proxy sets
             if lname == b"x-forwarded-for":
                 self.xff = value
             elif lname == b"content-length":
@@ -163,8 +191,17 @@ class ClientConn(asyncio.Protocol):
         plan = self.proxy.plan
         parser = self.parser
         method: bytes = parser.get_method()
-        pool = plan.preview if self.preview else plan.route(self.wanted)
-        exchange = Exchange(self, plan, pool, method, self._head(method))
+        flags = self.proxy.flagging
+        if flags is None:
+            pool = plan.preview if self.preview else plan.route(self.wanted)
+            exchange = Exchange(self, plan, pool, method, self._head(method))
+        else:
+            pool, key = plan.route_keyed(self.wanted)
+            if self.preview:
+                pool = plan.preview
+            cohort = flags.cohort(key, self.peer)
+            self.headers.append(cohort.line)
+            exchange = Exchange(self, plan, pool, method, self._head(method), cohort=cohort.counters)
         self.receiving = exchange
         if self.current is None:
             self.current = exchange

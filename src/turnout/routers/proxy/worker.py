@@ -1,6 +1,6 @@
 """The proxy worker process: serves the sockets its supervisor hands it, on uvloop.
 
-It loads the persisted table, serves the public listener, the optional preview listener and
+It loads the persisted table and flag settings, serves the public listener, the optional preview listener and
 the admin socket until SIGTERM/SIGINT, then stops accepting, lets in-flight requests finish
 (bounded by `DRAIN_SECONDS`) and exits. If the supervisor dies, the kernel sends it SIGTERM.
 """
@@ -20,6 +20,7 @@ from pathlib import Path
 import uvloop
 
 from turnout.routers.proxy.admin import AdminConn, load_table
+from turnout.routers.proxy.flags import load_settings
 from turnout.routers.proxy.server import ClientConn, Proxy
 
 DRAIN_SECONDS = 5.0
@@ -44,7 +45,7 @@ def _address(sock: socket.socket) -> str:
 
 async def serve(listen_fd: int, preview_fd: int | None, admin_fd: int, state_dir: Path) -> None:
     loop = asyncio.get_running_loop()
-    proxy = Proxy(loop, load_table(state_dir))
+    proxy = Proxy(loop, load_table(state_dir), load_settings(state_dir))
     public = socket.socket(fileno=listen_fd)
     proxy.addresses["listen"] = _address(public)
     servers = [await loop.create_server(lambda: ClientConn(proxy), sock=public, backlog=1024)]

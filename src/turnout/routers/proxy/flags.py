@@ -1,0 +1,216 @@
+"""Router-side feature toggles: the flag settings of a worker, compiled for the data path.
+
+`PUT /flags` on the admin socket sends `{"state": <Unleash client API document>,
+"evaluate": [flag names], "header": "X-Turnout-Flags"}`. `parse_settings` validates such a
+body, `FlagPlan.compile` turns it into what a request needs, and `save_settings` /
+`load_settings` keep it in `DIR/flags.json` so that a new worker starts with it.
+
+Per request (only when some flag is evaluated) `FlagPlan.cohort` answers with a `Cohort`:
+the header line to add upstream and the counters of that exact combination of on/off
+results. Counting per combination costs one counters object per request however many
+flags are evaluated; `Metrics.snapshot` adds the combinations up into per-flag cohorts.
+Results for a user key are cached while they depend on nothing else (no random stickiness,
+no client address, no clock: see `key_only`); the cache belongs to one compiled plan, so a
+new PUT starts it empty.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from turnout.flags import FlagState, evaluate
+from turnout.routers.proxy.files import write_atomic
+from turnout.routers.proxy.metrics import RevisionCounters
+
+FLAGS_FILE = "flags.json"
+DEFAULT_HEADER = "X-Turnout-Flags"
+CACHE_MAX = 65_536
+# a header name (RFC 9110 token) and a flag name that fits `name=on, name=off` unambiguously
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_FLAG_NAME = re.compile(r"^[^\s,=;\"\x00-\x1f\x7f]+$")
+# headers the proxy frames itself or reads for routing: never a flags header
+_RESERVED = frozenset({
+    "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
+    "upgrade", "content-length", "x-forwarded-for", "host", "cookie",
+})
+# what a result may depend on for it to be cached per user key
+_KEY_ONLY_STRATEGIES = frozenset({
+    "default", "userWithId", "flexibleRollout", "gradualRolloutUserId",
+    "gradualRolloutSessionId", "applicationHostname",
+})
+_UNCACHEABLE_CONTEXT = frozenset({"currentTime", "remoteAddress"})
+
+log = logging.getLogger("turnout.proxy")
+
+
+class SettingsError(ValueError):
+    """A `PUT /flags` body that cannot be taken; the message says which field."""
+
+
+def empty_settings() -> dict[str, Any]:
+    return {"state": {"version": 2, "features": [], "segments": []}, "evaluate": [],
+            "header": DEFAULT_HEADER}
+
+
+def parse_settings(body: bytes, current: Mapping[str, Any]) -> tuple[dict[str, Any], FlagState]:
+    """The new settings from a PUT body, and their state compiled.
+
+    `evaluate` and `header` left out keep `current`'s.
+    """
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"body is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise SettingsError("body must be a JSON object")
+    unknown = sorted(set(data) - {"state", "evaluate", "header"})
+    if unknown:
+        raise SettingsError(f"unknown fields: {', '.join(unknown)}")
+    if "state" not in data:
+        raise SettingsError("state: required")
+    state = data["state"]
+    if not isinstance(state, dict) or not isinstance(state.get("features"), list):
+        raise SettingsError("state: must be an object with a 'features' list")
+    compiled = FlagState.from_json(state)
+    problems = compiled.problems
+    if problems:
+        raise SettingsError(f"state: {'; '.join(problems)}")
+    names = data.get("evaluate", current["evaluate"])
+    if not isinstance(names, list) or not all(
+        isinstance(n, str) and _FLAG_NAME.match(n) for n in names
+    ):
+        raise SettingsError("evaluate: must be a list of flag names (no spaces, ',', '=' or ';')")
+    if len(set(names)) != len(names):
+        raise SettingsError("evaluate: names a flag twice")
+    header = data.get("header", current["header"])
+    if not isinstance(header, str) or not _TOKEN.match(header):
+        raise SettingsError("header: must be an HTTP header name")
+    if header.lower() in _RESERVED:
+        raise SettingsError(f"header: {header} is used by the proxy itself")
+    return {"state": state, "evaluate": list(names), "header": header}, compiled
+
+
+def key_only(state: Mapping[str, Any], names: Iterable[str]) -> bool:
+    """True if the named flags' results depend on the user key alone (and the state).
+
+    The proxy's context holds `userId` = `sessionId` = the key and `remoteAddress`; with a
+    key present, strategies hashing or listing user/session ids are fixed per key, and
+    constraints are too unless they read the clock or the address. Anything else (random
+    stickiness, address strategies, strategies this list does not know) is not cached.
+    """
+    features = {f.get("name"): f for f in state.get("features", []) if isinstance(f, Mapping)}
+    segments = {s.get("id"): s for s in state.get("segments") or [] if isinstance(s, Mapping)}
+    todo: list[object] = list(names)
+    seen: set[object] = set()
+    while todo:
+        name = todo.pop()
+        feature = features.get(name)
+        if name in seen or feature is None:
+            continue
+        seen.add(name)
+        for dependency in feature.get("dependencies") or []:
+            if isinstance(dependency, Mapping):
+                todo.append(dependency.get("feature"))
+        for strategy in feature.get("strategies") or []:
+            if not _strategy_key_only(strategy, segments):
+                return False
+    return True
+
+
+def _strategy_key_only(strategy: Any, segments: Mapping[Any, Any]) -> bool:
+    if not isinstance(strategy, Mapping) or strategy.get("name") not in _KEY_ONLY_STRATEGIES:
+        return False
+    params = strategy.get("parameters") or {}
+    if isinstance(params, Mapping) and params.get("stickiness") == "random":
+        return False
+    constraints = list(strategy.get("constraints") or [])
+    for segment_id in strategy.get("segments") or []:
+        segment = segments.get(segment_id)
+        if isinstance(segment, Mapping):
+            constraints += segment.get("constraints") or []
+    return all(
+        isinstance(c, Mapping) and c.get("contextName") not in _UNCACHEABLE_CONTEXT
+        for c in constraints
+    )
+
+
+class Cohort:
+    """One combination of flag results: the upstream header line and its counters."""
+
+    __slots__ = ("counters", "line")
+
+    def __init__(self, line: bytes, counters: RevisionCounters) -> None:
+        self.line = line
+        self.counters = counters
+
+
+class FlagPlan:
+    """Compiled flag settings; `cohort` runs per request (only if `names` is not empty)."""
+
+    def __init__(
+        self, settings: Mapping[str, Any], state: FlagState,
+        counters: Callable[[tuple[str, ...]], RevisionCounters],
+    ) -> None:
+        """`state` is `settings["state"]` compiled; `counters` gives a combination's counters."""
+        self.settings = settings
+        self.state = state
+        self.names: tuple[str, ...] = tuple(settings["evaluate"])
+        self.header = str(settings["header"]).encode("ascii")
+        self.lheader = self.header.lower()
+        self.counters = counters
+        self.cache: dict[bytes, Cohort] | None = (
+            {} if key_only(settings["state"], self.names) else None
+        )
+        self.combos: dict[int, Cohort] = {}
+
+    def cohort(self, key: bytes | None, peer: bytes) -> Cohort:
+        """The results for a request with user key `key` from client address `peer`."""
+        cache = self.cache
+        if key is not None and cache is not None:
+            found = cache.get(key)
+            if found is not None:
+                return found
+        context: dict[str, Any] = {"remoteAddress": peer.decode("latin-1")}
+        if key is not None:
+            user = key.decode("utf-8", "replace")
+            context["userId"] = context["sessionId"] = user
+        state = self.state
+        mask = 0
+        for i, name in enumerate(self.names):
+            if evaluate(state, name, context).enabled:
+                mask |= 1 << i
+        cohort = self.combos.get(mask) or self._combo(mask)
+        if key is not None and cache is not None:
+            if len(cache) >= CACHE_MAX:
+                cache.clear()
+            cache[key] = cohort
+        return cohort
+
+    def _combo(self, mask: int) -> Cohort:
+        states = [(n, "on" if mask >> i & 1 else "off") for i, n in enumerate(self.names)]
+        value = ", ".join(f"{n}={s}" for n, s in states)
+        line = b"%s: %s\r\n" % (self.header, value.encode("utf-8"))
+        cohort = self.combos[mask] = Cohort(line, self.counters(tuple(f"{n}:{s}" for n, s in states)))
+        return cohort
+
+
+def save_settings(state_dir: Path, settings: Mapping[str, Any]) -> None:
+    write_atomic(state_dir / FLAGS_FILE, json.dumps(settings).encode())
+
+
+def load_settings(state_dir: Path) -> tuple[dict[str, Any], FlagState]:
+    """The persisted settings, or empty ones when there are none (or they cannot be read)."""
+    path = state_dir / FLAGS_FILE
+    empty = empty_settings()
+    try:
+        return parse_settings(path.read_bytes(), empty)
+    except FileNotFoundError:
+        pass
+    except (OSError, SettingsError) as exc:
+        log.error("ignoring unreadable %s: %s", path, exc)
+    return empty, FlagState.from_json(empty["state"])
