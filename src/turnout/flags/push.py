@@ -8,6 +8,7 @@ state is sent: the router keeps which flags it evaluates and the header it forwa
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,19 @@ CONNECT_SECONDS = 1.0
 REQUEST_SECONDS = 5.0
 
 
+def _listening(path: Path) -> bool:
+    """Whether something accepts connections on the unix socket `path`."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(CONNECT_SECONDS)
+        try:
+            sock.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):
+            return False
+        except OSError as exc:
+            raise RouterError(f"cannot reach the builtin router at {path}: {exc}") from exc
+    return True
+
+
 def push_to_router(spec_dir: Path, state: dict[str, Any]) -> None:
     """`PUT /flags {"state": state}` on the spec folder's router; nothing if none runs.
 
@@ -28,7 +42,7 @@ def push_to_router(spec_dir: Path, state: dict[str, Any]) -> None:
     error. A router that answers but refuses, or stops answering, raises `RouterError`.
     """
     socket_path = spec_dir / ROUTER_DIR / ADMIN_SOCKET
-    if not socket_path.exists():
+    if not _listening(socket_path):
         return
     body = json.dumps({"state": state}).encode()
     timeout = httpx.Timeout(REQUEST_SECONDS, connect=CONNECT_SECONDS)
