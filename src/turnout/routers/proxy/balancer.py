@@ -157,7 +157,9 @@ class Plan:
         cookies: dict[str, bytes] | None = None
         if COOKIE in headers and (self.key_cookie or self.rules):
             cookies = parse_cookies(headers[COOKIE])
-        key = self._user_key(headers, cookies)
+        key = headers.get(self.key_header) if self.key_header is not None else None
+        if not key:
+            key = self._user_key(headers, cookies)
         for rule in self.rules:
             if _matches(rule, headers, cookies, key):
                 return rule.pool, key

@@ -19,6 +19,7 @@ from turnout.routers.proxy.metrics import RevisionCounters
 from turnout.routers.proxy.upstream import UpstreamConn
 
 if TYPE_CHECKING:
+    from turnout.routers.proxy.flags import Cohort
     from turnout.routers.proxy.server import ClientConn, Proxy
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"})
@@ -47,7 +48,7 @@ class Exchange:
     """A request from `client` on its way to a backend of `pool` and the answer back."""
 
     __slots__ = (
-        "backend", "chunked", "client", "cohort", "complete", "counters", "finished", "keep_alive",
+        "backend", "chunked", "client", "complete", "counters", "finished", "keep_alive",
         "method", "pending", "pending_size", "plan", "pool", "proxy", "responded", "sent",
         "sent_size", "started", "task", "tried", "upstream",
     )
@@ -60,19 +61,22 @@ class Exchange:
         method: bytes,
         head: bytes,
         *,
-        cohort: RevisionCounters | None = None,
+        cohort: Cohort | None = None,
     ) -> None:
         """Framing, keep-alive and start time come from the client's request just parsed.
 
-        `cohort`: the counters of the request's flag cohort, when the proxy evaluates flags.
+        `cohort`: the request's flag results, when the proxy evaluates flags; it then counts
+        into that combination's counters for its revision (added up per revision later).
         """
         self.client = client
-        self.cohort = cohort
         self.proxy: Proxy = client.proxy
         self.plan = plan
         self.pool = pool
         self.counters: RevisionCounters | None = None
-        if pool is not None:
+        if cohort is not None:
+            revision = pool.revision if pool is not None else ""
+            self.counters = cohort.by_revision.get(revision) or cohort.counters(revision)
+        elif pool is not None:
             metrics = self.proxy.metrics
             self.counters = metrics.revisions.get(pool.revision) or metrics.revision(pool.revision)
         self.method = method
@@ -95,8 +99,6 @@ class Exchange:
     def start(self) -> None:
         if self.counters is not None:
             self.counters.requests += 1
-        if self.cohort is not None:
-            self.cohort.requests += 1
         backend = self.pool.pick() if self.pool is not None else None
         if backend is None:
             self._local(RESPONSE_503, 503)
@@ -209,8 +211,6 @@ class Exchange:
             conn.close()
         if self.counters is not None:
             self.counters.response(conn.status, perf_counter() - self.started)
-        if self.cohort is not None:
-            self.cohort.response(conn.status, perf_counter() - self.started)
         self.client.exchange_done(self, not keep_alive)
 
     def upstream_lost(self, conn: UpstreamConn) -> None:
@@ -226,7 +226,8 @@ class Exchange:
             return
         if self.responded:
             self.finished = True
-            self._count_error()
+            if self.counters is not None:
+                self.counters.errors += 1
             self.client.abort()
         else:
             self._fail()
@@ -247,25 +248,16 @@ class Exchange:
 
     def _fail(self) -> None:
         """Connection error: counted once as such (not also as a 5xx) and answered 502."""
-        self._count_error()
-        self._local(RESPONSE_502, 0)
-
-    def _count_error(self) -> None:
         if self.counters is not None:
             self.counters.errors += 1
-        if self.cohort is not None:
-            self.cohort.errors += 1
+        self._local(RESPONSE_502, 0)
 
     def _local(self, response: bytes, status: int) -> None:
         self.finished = True
         self.responded = True
         self.client.write(response)
-        if status:
-            seconds = perf_counter() - self.started
-            if self.counters is not None:
-                self.counters.response(status, seconds)
-            if self.cohort is not None:
-                self.cohort.response(status, seconds)
+        if status and self.counters is not None:
+            self.counters.response(status, perf_counter() - self.started)
         self.client.exchange_done(self, False)
 
     def abort(self) -> None:

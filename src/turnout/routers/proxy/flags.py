@@ -6,9 +6,10 @@ body, `FlagPlan.compile` turns it into what a request needs, and `save_settings`
 `load_settings` keep it in `DIR/flags.json` so that a new worker starts with it.
 
 Per request (only when some flag is evaluated) `FlagPlan.cohort` answers with a `Cohort`:
-the header line to add upstream and the counters of that exact combination of on/off
-results. Counting per combination costs one counters object per request however many
-flags are evaluated; `Metrics.snapshot` adds the combinations up into per-flag cohorts.
+one combination of on/off results, with the header line to add upstream and counters per
+revision. A request counts into one counters object however many flags are evaluated
+(the one of its combination and revision, in place of its revision's); `Metrics.snapshot`
+adds them up per revision and per flag cohort.
 Results for a user key are cached while they depend on nothing else (no random stickiness,
 no client address, no clock: see `key_only`); the cache belongs to one compiled plan, so a
 new PUT starts it empty.
@@ -139,14 +140,26 @@ def _strategy_key_only(strategy: Any, segments: Mapping[Any, Any]) -> bool:
     )
 
 
+CountersOf = Callable[[tuple[str, ...], str], RevisionCounters]
+
+
 class Cohort:
-    """One combination of flag results: the upstream header line and its counters."""
+    """One combination of flag results: the upstream header line and counters per revision."""
 
-    __slots__ = ("counters", "line")
+    __slots__ = ("by_revision", "keys", "line", "source")
 
-    def __init__(self, line: bytes, counters: RevisionCounters) -> None:
+    def __init__(self, line: bytes, keys: tuple[str, ...], source: CountersOf) -> None:
         self.line = line
-        self.counters = counters
+        self.keys = keys
+        self.source = source
+        self.by_revision: dict[str, RevisionCounters] = {}
+
+    def counters(self, revision: str) -> RevisionCounters:
+        """The counters of this combination's requests to `revision` ("" for no pool)."""
+        found = self.by_revision.get(revision)
+        if found is None:
+            found = self.by_revision[revision] = self.source(self.keys, revision)
+        return found
 
 
 class FlagPlan:
@@ -154,9 +167,10 @@ class FlagPlan:
 
     def __init__(
         self, settings: Mapping[str, Any], state: FlagState,
-        counters: Callable[[tuple[str, ...]], RevisionCounters],
+        counters: CountersOf,
     ) -> None:
-        """`state` is `settings["state"]` compiled; `counters` gives a combination's counters."""
+        """`state` is `settings["state"]` compiled; `counters` gives a combination's counters
+        for one revision (`Metrics.combo`)."""
         self.settings = settings
         self.state = state
         self.names: tuple[str, ...] = tuple(settings["evaluate"])
@@ -195,7 +209,8 @@ class FlagPlan:
         states = [(n, "on" if mask >> i & 1 else "off") for i, n in enumerate(self.names)]
         value = ", ".join(f"{n}={s}" for n, s in states)
         line = b"%s: %s\r\n" % (self.header, value.encode("utf-8"))
-        cohort = self.combos[mask] = Cohort(line, self.counters(tuple(f"{n}:{s}" for n, s in states)))
+        keys = tuple(f"{n}:{s}" for n, s in states)
+        cohort = self.combos[mask] = Cohort(line, keys, self.counters)
         return cohort
 
 

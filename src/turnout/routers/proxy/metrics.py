@@ -2,9 +2,10 @@
 
 Counting is a handful of integer additions and one bisection over the bounds tuple per
 request, on a counters object the exchange looked up once; the pydantic
-`RouterStats` model is built only when the admin API asks for it. Flag cohorts are
-counted per combination of results (one counters object per request however many flags
-are evaluated) and added up per `<flag>:on` / `<flag>:off` in the snapshot.
+`RouterStats` model is built only when the admin API asks for it. While the proxy
+evaluates flags, a request counts into the counters of its (combination of flag results,
+revision) pair instead, so it still counts into exactly one object however many flags
+there are; the snapshot adds the pairs up per revision and per `<flag>:on|off` cohort.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ class Metrics:
         self.worker = secrets.token_hex(6)
         self.revisions: dict[str, RevisionCounters] = {}  # read directly per request
         self.in_flight: dict[str, int] = {}
-        self.combos: dict[tuple[str, ...], RevisionCounters] = {}  # cohort keys -> counters
+        # (cohort keys such as ("a:on", "b:off"), revision or "" without a pool) -> counters
+        self.combos: dict[tuple[tuple[str, ...], str], RevisionCounters] = {}
 
     def revision(self, revision: str) -> RevisionCounters:
         """The counters of `revision`, created on first use.
@@ -53,11 +55,11 @@ class Metrics:
             counters = self.revisions[revision] = RevisionCounters()
         return counters
 
-    def combo(self, cohorts: tuple[str, ...]) -> RevisionCounters:
-        """The counters of requests in every one of `cohorts` (`<flag>:on|off` each)."""
-        counters = self.combos.get(cohorts)
+    def combo(self, cohorts: tuple[str, ...], revision: str) -> RevisionCounters:
+        """The counters of requests to `revision` in every one of `cohorts` (`<flag>:on|off`)."""
+        counters = self.combos.get((cohorts, revision))
         if counters is None:
-            counters = self.combos[cohorts] = RevisionCounters()
+            counters = self.combos[cohorts, revision] = RevisionCounters()
         return counters
 
     def begin(self, backend_id: str) -> None:
@@ -75,20 +77,26 @@ class Metrics:
         in_flight.update(self.in_flight)
         revisions = {name: _counters(c) for name, c in self.revisions.items()}
         cohorts: dict[str, Counters] = {}
-        for keys, c in self.combos.items():
+        for (keys, revision), c in self.combos.items():
+            if revision:
+                _add(revisions, revision, c)
             for key in keys:
-                total = cohorts.get(key)
-                if total is None:
-                    cohorts[key] = _counters(c)
-                else:
-                    total.requests += c.requests
-                    total.responses_5xx += c.responses_5xx
-                    total.connection_errors += c.errors
-                    total.latency = [a + b for a, b in zip(total.latency, c.latency, strict=True)]
+                _add(cohorts, key, c)
         return RouterStats(
             worker=self.worker, generation=generation, revisions=revisions, in_flight=in_flight,
             cohorts=cohorts,
         )
+
+
+def _add(totals: dict[str, Counters], name: str, c: RevisionCounters) -> None:
+    total = totals.get(name)
+    if total is None:
+        totals[name] = _counters(c)
+        return
+    total.requests += c.requests
+    total.responses_5xx += c.responses_5xx
+    total.connection_errors += c.errors
+    total.latency = [a + b for a, b in zip(total.latency, c.latency, strict=True)]
 
 
 def _counters(c: RevisionCounters) -> Counters:

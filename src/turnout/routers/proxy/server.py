@@ -199,9 +199,12 @@ class ClientConn(asyncio.Protocol):
             pool, key = plan.route_keyed(self.wanted)
             if self.preview:
                 pool = plan.preview
-            cohort = flags.cohort(key, self.peer)
+            cache = flags.cache
+            cohort = cache.get(key) if key is not None and cache is not None else None
+            if cohort is None:
+                cohort = flags.cohort(key, self.peer)
             self.headers.append(cohort.line)
-            exchange = Exchange(self, plan, pool, method, self._head(method), cohort=cohort.counters)
+            exchange = Exchange(self, plan, pool, method, self._head(method), cohort=cohort)
         self.receiving = exchange
         if self.current is None:
             self.current = exchange
