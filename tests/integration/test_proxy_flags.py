@@ -32,6 +32,7 @@ from tests.integration.test_proxy import (  # fixtures are used by name
 from turnout.errors import RouterError
 from turnout.flags import FlagState, evaluate
 from turnout.flags.push import push_to_router
+from turnout.routers.base import Counters
 from turnout.routers.builtin import BuiltinRouter
 from turnout.routers.table import Backend, Pool, RoutingTable, UserKey
 
@@ -262,6 +263,10 @@ async def test_without_evaluated_flags_no_header_is_added(
         # a client still cannot hand the application a flags header of its own
         assert await seen_flags(client, proxy.url, "alice", **{HEADER: "checkout=on"}) == []
     assert (await proxy.router.stats()).cohorts == {}
+    # once a flag is evaluated, both its cohorts are listed before any request
+    await proxy.router.set_flags(state(flag("checkout")), evaluate=["checkout"], header=HEADER)
+    assert (await proxy.router.stats()).cohorts == {"checkout:on": Counters(),
+                                                   "checkout:off": Counters()}
 
 
 @pytest.fixture

@@ -105,7 +105,7 @@ class AdminConn(asyncio.Protocol):
             return 200, {"ok": True, "worker": worker, "pid": os.getpid(), **proxy.addresses}
         if path == "/stats" and method == "GET":
             table = proxy.plan.table
-            stats = proxy.metrics.snapshot(table.generation, table.backend_ids())
+            stats = proxy.metrics.snapshot(table.generation, table.backend_ids(), proxy.flags.names)
             return 200, stats.model_dump(mode="json")
         if path == "/table" and method == "GET":
             return 200, proxy.plan.table.model_dump(mode="json")

@@ -68,15 +68,20 @@ class Metrics:
     def end(self, backend_id: str) -> None:
         self.in_flight[backend_id] = self.in_flight.get(backend_id, 1) - 1
 
-    def snapshot(self, generation: int, current_ids: set[str]) -> RouterStats:
-        """Stats for the admin API; removed backends stay listed while requests are in flight."""
+    def snapshot(
+        self, generation: int, current_ids: set[str], flags: tuple[str, ...] = ()
+    ) -> RouterStats:
+        """Stats for the admin API; removed backends stay listed while requests are in flight.
+
+        Both cohorts of every flag in `flags` (those evaluated now) are listed, if only as 0.
+        """
         for backend_id in [k for k, v in self.in_flight.items() if v <= 0]:
             if backend_id not in current_ids:
                 del self.in_flight[backend_id]
         in_flight = {backend_id: 0 for backend_id in current_ids}
         in_flight.update(self.in_flight)
         revisions = {name: _counters(c) for name, c in self.revisions.items()}
-        cohorts: dict[str, Counters] = {}
+        cohorts = {f"{name}:{side}": Counters() for name in flags for side in ("on", "off")}
         for (keys, revision), c in self.combos.items():
             if revision:
                 _add(revisions, revision, c)
