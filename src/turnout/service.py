@@ -25,6 +25,7 @@ from turnout.engine.events import Emit, Event, ignore
 from turnout.engine.executor import Executor
 from turnout.engine.steps import Drain, Promote, Route, RoutePool, Step, Stop, dump_plan, plan_hash
 from turnout.errors import ConflictError, UserError
+from turnout.flags.store import FlagStore
 from turnout.model import Instance, Revision
 from turnout.platforms.local import LocalPlatform
 from turnout.routers.builtin import BuiltinRouter
@@ -50,6 +51,7 @@ class Session:
     clock: Clock = field(default_factory=SystemClock)
     emit: Emit = ignore
     executor: Executor | None = None
+    _flags: FlagStore | None = None
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -68,6 +70,8 @@ class Session:
             finally:
                 await router.aclose()
                 await platform.aclose()
+                if session._flags is not None:
+                    session._flags.close()
                 store.close()
 
     # -- locking ------------------------------------------------------------------
@@ -99,10 +103,31 @@ class Session:
         except ConflictError:
             return True
 
+    @property
+    def flags(self) -> FlagStore:
+        """The flag store, in the same database, opened on first use."""
+        if self._flags is None:
+            self._flags = FlagStore.open(database_url(self.state_dir))
+        return self._flags
+
+    def uses_flags(self) -> bool:
+        return bool(self.spec.routing.flags) or self.spec.strategy.kind == "feature-toggle"
+
+    async def sync_flags(self) -> None:
+        """Give the router the current flags and the names it evaluates for each request."""
+        if not self.uses_flags():
+            return
+        evaluate = list(self.spec.routing.flags)
+        if self.spec.strategy.kind == "feature-toggle" and self.spec.strategy.flag:
+            evaluate = list(dict.fromkeys([*evaluate, self.spec.strategy.flag]))
+        header = self.spec.routing.flags_header
+        await self.router.set_flags(self.flags.state(), evaluate=evaluate, header=header)
+
     def new_executor(self) -> Executor:
         self.executor = Executor(
             spec=self.spec, store=self.store, platform=self.platform, router=self.router,
             clock=self.clock, emit=self.emit, http=self.http,
+            flags=self.flags if self.uses_flags() else None,
         )
         return self.executor
 
@@ -123,6 +148,7 @@ class Session:
         revision = Revision.of(spec, version)
         with self.lock():
             await self.router.ensure_running()
+            await self.sync_flags()
             executor = self.new_executor()
             active = self.store.active_deployment(spec.service)
             if active is not None:

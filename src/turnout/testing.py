@@ -19,6 +19,7 @@ import asyncio
 import bisect
 import itertools
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 
@@ -218,7 +219,8 @@ class FakeRouter:
     """A `Router` that keeps every applied table and reports counters the test sets.
 
     `count()` adds traffic once; `flow()` adds traffic at every `stats()` reading, like
-    live load between two looks of a gate. Backends in `busy` never drain.
+    live load between two looks of a gate; a name `flag:<flag>:on` counts a flag cohort.
+    Backends in `busy` never drain. `flag_pushes` keeps every `set_flags` call.
     """
 
     def __init__(self, *, journal: Journal | None = None) -> None:
@@ -230,6 +232,7 @@ class FakeRouter:
         self.fail_apply: str | None = None  # apply raises RouterError with this text
         self.stats_reads = 0
         self.closed = False
+        self.flag_pushes: list[tuple[dict[str, Any], list[str], str]] = []
 
     async def apply(self, table: RoutingTable) -> None:
         await asyncio.sleep(0)
@@ -251,9 +254,16 @@ class FakeRouter:
         table = self.tables[-1] if self.tables else RoutingTable()
         return RouterStats(
             worker="fake", generation=table.generation,
-            revisions={r: c.model_copy(deep=True) for r, c in self.counters.items()},
+            revisions={r: c.model_copy(deep=True) for r, c in self.counters.items()
+                       if not r.startswith("flag:")},
             in_flight={b: 1 for b in self.busy},
+            cohorts={r.removeprefix("flag:"): c.model_copy(deep=True) for r, c in self.counters.items()
+                     if r.startswith("flag:")},
         )
+
+    async def set_flags(self, state: dict[str, Any], *, evaluate: list[str], header: str) -> None:
+        await asyncio.sleep(0)
+        self.flag_pushes.append((state, evaluate, header))
 
     async def drained(self, backend_id: str) -> bool:
         return backend_id not in self.busy

@@ -266,13 +266,15 @@ def test_demo_prints_one_row_per_strategy_as_json(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     rows = json.loads(result.stdout)
-    assert [r["strategy"] for r in rows] == ["big-bang", "rolling", "blue-green", "canary"]
+    assert [r["strategy"] for r in rows] == ["big-bang", "rolling", "blue-green", "canary", "feature-toggle"]
     keys = {"strategy", "requests", "failed", "longest_gap_s", "exposed_users", "duration_s", "outcome"}
     for row in rows:
         assert set(row) == keys
         assert row["outcome"] == "succeeded" and row["requests"] > 50
     by_name = {r["strategy"]: r for r in rows}
-    for name in ("rolling", "blue-green", "canary"):
+    for name in ("rolling", "blue-green", "canary", "feature-toggle"):
         assert by_name[name]["failed"] == 0, by_name[name]
     assert by_name["blue-green"]["exposed_users"] == 0  # one atomic switch
     assert by_name["canary"]["exposed_users"] > 0  # some users met the canary first
+    # the new code path before the ramp ended: the 5 named users and about 20% of the other 195
+    assert 5 <= by_name["feature-toggle"]["exposed_users"] <= 5 + 80

@@ -21,6 +21,8 @@ from turnout import strategies
 from turnout.engine.events import Event
 from turnout.engine.executor import Executor
 from turnout.engine.steps import Pause, dump_plan, load_plan, plan_hash
+from turnout.flags import FlagState, evaluate
+from turnout.flags.store import FlagStore
 from turnout.model import Revision
 from turnout.spec import Spec, Strategy
 from turnout.store.db import DeploymentRecord, Store
@@ -48,6 +50,7 @@ class World:
     router: FakeRouter
     journal: Journal
     http: httpx.AsyncClient
+    flags: FlagStore | None = None
     events: list[Event] = field(default_factory=list)
     progress: list[tuple[int, int]] = field(default_factory=list)  # (step shown, step stored)
 
@@ -60,7 +63,8 @@ class World:
 
     def executor(self) -> Executor:
         return Executor(spec=self.spec, store=self.store, platform=self.platform,
-                        router=self.router, clock=self.clock, emit=self.emit, http=self.http)
+                        router=self.router, clock=self.clock, emit=self.emit, http=self.http,
+                        flags=self.flags)
 
     def rev(self, version: str) -> str:
         return Revision.of(self.spec, version).id
@@ -107,8 +111,10 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     store = Store.open(f"sqlite:///{tmp_path}/s.db", now=clock.wall)
     async with fake_http(platform) as http:
         w = World(Spec.model_validate(SPEC), store, clock, platform, FakeRouter(journal=journal),
-                  journal, http)
+                  journal, http, FlagStore.open(f"sqlite:///{tmp_path}/s.db"))
         yield w
+    assert w.flags is not None
+    w.flags.close()
     store.close()
     assert journal.stopped_while_routed == [], "an instance was stopped while still routed"
 
@@ -477,3 +483,55 @@ async def test_redeploying_the_stable_version_replaces_only_the_dead_instance(wo
         assert world.journal.stopped_while_routed == []
     finally:
         world.journal.stopped_while_routed.clear()  # keep the fixture's own check quiet
+
+
+# -- feature toggle ------------------------------------------------------------------
+
+TOGGLE: dict[str, Any] = {"kind": "feature-toggle", "flag": "new-checkout", "ship": "rolling",
+                          "ramp": [{"users": ["alice"]}, {"pause": "10s"}, {"percent": 30}, {"pause": "10s"}]}
+
+
+def flag_on(w: World, user: str) -> bool:
+    assert w.flags is not None
+    return evaluate(FlagState.from_json(w.flags.state()), "new-checkout", {"userId": user}).enabled
+
+
+async def test_feature_toggle_ships_dark_then_ramps_to_everyone(world: World) -> None:
+    await first_release(world)
+    seen: list[tuple[bool, bool]] = []  # (alice on, bob on) at every push to the router
+
+    done = await world.deploy("v2", **TOGGLE)
+    assert done.phase == "succeeded", done.message
+    assert world.store.stable("shop") == world.rev("v2")
+    for state, evaluated, header in world.router.flag_pushes:
+        flags = FlagState.from_json(state)
+        seen.append((evaluate(flags, "new-checkout", {"userId": "alice"}).enabled,
+                     evaluate(flags, "new-checkout", {"userId": "bob-7"}).enabled))
+        assert evaluated == ["new-checkout"] and header == "X-Turnout-Flags"
+    assert seen[0] == (False, False)  # shipped dark
+    assert seen[1] == (True, False)  # the named user first
+    assert seen[-1] == (True, True)  # everyone at the end
+    assert all(flag_on(world, f"user-{i}") for i in range(50))
+    assert world.flags is not None and world.flags.history("new-checkout")[-1].who.startswith("turnout deploy")
+
+
+async def test_feature_toggle_gate_switches_the_flag_off_and_keeps_the_code(world: World) -> None:
+    await first_release(world)
+    world.router.flow("flag:new-checkout:on", traffic(40, errors=20))  # the new path fails
+    done = await world.deploy("v2", **TOGGLE)
+    assert done.phase == "failed" and "gate" in done.message
+    assert not flag_on(world, "alice") and not any(flag_on(world, f"u{i}") for i in range(50))
+    assert world.store.stable("shop") == world.rev("v2")  # the dark code stays; only the flag went off
+    assert world.running("v2") == [0, 1, 2] and world.running("v1") == []
+
+
+async def test_feature_toggle_abort_during_the_ramp_switches_the_flag_off(world: World) -> None:
+    await first_release(world)
+    record = await world.create("v2", **{**TOGGLE, "ramp": [{"users": ["alice"]}, {"pause": None}]})
+    task = world.start(record)
+    await until(phase_is(world, record.id, "paused"), "the ramp pauses")
+    assert flag_on(world, "alice")
+    world.store.request(record.id, "abort")
+    done = await finish(task)
+    assert done.phase == "aborted"
+    assert not flag_on(world, "alice")

@@ -25,12 +25,17 @@ from turnout.engine.events import Event
 from turnout.model import Revision
 from turnout.service import Session
 
+FLAG = "new-checkout"  # the demo app takes its new code path where the router says this flag is on
 STRATEGIES: dict[str, dict[str, object]] = {
     "big-bang": {"kind": "big-bang"},
     "rolling": {"kind": "rolling", "max_surge": 1, "max_unavailable": 0},
     "blue-green": {"kind": "blue-green", "tests": [{"http": "/healthz"}], "rollback_window": "10s"},
     "canary": {"kind": "canary", "steps": [{"weight": 10}, {"pause": "2s"}, {"weight": 50}, {"pause": "2s"}],
                "gate": {"interval": "1s", "min_requests": 20}},
+    "feature-toggle": {"kind": "feature-toggle", "flag": FLAG, "ship": "rolling",
+                       "ramp": [{"users": ["u1", "u2", "u3", "u4", "u5"]}, {"pause": "2s"}, {"percent": 20},
+                                {"pause": "2s"}],
+                       "gate": {"interval": "500ms", "min_requests": 20}},
 }
 
 
@@ -68,7 +73,8 @@ def write_spec(folder: Path, port: int, instances: int = 3) -> Path:
         "service": "demo",
         "listen": f"127.0.0.1:{port}",
         "instances": instances,
-        "run": {"command": [sys.executable, "-m", "turnout.demo.app", "--port", "{port}"], "grace": "5s"},
+        "run": {"command": [sys.executable, "-m", "turnout.demo.app", "--port", "{port}"], "grace": "5s",
+                "env": {"DEMO_FEATURE": FLAG}},
         "health": {"path": "/healthz", "interval": "100ms", "timeout": "1s", "deadline": "20s"},
         "routing": {"user_key": {"header": "X-User-Id"}, "preview_listen": f"127.0.0.1:{free_port()}",
                     "drain_timeout": "10s"},
@@ -79,14 +85,20 @@ def write_spec(folder: Path, port: int, instances: int = 3) -> Path:
 
 
 class Cutover:
-    """Notes when the new revision first takes all traffic (events of kind `traffic`)."""
+    """Notes when the new revision first takes all traffic, and when a flag goes on for all."""
 
     def __init__(self, quiet: bool) -> None:
         self.at: float | None = None
+        self.flag_at: float | None = None
         self.quiet = quiet
         self.target: str | None = None
 
+    def reset(self, target: str) -> None:
+        self.target, self.at, self.flag_at = target, None, None
+
     def __call__(self, event: Event) -> None:
+        if event.kind == "flag" and event.data.get("enabled") and event.data.get("percent") == 100:
+            self.flag_at = self.flag_at or time.monotonic()
         if event.kind == "traffic" and self.target is not None and self.at is None:
             weights = {k: v for k, v in event.data.get("weights", {}).items() if v}
             if list(weights) == [self.target]:
@@ -127,14 +139,17 @@ class Demo:
         self.say(f"\n{name}: deploying {version} under {self.rate:g} req/s")
         overrides = tuple(f"strategy.{key}={json.dumps(value)}" for key, value in STRATEGIES[name].items())
         async with Session.open(self.path, overrides, emit=self.cutover) as run:
-            self.cutover.target, self.cutover.at = Revision.of(run.spec, version).id, None
+            self.cutover.reset(Revision.of(run.spec, version).id)
             url = f"http://{run.spec.listen}/"
             async with Load(url, rate=self.rate, users=200, max_seconds=300) as load:
                 started = time.monotonic()
                 record = await run.deploy(version)
                 duration = time.monotonic() - started
                 await asyncio.sleep(1.0)
-            summary = load.summary(new_version=version, until=self.cutover.at)
+            if STRATEGIES[name]["kind"] == "feature-toggle":  # new code path until the flag is on for all
+                summary = load.summary(new_version=f"{version}+{FLAG}", until=self.cutover.flag_at)
+            else:
+                summary = load.summary(new_version=version, until=self.cutover.at)
         outcome = record.phase if record is not None else "succeeded"
         return DemoRow(name, summary.requests, summary.failed, summary.longest_gap_s,
                        summary.exposed_users, duration, outcome)

@@ -20,6 +20,7 @@ from turnout.analysis.gates import Judgement, Thresholds, Verdict, judge
 from turnout.clock import Clock
 from turnout.engine import health
 from turnout.engine.events import Emit, Event
+from turnout.engine.flagsteps import flag_definition
 from turnout.engine.steps import (
     Analyse,
     Drain,
@@ -29,6 +30,7 @@ from turnout.engine.steps import (
     Route,
     RoutePool,
     RunTests,
+    SetFlag,
     Start,
     Step,
     Stop,
@@ -37,6 +39,7 @@ from turnout.engine.steps import (
     load_plan,
 )
 from turnout.errors import PlatformError, RouterError, TurnoutError
+from turnout.flags.store import FlagStore
 from turnout.model import Instance, Revision
 from turnout.platforms.base import Platform
 from turnout.routers.base import Counters, Router
@@ -59,10 +62,10 @@ class Aborted(Exception):
 class Executor:
     def __init__(
         self, *, spec: Spec, store: Store, platform: Platform, router: Router, clock: Clock,
-        emit: Emit, http: httpx.AsyncClient,
+        emit: Emit, http: httpx.AsyncClient, flags: FlagStore | None = None,
     ) -> None:
         self.spec, self.store, self.platform, self.router = spec, store, platform, router
-        self.clock, self.emit, self.http = clock, emit, http
+        self.clock, self.emit, self.http, self.flags = clock, emit, http, flags
         self.fleet: dict[str, dict[int, Instance]] = {}
         self._abort = asyncio.Event()
 
@@ -118,9 +121,15 @@ class Executor:
         return done
 
     async def _finish_back(self, deployment: DeploymentRecord, phase: str, reason: str) -> DeploymentRecord:
-        self.emit(Event("rollback", f"{phase}: {reason}; restoring the previous version"))
         self.store.add_event(deployment.id, step=-1, kind=phase, message=reason)
         try:
+            flags = {s.flag for s in load_plan(deployment.plan) if isinstance(s, SetFlag)}
+            for flag in sorted(flags):  # first of all, the new code path goes dark
+                await self.set_flag(SetFlag(flag=flag, enabled=False))
+                self.emit(Event("rollback", f"{phase}: {reason}; flag {flag} switched off"))
+            if flags and self.store.stable(self.spec.service) == deployment.target_revision:
+                return self.store.update_deployment(deployment.id, phase=phase, message=reason)
+            self.emit(Event("rollback", f"{phase}: {reason}; restoring the previous version"))
             await self.restore(deployment)
         except (StepFailed, health.CheckFailed, TurnoutError) as exc:
             reason = f"{reason}; restoring the previous version failed too: {exc}"
@@ -184,6 +193,8 @@ class Executor:
                 await self._stop(self._instances_present(step.revision, step.slots))
             case Promote():
                 self.store.set_stable(self.spec.service, step.revision)
+            case SetFlag():
+                await self.set_flag(step)
             case KeepWarm():
                 until = self.clock.wall() + step.seconds
                 for instance in self._instances_present(step.revision, step.slots):
@@ -296,9 +307,33 @@ class Executor:
 
     # -- pauses and gates ---------------------------------------------------------
 
-    async def _counters(self, revision: str) -> Counters:
+    async def _counters(self, watch: str) -> Counters:
+        """The counters of a revision, or of a flag's cohort (`flag:<name>:on`)."""
         stats = await self.router.stats()
-        return stats.revisions.get(revision, Counters())
+        if watch.startswith("flag:"):
+            return stats.cohorts.get(watch.removeprefix("flag:"), Counters())
+        return stats.revisions.get(watch, Counters())
+
+    async def set_flag(self, step: SetFlag) -> None:
+        """Write the flag's ramp to the flag store and put it in effect at the router."""
+        if self.flags is None:
+            raise StepFailed("no flag store is configured")
+        existing = self.flags.flag(step.flag)
+        segments = {str(s["name"]): int(s["id"]) for s in self.flags.segments()}
+        definition = flag_definition(step, existing.definition if existing else None, segments)
+        who = f"turnout deploy ({self.spec.service})"
+        if existing is None:
+            self.flags.create(definition, who=who)
+        else:
+            self.flags.update(step.flag, definition, who=who)
+        evaluate = list(dict.fromkeys([*self.spec.routing.flags, step.flag]))
+        try:
+            await self.router.set_flags(self.flags.state(), evaluate=evaluate,
+                                        header=self.spec.routing.flags_header)
+        except RouterError as exc:
+            raise StepFailed(f"router: {exc}") from exc
+        self.emit(Event("flag", describe(step),
+                        data={"flag": step.flag, "enabled": step.enabled, "percent": step.percent}))
 
     def _thresholds(self) -> Thresholds:
         gate = self.spec.strategy.gate

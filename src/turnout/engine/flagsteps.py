@@ -34,7 +34,9 @@ def ramp_strategies(step: SetFlag, segment_ids: dict[str, int]) -> list[dict[str
     return strategies
 
 
-def flag_definition(step: SetFlag, existing: dict[str, Any] | None, segment_ids: dict[str, int]) -> dict[str, Any]:
+def flag_definition(
+    step: SetFlag, existing: dict[str, Any] | None, segment_ids: dict[str, int]
+) -> dict[str, Any]:
     """The definition to store: `existing` with the ramp's strategies and on/off state."""
     definition: dict[str, Any] = dict(existing or {"name": step.flag, "type": "release"})
     # An enabled Unleash flag without strategies is on for everyone: say "nobody" explicitly.

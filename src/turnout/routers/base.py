@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -60,6 +60,8 @@ class RouterStats(BaseModel):
     generation: int = 0  # generation of the table in effect
     revisions: dict[str, Counters] = Field(default_factory=dict)
     in_flight: dict[str, int] = Field(default_factory=dict)  # per backend id
+    # per flag cohort, keyed `<flag>:on` / `<flag>:off`, for the flags the router evaluates
+    cohorts: dict[str, Counters] = Field(default_factory=dict)
 
 
 class Router(Protocol):
@@ -73,6 +75,11 @@ class Router(Protocol):
 
     async def drained(self, backend_id: str) -> bool:
         """True once no request is in flight to that backend."""
+        ...
+
+    async def set_flags(self, state: dict[str, Any], *, evaluate: list[str], header: str) -> None:
+        """Evaluate `evaluate` (flag names of the Unleash `state` document) for each request's
+        user key, forward the results in `header`, and count cohorts apart; in effect on return."""
         ...
 
     async def aclose(self) -> None: ...
