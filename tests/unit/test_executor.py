@@ -512,7 +512,8 @@ async def test_feature_toggle_ships_dark_then_ramps_to_everyone(world: World) ->
     assert seen[1] == (True, False)  # the named user first
     assert seen[-1] == (True, True)  # everyone at the end
     assert all(flag_on(world, f"user-{i}") for i in range(50))
-    assert world.flags is not None and world.flags.history("new-checkout")[-1].who.startswith("turnout deploy")
+    assert world.flags is not None
+    assert world.flags.history("new-checkout")[-1].who.startswith("turnout deploy")
 
 
 async def test_feature_toggle_gate_switches_the_flag_off_and_keeps_the_code(world: World) -> None:
