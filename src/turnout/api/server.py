@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
+import logging
 import os
 import signal
 import sys
@@ -31,10 +33,12 @@ from turnout.api.admin import PREFIX as ADMIN_PREFIX
 from turnout.api.admin import Admin
 from turnout.api.bodies import BodyError, MetricsBook, MetricsReport, Registration, parse
 from turnout.api.http import Connection, Outcome, Request, Response, Stream, json_response, problems
-from turnout.api.live import Gateway, Live
+from turnout.api.live import POLL_S, Gateway, Live
 from turnout.api.tokens import Caller, TokenCache, secret_of
 from turnout.errors import TurnoutError, UserError
 from turnout.flags.store import FlagStore
+
+log = logging.getLogger("turnout.server")
 
 DEFAULT_LISTEN = "127.0.0.1:4242"
 DRAIN_S = 2.0
@@ -123,9 +127,31 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+async def feed_router(live: Live, gateway: Gateway, spec_dir: Path) -> None:
+    """Push every new revision of the flags to the service's builtin router, if it runs.
+
+    Changes reach the server from anywhere (its admin API, the CLI, a deployment); this
+    makes the router follow them too, within one poll of the flag store.
+    """
+    from turnout.flags.push import push_to_router
+
+    pushed: int | None = None
+    while True:
+        snapshot = live.snapshot
+        if snapshot is not None and snapshot.revision != pushed:
+            try:
+                await gateway.run(push_to_router, spec_dir, json.loads(snapshot.body))
+                pushed = snapshot.revision
+            except TurnoutError as exc:
+                log.warning("cannot give the router the new flags: %s", exc)
+        await asyncio.sleep(POLL_S)
+
+
 async def serve(store: FlagStore, host: str, port: int, *,
-                stop: asyncio.Event | None = None) -> None:
-    """Serve until `stop` is set (or SIGTERM/SIGINT), then close streams and drain."""
+                stop: asyncio.Event | None = None, spec_dir: Path | None = None) -> None:
+    """Serve until `stop` is set (or SIGTERM/SIGINT), then close streams and drain.
+
+    With `spec_dir`, the service's builtin router gets every change of the flags too."""
     loop = asyncio.get_running_loop()
     if stop is None:
         stop = asyncio.Event()
@@ -140,14 +166,17 @@ async def serve(store: FlagStore, host: str, port: int, *,
                                           host, port, backlog=2048)
         bound = server.sockets[0].getsockname()
         print(f"turnout server pid={os.getpid()} listening on http://{host}:{bound[1]}", flush=True)
-        follower = asyncio.create_task(app.live.follow())
+        followers = [asyncio.create_task(app.live.follow())]
+        if spec_dir is not None:
+            followers.append(asyncio.create_task(feed_router(app.live, gateway, spec_dir)))
         await stop.wait()
         server.close()
         app.live.close_streams()
         await _drain(connections)
-        follower.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await follower
+        for follower in followers:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
     finally:
         gateway.shutdown()
     print(f"turnout server pid={os.getpid()} stopped", flush=True)
@@ -161,15 +190,29 @@ async def _drain(connections: set[Connection]) -> None:
         await asyncio.sleep(0.02)
 
 
+def spec_folder(spec_file: str | None) -> Path | None:
+    """The folder of the spec file, or None when there is none (flags only, no router)."""
+    from turnout.specfile import find_spec
+
+    try:
+        return find_spec(Path.cwd(), spec_file).resolve().parent
+    except UserError:
+        if spec_file is not None:
+            raise
+        return None
+
+
 def database_url(spec_file: str | None) -> str:
     """TURNOUT_DATABASE_URL, else the state database beside the spec file."""
-    from turnout.specfile import find_spec
     from turnout.store.db import default_url
 
     given = os.environ.get("TURNOUT_DATABASE_URL")
     if given:
         return given
-    return default_url(find_spec(Path.cwd(), spec_file).resolve().parent)
+    folder = spec_folder(spec_file)
+    if folder is None:
+        raise UserError("no turnout.yaml here: give -f FILE, or set TURNOUT_DATABASE_URL")
+    return default_url(folder)
 
 
 def _run(work: Awaitable[None]) -> None:
@@ -192,11 +235,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         host, port = parse_listen(args.listen)
         store = FlagStore.open(database_url(args.file))
+        spec_dir = spec_folder(args.file)
     except TurnoutError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     try:
-        _run(serve(store, host, port))
+        _run(serve(store, host, port, spec_dir=spec_dir))
     except OSError as exc:
         print(f"error: cannot listen on {args.listen}: {exc}", file=sys.stderr)
         return 1

@@ -20,11 +20,11 @@ class ServerProcess:
 
     @classmethod
     def start(cls, database_url: str, *, prefix: Sequence[str] = (), timeout: float = 15.0,
-              listen: str = "127.0.0.1:0") -> ServerProcess:
+              listen: str = "127.0.0.1:0", cwd: str | os.PathLike[str] | None = None) -> ServerProcess:
         env = {**os.environ, "TURNOUT_DATABASE_URL": database_url}
         proc = subprocess.Popen(
             [*prefix, sys.executable, "-m", "turnout", "server", "--listen", listen],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd,
         )
         assert proc.stdout is not None
         deadline = time.monotonic() + timeout
