@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
@@ -23,7 +24,9 @@ STYLES = {"rollback": "bold red", "failed": "bold red", "succeeded": "bold green
 class Printer:
     def __init__(self, *, as_json: bool = False) -> None:
         self.as_json = as_json
-        self.out = Console(highlight=False, soft_wrap=True)
+        # Piped output is not cut to 80 columns: tables stay whole in logs and CI.
+        width = None if sys.stdout.isatty() else 160
+        self.out = Console(highlight=False, soft_wrap=True, width=width)
         self.err = Console(stderr=True, highlight=False, soft_wrap=True)
 
     def event(self, event: Event) -> None:
