@@ -278,3 +278,42 @@ def test_demo_prints_one_row_per_strategy_as_json(tmp_path: Path) -> None:
     assert by_name["canary"]["exposed_users"] > 0  # some users met the canary first
     # the new code path before the ramp ended: the 5 named users and about 20% of the other 195
     assert 5 <= by_name["feature-toggle"]["exposed_users"] <= 5 + 80
+
+
+async def test_rollback_without_warm_instances_redeploys_the_previous_revision(service: Service) -> None:
+    service.write(kind="rolling", max_surge=1, max_unavailable=0)
+    check(service.run("deploy", "v1"))
+    check(service.run("deploy", "v2", "--set", "run.env.MODE=two"))
+    async with Load(service.url, rate=RATE, users=50, max_seconds=60) as load:
+        code, out, err = await service.arun("rollback")
+        finished = time.monotonic()
+        await asyncio.sleep(0.4)
+    assert code == 0, out + err
+    summary = load.summary(new_version="v1")
+    assert summary.failed == 0, summary.errors
+    assert answered_after(load, finished) == {"v1"}
+    status = service.status()
+    assert status["stable"]["version"] == "v1"
+    assert sorted(i["version"] for i in status["instances"]) == ["v1"] * 3
+    history = service.run("history", "--json")
+    check(history)
+    records = json.loads(history.stdout)
+    assert [(r["version"], r["phase"]) for r in records] == [
+        ("v1", "succeeded"), ("v2", "succeeded"), ("v1", "succeeded")
+    ]
+    assert records[0]["strategy"].startswith("rollback")
+    # `rollback v2` goes forward again, by name.
+    check(service.run("rollback", "v2"))
+    assert service.status()["stable"]["version"] == "v2"
+
+
+def test_down_stops_everything(service: Service) -> None:
+    check(service.run("deploy", "v1"))
+    assert len(app_processes(service.folder)) == 3
+    result = service.run("down")
+    check(result)
+    assert "stopped 3 instance(s)" in result.stdout
+    assert app_processes(service.folder) == []
+    status = service.status()
+    assert status["stable"]["revision"] is None and status["router"]["running"] is False
+    assert status["instances"] == []
