@@ -546,3 +546,35 @@ async def test_stop_lets_in_flight_requests_finish(proxy: Running, ups: list[Ups
         response = await slow
     assert (response.status_code, response.text) == (200, "old")
     assert proxy.router.pid() is None
+
+
+async def test_idle_keepalive_clients_are_closed_busy_ones_are_not(
+    state_dir: Path, ups: list[Upstream], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TURNOUT_PROXY_IDLE_TIMEOUT", "1")
+    router = BuiltinRouter(state_dir, listen="127.0.0.1:0", preview_listen=None)
+    await router.ensure_running()
+    try:
+        await router.apply(RoutingTable(generation=1, pools=(pool("old", 100, ups[0]),)))
+        port = int(str((await router.health())["listen"]).rsplit(":", 1)[1])
+        idle_r, idle_w = await asyncio.open_connection("127.0.0.1", port)
+        busy_r, busy_w = await asyncio.open_connection("127.0.0.1", port)
+        request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+        for writer, reader in ((idle_w, idle_r), (busy_w, busy_r)):
+            writer.write(request)
+            await writer.drain()
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+            await reader.readexactly(len(b"old"))
+        for _ in range(8):  # 2 s: the busy client keeps sending, the idle one does not
+            await asyncio.sleep(0.25)
+            busy_w.write(request)
+            await busy_w.drain()
+            assert (await busy_r.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+            await busy_r.readexactly(len(b"old"))
+        assert await asyncio.wait_for(idle_r.read(), 2.0) == b""  # closed by the proxy
+        assert not busy_r.at_eof()
+        for writer in (idle_w, busy_w):
+            writer.close()
+    finally:
+        await router.stop()
+        await router.aclose()

@@ -40,6 +40,8 @@ HOP_BY_HOP = frozenset(
     }
 )
 BP_PIPELINE = 4  # client reading paused: requests are queued behind the current one
+IDLE_TIMEOUT = 75.0  # seconds a keep-alive client may sit without a request before it is closed
+SWEEPS_PER_TIMEOUT = 5  # idle clients are found by a sweep, not by a timer per connection
 RESPONSE_400 = canned(400, b"Bad Request")
 
 
@@ -51,9 +53,12 @@ class Proxy:
         loop: asyncio.AbstractEventLoop,
         table: RoutingTable,
         flags: tuple[dict[str, Any], FlagState] | None = None,
+        *,
+        idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
         """`flags`: the flag settings and their compiled state (default: none evaluated)."""
         self.loop = loop
+        self.sweep_every = idle_timeout / SWEEPS_PER_TIMEOUT
         self.metrics = Metrics()
         self.conns = ConnPool()
         self.clients: set[ClientConn] = set()
@@ -69,6 +74,24 @@ class Proxy:
         self.drop: frozenset[bytes]  # request headers not forwarded
         self.set_flags(*flags)
         self.conns.retain(self.plan.addresses)
+        loop.call_later(self.sweep_every, self.sweep)
+
+    def sweep(self) -> None:
+        """Close keep-alive clients that sent nothing for a whole idle timeout.
+
+        A request in progress is never idle. A client counts one tick per sweep without
+        data and goes at the sweep after it has been quiet for the whole timeout (so
+        between one timeout and one timeout plus a sweep after its last byte).
+        """
+        for client in list(self.clients):
+            if client.current is not None:
+                client.idle = 0
+                continue
+            client.idle += 1
+            if client.idle > SWEEPS_PER_TIMEOUT:
+                client.close()
+        if not self.draining:
+            self.loop.call_later(self.sweep_every, self.sweep)
 
     def swap(self, table: RoutingTable) -> None:
         """Put `table` in effect: compile first, then replace one reference."""
@@ -102,7 +125,7 @@ class Proxy:
 
 class ClientConn(asyncio.Protocol):
     __slots__ = (
-        "chunked", "closed", "current", "drop", "headers", "length", "parser", "paused", "peer",
+        "chunked", "closed", "current", "drop", "headers", "idle", "length", "parser", "paused", "peer",
         "preview", "proxy", "queue", "receiving", "started", "transport", "url", "want",
         "wanted", "write_paused", "xff", "xff_line",
     )
@@ -115,6 +138,7 @@ class ClientConn(asyncio.Protocol):
         self.peer = b"unknown"
         self.xff_line = b"X-Forwarded-For: unknown\r\n"
         self.closed = False
+        self.idle = 0  # sweeps since the client last sent anything
         self.paused = 0
         self.write_paused = False
         self.current: Exchange | None = None
@@ -132,6 +156,7 @@ class ClientConn(asyncio.Protocol):
         self.proxy.clients.add(self)
 
     def data_received(self, data: bytes) -> None:
+        self.idle = 0
         try:
             self.parser.feed_data(data)
         except HttpParserError:

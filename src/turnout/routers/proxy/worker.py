@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import gc
 import logging
+import os
 import signal
 import socket
 from pathlib import Path
@@ -21,7 +22,7 @@ import uvloop
 
 from turnout.routers.proxy.admin import AdminConn, load_table
 from turnout.routers.proxy.flags import load_settings
-from turnout.routers.proxy.server import ClientConn, Proxy
+from turnout.routers.proxy.server import IDLE_TIMEOUT, ClientConn, Proxy
 
 DRAIN_SECONDS = 5.0
 GC_THRESHOLD = 20_000
@@ -45,7 +46,8 @@ def _address(sock: socket.socket) -> str:
 
 async def serve(listen_fd: int, preview_fd: int | None, admin_fd: int, state_dir: Path) -> None:
     loop = asyncio.get_running_loop()
-    proxy = Proxy(loop, load_table(state_dir), load_settings(state_dir))
+    idle = float(os.environ.get("TURNOUT_PROXY_IDLE_TIMEOUT") or IDLE_TIMEOUT)
+    proxy = Proxy(loop, load_table(state_dir), load_settings(state_dir), idle_timeout=idle)
     public = socket.socket(fileno=listen_fd)
     proxy.addresses["listen"] = _address(public)
     servers = [await loop.create_server(lambda: ClientConn(proxy), sock=public, backlog=1024)]
