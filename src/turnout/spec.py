@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -261,16 +261,11 @@ class Analysis(_Strict):
     min_requests: int | None = Field(default=None, ge=0, description="default: strategy.gate")
 
 
-class CanaryStep(_Strict):
-    """Exactly one of: set the canary's weight, pause (bare pause waits for promote), analyse."""
+class _PauseStep(_Strict):
+    """A step that is exactly one of `KINDS`; a bare `pause` waits for `turnout promote`."""
 
-    weight: int | None = Field(
-        default=None, ge=0, le=100, description="percent of traffic to the new revision"
-    )
-    pause: Duration | Literal["forever"] | None = Field(
-        default=None, description="wait this long; without a duration, wait for `turnout promote`"
-    )
-    analysis: Analysis | None = None
+    KINDS: ClassVar[tuple[str, ...]] = ()
+    WHAT: ClassVar[str] = "step"
 
     @model_validator(mode="before")
     @classmethod
@@ -283,15 +278,33 @@ class CanaryStep(_Strict):
         return data
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> CanaryStep:
-        given = [n for n in ("weight", "pause", "analysis") if getattr(self, n) is not None]
+    def _exactly_one(self) -> Self:
+        given = [n for n in self.KINDS if getattr(self, n) is not None]
         if len(given) != 1:
-            raise ValueError("each step is exactly one of weight, pause or analysis")
+            *first, last = self.KINDS
+            raise ValueError(f"each {self.WHAT} is exactly one of {', '.join(first)} or {last}")
         return self
 
 
-class RampStep(_Strict):
+class CanaryStep(_PauseStep):
+    """Exactly one of: set the canary's weight, pause (bare pause waits for promote), analyse."""
+
+    KINDS = ("weight", "pause", "analysis")
+
+    weight: int | None = Field(
+        default=None, ge=0, le=100, description="percent of traffic to the new revision"
+    )
+    pause: Duration | Literal["forever"] | None = Field(
+        default=None, description="wait this long; without a duration, wait for `turnout promote`"
+    )
+    analysis: Analysis | None = None
+
+
+class RampStep(_PauseStep):
     """One step of a feature-toggle ramp: exactly one of users, segment, percent, pause, analysis."""
+
+    KINDS = ("users", "segment", "percent", "pause", "analysis")
+    WHAT = "ramp step"
 
     users: list[str] | None = Field(default=None, description="switch the flag on for these user keys")
     segment: str | None = Field(default=None, description="switch the flag on for this segment's users")
@@ -300,21 +313,6 @@ class RampStep(_Strict):
         default=None, description="wait this long; without a duration, wait for `turnout promote`"
     )
     analysis: Analysis | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _bare_pause(cls, data: object) -> object:
-        if isinstance(data, dict) and "pause" in data and data["pause"] in (None, {}, ""):
-            data = {**data, "pause": "forever"}
-        return data
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> RampStep:
-        kinds = ("users", "segment", "percent", "pause", "analysis")
-        given = [n for n in kinds if getattr(self, n) is not None]
-        if len(given) != 1:
-            raise ValueError("each ramp step is exactly one of users, segment, percent, pause or analysis")
-        return self
 
 
 class HttpTest(_Strict):
