@@ -137,23 +137,11 @@ class Plan:
 
     def route(self, headers: Mapping[bytes, bytes]) -> PoolPlan | None:
         """The pool for a request whose wanted headers (lowercase names) are `headers`."""
-        cookies: dict[str, bytes] | None = None
-        if COOKIE in headers and (self.key_cookie or self.rules):
-            cookies = parse_cookies(headers[COOKIE])
-        key = headers.get(self.key_header) if self.key_header is not None else None
-        if not key:
-            key = self._user_key(headers, cookies)
-        for rule in self.rules:
-            if _matches(rule, headers, cookies, key):
-                return rule.pool
-        if not self.ends:
-            return None
-        # bucket_of, inlined: this runs once per request
-        bucket = mmh3.hash(key, signed=False) % BUCKETS if key else random.randrange(BUCKETS)
-        return self.ranged[bisect_right(self.ends, bucket)]
+        return self.route_keyed(headers)[0]
 
     def route_keyed(self, headers: Mapping[bytes, bytes]) -> tuple[PoolPlan | None, bytes | None]:
-        """`route`, plus the request's user key (used when the proxy evaluates flags)."""
+        """The pool for a request whose wanted headers (lowercase names) are `headers`, and
+        the request's user key (for flag evaluation). This runs once per request."""
         cookies: dict[str, bytes] | None = None
         if COOKIE in headers and (self.key_cookie or self.rules):
             cookies = parse_cookies(headers[COOKIE])
@@ -165,6 +153,7 @@ class Plan:
                 return rule.pool, key
         if not self.ends:
             return None, key
+        # bucket_of, inlined
         bucket = mmh3.hash(key, signed=False) % BUCKETS if key else random.randrange(BUCKETS)
         return self.ranged[bisect_right(self.ends, bucket)], key
 

@@ -218,7 +218,7 @@ class ClientConn(asyncio.Protocol):
         method: bytes = parser.get_method()
         flags = self.proxy.flagging
         if flags is None:
-            pool = plan.preview if self.preview else plan.route(self.wanted)
+            pool = plan.preview if self.preview else plan.route_keyed(self.wanted)[0]
             exchange = Exchange(self, plan, pool, method, self._head(method))
         else:
             pool, key = plan.route_keyed(self.wanted)
