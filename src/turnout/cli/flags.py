@@ -185,9 +185,7 @@ def list_flags(obj: FlagsContext, archived: bool, as_json: bool) -> None:
 def show(obj: FlagsContext, name: str, as_json: bool) -> None:
     """One flag's full definition."""
     with obj.store() as store:
-        record = store.flag(name)
-    if record is None:
-        raise UserError(f"no flag named {name!r} (`turnout flags list` shows them)")
+        record = store.require(name)
     if as_json:
         click.echo(json.dumps(_as_json(record), indent=2))
         return
@@ -283,8 +281,7 @@ def archive(obj: FlagsContext, name: str) -> None:
 def history(obj: FlagsContext, name: str, as_json: bool) -> None:
     """Every change of flag NAME, oldest first."""
     with obj.store() as store:
-        if store.flag(name) is None:
-            raise UserError(f"no flag named {name!r} (`turnout flags list` shows them)")
+        store.require(name)
         records = store.history(name)
     if as_json:
         click.echo(json.dumps([vars(r) for r in records], indent=2))

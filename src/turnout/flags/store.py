@@ -126,6 +126,15 @@ class FlagStore(Database):
         return None if row is None else _record(row)
 
     @converted
+    def require(self, name: str) -> FlagRecord:
+        """Flag ``name``, archived or not; FlagNotFound if there never was one."""
+        with self._read() as conn:
+            found = _find(conn, name)
+        if found is None:
+            raise FlagNotFound(_NOT_FOUND.format(name=name))
+        return found
+
+    @converted
     def history(self, name: str) -> list[AuditRecord]:
         """Every recorded change of flag ``name`` (or ``segment:<id>``), oldest first."""
         query = (sa.select(t.flag_audit).where(t.flag_audit.c.flag == name)
@@ -339,6 +348,9 @@ def _each_of(items: list[Any], work: Callable[[Any], R]) -> list[R]:
     return out
 
 
+_NOT_FOUND = "no flag named {name!r} (`turnout flags list` shows them)"
+
+
 def _find(conn: sa.Connection, name: str) -> FlagRecord | None:
     row = conn.execute(sa.select(t.flags).where(t.flags.c.name == name)).first()
     return None if row is None else _record(row)
@@ -347,7 +359,7 @@ def _find(conn: sa.Connection, name: str) -> FlagRecord | None:
 def _live(conn: sa.Connection, name: str) -> FlagRecord:
     found = _find(conn, name)
     if found is None:
-        raise FlagNotFound(f"no flag named {name!r} (`turnout flags list` shows them)")
+        raise FlagNotFound(_NOT_FOUND.format(name=name))
     if found.archived:
         raise FlagNotFound(f"flag {name!r} is archived; create it again to bring it back")
     return found

@@ -257,3 +257,12 @@ def test_an_unusable_url_is_a_store_error(tmp_path: Path) -> None:
     (tmp_path / "dir.db").mkdir()
     with pytest.raises(StoreError):
         FlagStore.open(f"sqlite:///{tmp_path / 'dir.db'}")
+
+
+def test_require_finds_archived_flags_and_names_missing_ones(tmp_path: Path) -> None:
+    with FlagStore.open(f"sqlite:///{tmp_path / 'r.db'}") as store:
+        store.create({"name": "old", "enabled": True, "strategies": []}, who="t")
+        store.archive("old", who="t")
+        assert store.require("old").archived
+        with pytest.raises(FlagNotFound, match="no flag named 'nope'"):
+            store.require("nope")
