@@ -23,7 +23,19 @@ from turnout import strategies
 from turnout.clock import Clock, SystemClock
 from turnout.engine.events import Emit, Event, ignore
 from turnout.engine.executor import Executor
-from turnout.engine.steps import Drain, Promote, Route, RoutePool, Step, Stop, dump_plan, plan_hash
+from turnout.engine.health import probe
+from turnout.engine.steps import (
+    Drain,
+    Promote,
+    Route,
+    RoutePool,
+    Step,
+    Stop,
+    describe,
+    dump_plan,
+    load_plan,
+    plan_hash,
+)
 from turnout.errors import ConflictError, UserError
 from turnout.flags.store import FlagStore
 from turnout.model import Instance, Revision
@@ -195,7 +207,7 @@ class Session:
         table = await self.router.table()
         if table is None or {p.revision for p in table.pools if p.weight} != {revision}:
             assert self.executor is not None
-            await self.executor._route(Route(pools=(RoutePool(revision=revision, weight=100, slots=slots),)))
+            await self.executor.route(Route(pools=(RoutePool(revision=revision, weight=100, slots=slots),)))
 
     async def tidy(self) -> None:
         """Stop what nothing needs: warm fleets past their window and orphaned instances."""
@@ -298,8 +310,6 @@ class Session:
     # -- status, history, down ----------------------------------------------------
 
     async def status(self) -> dict[str, Any]:
-        from turnout.engine.health import probe
-
         service = self.spec.service
         stable = self.store.stable(service)
         active = self.store.active_deployment(service)
@@ -370,6 +380,4 @@ def _state_dir(spec_path: Path) -> tuple[Path, Path]:
 
 
 def _describe_raw(step: dict[str, Any]) -> str:
-    from turnout.engine.steps import describe, load_plan
-
     return describe(load_plan([step])[0])

@@ -180,7 +180,7 @@ class Executor:
             case WaitHealthy():
                 await self._guard(deployment.id, self._wait_healthy(step.revision, step.slots))
             case Route():
-                await self._route(step)
+                await self.route(step)
             case RunTests():
                 await self._guard(deployment.id, self._run_tests(step))
             case Pause():
@@ -269,7 +269,8 @@ class Executor:
             user_key=UserKey(header=key.header, cookie=key.cookie), preview=step.preview,
         )
 
-    async def _route(self, step: Route) -> None:
+    async def route(self, step: Route) -> None:
+        """Apply the table `step` describes, built from the instances that really run."""
         current = await self.router.table()
         table = self.table_for(step, (current.generation if current else 0) + 1)
         try:
@@ -396,7 +397,7 @@ class Executor:
             slots = tuple(range(self.spec.instances))
             await self._start(previous, slots)
             await self._wait_healthy(previous, slots)
-            await self._route(Route(pools=(RoutePool(revision=previous, weight=100, slots=slots),)))
+            await self.route(Route(pools=(RoutePool(revision=previous, weight=100, slots=slots),)))
             self.store.set_stable(self.spec.service, previous)
         # Everything of the target goes, and any slot of the previous one beyond the fleet size.
         leaving = [i for i in self.fleet.get(previous or "", {}).values() if i.slot >= self.spec.instances]
