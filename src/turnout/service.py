@@ -153,7 +153,7 @@ class Session:
         """Deploy `version`; None when it already serves all traffic."""
         spec = self.spec
         if strategy is not None:
-            kinds = ("big-bang", "rolling", "blue-green", "canary")
+            kinds = tuple(strategies.PLANNERS)
             if strategy not in kinds:
                 raise UserError(f"--strategy: expected one of {', '.join(kinds)}, got {strategy!r}")
             spec = spec.model_copy(update={"strategy": spec.strategy.model_copy(update={"kind": strategy})})

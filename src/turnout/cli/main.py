@@ -23,6 +23,7 @@ from turnout.errors import TurnoutError, UserError
 from turnout.service import Session
 from turnout.specfile import find_spec, spec_json_schema
 from turnout.store.db import DeploymentRecord
+from turnout.strategies import PLANNERS
 
 T = TypeVar("T")
 FILE_OPTION = click.option("-f", "--file", "spec_file", default=None,
@@ -82,7 +83,7 @@ def _exit_for(record: DeploymentRecord | None) -> int:
 @click.argument("version")
 @FILE_OPTION
 @click.option("--strategy", default=None,
-              type=click.Choice(["big-bang", "rolling", "blue-green", "canary"]),
+              type=click.Choice(list(PLANNERS)),
               help="override strategy.kind")
 @SET_OPTION
 @click.option("--json", "as_json", is_flag=True, help="print events as JSON lines")
