@@ -169,8 +169,9 @@ class Session:
                     return await self._resume(active)
                 note = f"deployment #{active.id} of {active.version} was interrupted; undoing it"
                 self.emit(Event("info", note))
-                await executor.restore(active)
-                self.store.update_deployment(active.id, phase="aborted", message="replaced by a newer one")
+                undone = await executor.go_back(active, "aborted", "replaced by a newer one")
+                if undone.phase != "aborted":
+                    return undone  # the previous version did not come back: stop here
             await self.tidy()
             self.store.save_revision(revision)
             await executor.refresh()
@@ -259,8 +260,7 @@ class Session:
         with self.lock():
             await self.router.ensure_running()
             executor = self.new_executor()
-            await executor.restore(active)
-            return self.store.update_deployment(active.id, phase="aborted", message="aborted by request")
+            return await executor.go_back(active, "aborted", "aborted by request")
 
     async def rollback(self, version: str | None = None) -> DeploymentRecord:
         """Return to `version` (default: the revision before the stable one)."""
@@ -337,11 +337,15 @@ class Session:
                 "current": _describe_raw(plan[active.step]) if active.step < len(plan) else None,
             }
         revision = self.store.revision(stable) if stable else None
+        latest = self.store.history(service, limit=1)
+        broken = latest[0] if latest and latest[0].phase == "rollback-failed" else None
         return {
             "service": service,
             "listen": self.spec.listen,
             "stable": {"revision": stable, "version": revision.version if revision else None},
             "deployment": deployment,
+            "rollback_failed": {"id": broken.id, "version": broken.version, "message": broken.message}
+            if broken else None,
             "router": {"running": table is not None,
                        "traffic": {p.version: round(table.share(p.revision), 1) for p in table.pools}
                        if table else {}},

@@ -357,6 +357,63 @@ async def test_gate_fails_on_slow_responses(world: World) -> None:
     assert "gate" in done.message and "p99" in done.message
 
 
+async def test_inconclusive_gate_at_the_end_of_a_pause_waits_for_promote(world: World) -> None:
+    await first_release(world)
+    world.router.flow(world.rev("v2"), traffic(1))  # far fewer than the gate's 20 requests
+    record = await world.create("v2", kind="canary", steps=[{"weight": 50}, {"pause": "60s"}])
+    task = world.start(record)
+    await until(phase_is(world, record.id, "paused"), "the pause ends inconclusive")
+    began = world.clock.now()
+    await until(lambda: world.clock.now() > began + 600, "ten more minutes pass")
+    assert not task.done()  # it never promotes by itself
+    paused = world.store.deployment(record.id)
+    assert paused is not None and paused.message.startswith("inconclusive: ")
+    assert "fewer than the 20 needed" in paused.message
+    assert world.router.shares() == {"v2": 50.0, "v1": 50.0}
+    assert any(e.kind == "paused" and "Inconclusive" in e.message for e in world.events)
+    world.store.request(record.id, "promote")
+    done = await finish(task)
+    assert done.phase == "succeeded", done.message
+    assert world.router.shares() == {"v2": 100.0}
+
+
+async def test_abort_while_held_inconclusive_restores_the_previous_version(world: World) -> None:
+    await first_release(world)
+    record = await world.create("v2", kind="canary", steps=[{"weight": 50}, {"pause": "30s"}])
+    task = world.start(record)  # no traffic at all reaches the canary
+    await until(phase_is(world, record.id, "paused"), "the pause ends inconclusive")
+    world.store.request(record.id, "abort")
+    done = await finish(task)
+    assert done.phase == "aborted", done.message
+    assert world.router.shares() == {"v1": 100.0}
+    assert world.running("v2") == []
+
+
+async def test_a_held_canary_is_still_watched_and_fails_on_errors(world: World) -> None:
+    await first_release(world)
+    world.router.flow(world.rev("v2"), traffic(1))
+    record = await world.create("v2", kind="canary", steps=[{"weight": 50}, {"pause": "30s"}])
+    task = world.start(record)
+    await until(phase_is(world, record.id, "paused"), "the pause ends inconclusive")
+    world.router.flow(world.rev("v2"), traffic(10, errors=5))
+    done = await finish(task)
+    assert done.phase == "failed" and "gate failed" in done.message
+    assert world.router.shares() == {"v1": 100.0}
+
+
+async def test_a_pause_shorter_than_the_gate_interval_is_still_judged(world: World) -> None:
+    await first_release(world)
+    steps = [{"weight": 50}, {"pause": "1s"}]  # the gate looks every 5s by default
+    record = await world.create("v2", kind="canary", steps=steps)
+    task = world.start(record)
+    await until(phase_is(world, record.id, "paused"), "the short pause ends inconclusive")
+    world.store.request(record.id, "promote")
+    assert (await finish(task)).phase == "succeeded"
+    world.router.flow(world.rev("v3"), traffic(30))
+    done = await world.deploy("v3", kind="canary", steps=steps)
+    assert done.phase == "succeeded", done.message  # enough traffic: it goes on alone
+
+
 async def test_inconclusive_analysis_pauses_until_promote(world: World) -> None:
     await first_release(world)
     world.router.flow(world.rev("v2"), traffic(1))  # far fewer than min_requests
@@ -412,6 +469,33 @@ async def test_restore_of_a_warm_previous_revision_is_one_table_flip(world: Worl
     assert world.running("v2") == [] and world.stored("v2") == []
     assert world.stored("v1") == [(0, "ready"), (1, "ready"), (2, "ready")]
     assert world.store.stable("shop") == world.rev("v1")
+
+
+async def test_a_restore_that_fails_is_rollback_failed_and_says_what_serves(world: World) -> None:
+    await first_release(world)
+    world.platform.unhealthy.add("v2")
+    world.platform.fail_start.add("v1")  # big bang stopped v1, and it cannot start again
+    done = await world.deploy("v2", kind="big-bang")
+    assert done.phase == "rollback-failed"
+    assert "restoring the previous version failed too" in done.message and "told to fail" in done.message
+    assert done.message.endswith("now serving: nothing (the router's table sends no traffic anywhere)")
+    assert world.store.history("shop", limit=1)[0].phase == "rollback-failed"
+    assert world.store.active_deployment("shop") is None  # a final phase
+    assert any(e.kind == "failed" and "now serving" in e.message for e in world.events)
+
+
+async def test_an_abort_whose_restore_fails_names_the_split_in_effect(world: World) -> None:
+    await first_release(world)
+    record = await world.create("v2", **CANARY_HOLD)
+    task = world.start(record)
+    await until(phase_is(world, record.id, "paused"), "the canary pauses")
+    world.router.fail_apply = "router refused the table"
+    world.store.request(record.id, "abort")
+    done = await finish(task)
+    assert done.phase == "rollback-failed"
+    assert "router refused the table" in done.message
+    assert done.message.endswith("now serving: v2 34% (2 of 2 instances running), "
+                                 "v1 66% (3 of 3 instances running)")
 
 
 async def test_busy_old_instance_is_stopped_after_the_drain_timeout(world: World) -> None:
@@ -498,6 +582,7 @@ def flag_on(w: World, user: str) -> bool:
 
 async def test_feature_toggle_ships_dark_then_ramps_to_everyone(world: World) -> None:
     await first_release(world)
+    world.router.flow("flag:new-checkout:on", traffic(40))  # the cohort's traffic passes the gate
     seen: list[tuple[bool, bool]] = []  # (alice on, bob on) at every push to the router
 
     done = await world.deploy("v2", **TOGGLE)

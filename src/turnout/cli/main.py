@@ -2,6 +2,8 @@
 
 Exit codes (the contract scripts rely on): 0 success; 1 other error; 2 invalid input and
 nothing changed; 3 the deployment failed or was aborted and the previous version serves.
+When bringing the previous version back failed too ("rollback-failed"), that promise does
+not hold: the exit code is 1 and the outcome line says what the router now serves.
 No command ever prompts, so a script without a terminal never waits for an answer.
 """
 
@@ -76,6 +78,8 @@ def _exit_for(record: DeploymentRecord | None) -> int:
         return 0
     if record.phase in ("aborted", "failed"):
         return 3
+    if record.phase == "rollback-failed":
+        return 1  # exit 3 promises the previous version serves; here it may not
     return 0  # still progressing elsewhere (promote/abort requests)
 
 

@@ -50,8 +50,11 @@ class Printer:
             print(json.dumps({"deployment": record.id, "phase": record.phase, "message": record.message}))
             return
         style = "bold green" if record.phase == "succeeded" else "bold red"
-        self.out.print(line, style=style if record.phase in ("succeeded", "failed", "aborted") else "",
-                       markup=False)
+        final = ("succeeded", "failed", "aborted", "rollback-failed")
+        self.out.print(line, style=style if record.phase in final else "", markup=False)
+        if record.phase == "rollback-failed":
+            self.err.print("the previous version could not be brought back: check `turnout status`",
+                           style="bold red", markup=False)
 
     def status(self, data: dict[str, Any]) -> None:
         stable = data["stable"]
@@ -60,6 +63,8 @@ class Printer:
         deployment = data["deployment"]
         if deployment:
             state = deployment["phase"]
+            if state == "paused" and deployment["message"]:
+                state = f"paused ({deployment['message']}; `turnout promote` continues)"
             if deployment["interrupted"]:
                 version = deployment["version"]
                 state = f"INTERRUPTED (`turnout deploy {version}` resumes, `turnout abort` undoes)"
@@ -68,6 +73,10 @@ class Printer:
                 f"step {deployment['step'] + 1}/{deployment['steps']}: {deployment['current'] or 'done'}",
                 markup=False,
             )
+        broken = data.get("rollback_failed")
+        if broken:
+            self.out.print(f"ALERT    deployment #{broken['id']} of {broken['version']} could not bring the "
+                           f"previous version back: {broken['message']}", style="bold red", markup=False)
         router = data["router"]
         split = ", ".join(f"{v} {w}%" for v, w in router["traffic"].items()) or "-"
         running = "running" if router["running"] else "stopped"

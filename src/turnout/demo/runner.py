@@ -30,12 +30,15 @@ STRATEGIES: dict[str, dict[str, object]] = {
     "big-bang": {"kind": "big-bang"},
     "rolling": {"kind": "rolling", "max_surge": 1, "max_unavailable": 0},
     "blue-green": {"kind": "blue-green", "tests": [{"http": "/healthz"}], "rollback_window": "10s"},
+    # A gate that ends a pause Inconclusive holds the deployment for a human, so each first pause
+    # is long enough for min_requests at 100 req/s over 200 users: the canary's 10% is 25 users
+    # (25 requests in 2s), the five named users of the ramp get 10 requests in 4s.
     "canary": {"kind": "canary", "steps": [{"weight": 10}, {"pause": "2s"}, {"weight": 50}, {"pause": "2s"}],
-               "gate": {"interval": "1s", "min_requests": 20}},
+               "gate": {"interval": "1s", "min_requests": 10}},
     "feature-toggle": {"kind": "feature-toggle", "flag": FLAG, "ship": "rolling",
-                       "ramp": [{"users": ["u1", "u2", "u3", "u4", "u5"]}, {"pause": "2s"}, {"percent": 20},
+                       "ramp": [{"users": ["u1", "u2", "u3", "u4", "u5"]}, {"pause": "4s"}, {"percent": 20},
                                 {"pause": "2s"}],
-                       "gate": {"interval": "500ms", "min_requests": 20}},
+                       "gate": {"interval": "500ms", "min_requests": 5}},
 }
 
 

@@ -113,14 +113,19 @@ class Executor:
                 await self._run_step(deployment, step)
                 self.store.update_deployment(deployment.id, step=index + 1, phase="progressing")
         except Aborted as exc:
-            return await self._finish_back(deployment, "aborted", str(exc) or "aborted")
+            return await self.go_back(deployment, "aborted", str(exc) or "aborted")
         except (StepFailed, health.CheckFailed, TurnoutError) as exc:
-            return await self._finish_back(deployment, "failed", str(exc))
+            return await self.go_back(deployment, "failed", str(exc))
         done = self.store.update_deployment(deployment.id, phase="succeeded", message="")
         self.emit(Event("succeeded", f"{deployment.version} serves all traffic"))
         return done
 
-    async def _finish_back(self, deployment: DeploymentRecord, phase: str, reason: str) -> DeploymentRecord:
+    async def go_back(self, deployment: DeploymentRecord, phase: str, reason: str) -> DeploymentRecord:
+        """End `deployment` in `phase` ("aborted" or "failed") with the previous version serving.
+
+        When that cannot be done (the flag cannot be switched off, the previous version does not
+        come back), the phase is "rollback-failed" and the message says what the router serves.
+        """
         self.store.add_event(deployment.id, step=-1, kind=phase, message=reason)
         try:
             flags = {s.flag for s in load_plan(deployment.plan) if isinstance(s, SetFlag)}
@@ -132,9 +137,30 @@ class Executor:
             self.emit(Event("rollback", f"{phase}: {reason}; restoring the previous version"))
             await self.restore(deployment)
         except (StepFailed, health.CheckFailed, TurnoutError) as exc:
-            reason = f"{reason}; restoring the previous version failed too: {exc}"
-            phase = "failed"
+            serving = await self.serving()
+            reason = f"{reason}; restoring the previous version failed too: {exc}; {serving}"
+            phase = "rollback-failed"
+            self.store.add_event(deployment.id, step=-1, kind=phase, message=reason)
+            self.emit(Event("failed", f"restoring the previous version failed: {exc}; {serving}"))
         return self.store.update_deployment(deployment.id, phase=phase, message=reason)
+
+    async def serving(self) -> str:
+        """What the router's table sends traffic to now, and how much of it runs: for humans."""
+        try:
+            table = await self.router.table()
+            await self.refresh()
+        except TurnoutError as exc:
+            return f"what serves now is unknown: {exc}"
+        pools = [p for p in table.pools if p.weight] if table is not None else []
+        if table is None or not pools:
+            return "now serving: nothing (the router's table sends no traffic anywhere)"
+        parts = []
+        for pool in pools:
+            running = self.fleet.get(pool.revision, {}).values()
+            alive = sum(1 for b in pool.backends if b.id in {i.id for i in running})
+            parts.append(f"{pool.version} {table.share(pool.revision):.0f}% "
+                         f"({alive} of {len(pool.backends)} instances running)")
+        return "now serving: " + ", ".join(parts)
 
     def _check_abort(self, deployment_id: int) -> None:
         if self._abort.is_set():
@@ -341,23 +367,53 @@ class Executor:
         return Thresholds(gate.max_error_rate, gate.max_p99, gate.min_requests)
 
     async def _pause(self, deployment: DeploymentRecord, step: Pause) -> None:
+        """Wait, judging `step.watch` with the gate; only a Successful verdict continues alone.
+
+        Failed rolls back at once. A timed pause that ends on any other verdict (Inconclusive:
+        too little traffic to tell) holds the deployment, still watched, until a human runs
+        `turnout promote` or `turnout abort`.
+        """
         if step.seconds is None:
             self.store.update_deployment(deployment.id, phase="paused", message="waiting for promote")
             self.emit(Event("paused", "paused: `turnout promote` continues, `turnout abort` goes back"))
         end = None if step.seconds is None else self.clock.now() + step.seconds
         baseline = await self._counters(step.watch) if step.watch else None
+        verdict, promoted = await self._watch(deployment.id, end, step.watch, baseline)
+        if not promoted and verdict is not None and verdict.verdict is not Verdict.SUCCESSFUL:
+            kind = verdict.verdict.value
+            message = f"{kind.lower()}: {verdict.reason}"
+            self.store.update_deployment(deployment.id, phase="paused", message=message)
+            self.emit(Event("paused", f"gate {kind} at the end of the pause ({verdict.reason}): "
+                                      "`turnout promote` continues, `turnout abort` goes back"))
+            await self._watch(deployment.id, None, step.watch, baseline)
+        self.store.update_deployment(deployment.id, phase="progressing", message="")
+
+    async def _watch(
+        self, deployment_id: int, end: float | None, watch: str | None, baseline: Counters | None
+    ) -> tuple[Judgement | None, bool]:
+        """Wait until `end` (None: until promoted), judging `watch` since `baseline` at every
+        gate interval; raise StepFailed on a Failed verdict. Returns (last verdict, promoted)."""
         interval = self.spec.strategy.gate.interval
+        verdict: Judgement | None = None
         while end is None or self.clock.now() < end:
             slice_ = interval if end is None else min(interval, end - self.clock.now())
-            if await self._wait(deployment.id, slice_, promote_ends=True):
+            if await self._wait(deployment_id, slice_, promote_ends=True):
                 self.emit(Event("info", "promoted"))
-                break
-            if step.watch and baseline is not None:
-                verdict = judge((await self._counters(step.watch)).minus(baseline), self._thresholds())
-                self._report(verdict)
-                if verdict.verdict is Verdict.FAILED:
-                    raise StepFailed(f"gate failed: {verdict.reason}")
-        self.store.update_deployment(deployment.id, phase="progressing", message="")
+                return verdict, True
+            verdict = await self._judge(watch, baseline)
+        if verdict is None:  # a pause too short for one interval is still judged once
+            verdict = await self._judge(watch, baseline)
+        return verdict, False
+
+    async def _judge(self, watch: str | None, baseline: Counters | None) -> Judgement | None:
+        """The gate's verdict on `watch` since `baseline` (None when nothing is watched)."""
+        if watch is None or baseline is None:
+            return None
+        verdict = judge((await self._counters(watch)).minus(baseline), self._thresholds())
+        self._report(verdict)
+        if verdict.verdict is Verdict.FAILED:
+            raise StepFailed(f"gate failed: {verdict.reason}")
+        return verdict
 
     async def _analyse(self, deployment: DeploymentRecord, step: Analyse) -> None:
         limits = Thresholds(step.max_error_rate, step.max_p99, step.min_requests)

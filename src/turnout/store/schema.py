@@ -10,7 +10,9 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 ACTIVE_PHASES = ("progressing", "paused")
-FINAL_PHASES = ("succeeded", "aborted", "failed")
+# "rollback-failed": the deployment went wrong and bringing the previous version back did
+# too, so it may not serve (exit 1, not 3). It fits the String(16) phase column.
+FINAL_PHASES = ("succeeded", "aborted", "failed", "rollback-failed")
 PHASES = ACTIVE_PHASES + FINAL_PHASES
 
 metadata = sa.MetaData(
