@@ -244,11 +244,16 @@ for _name, _on in (("enable", True), ("disable", False)):
 @flags_group.command()
 @click.argument("name")
 @click.argument("percent", type=click.IntRange(0, 100))
-@click.option("--stickiness", default="default", show_default=True,
-              help="context field that keeps a user in or out (e.g. userId)")
+@click.option("--stickiness", default=None,
+              help="context field that keeps a user in or out (e.g. userId); left out, the "
+                   "strategy keeps its own ('default' for a new one)")
 @pass_flags
-def rollout(obj: FlagsContext, name: str, percent: int, stickiness: str) -> None:
-    """Turn flag NAME on for PERCENT of users (its plain flexibleRollout strategy)."""
+def rollout(obj: FlagsContext, name: str, percent: int, stickiness: str | None) -> None:
+    """Turn flag NAME on for PERCENT of users (its plain flexibleRollout strategy).
+
+    The users already in stay in when PERCENT grows: the strategy's stickiness and
+    groupId are kept.
+    """
     with obj.change() as store:
         _done(store.set_rollout(name, percent, who=who(), stickiness=stickiness),
               f"rolled out to {percent}%")

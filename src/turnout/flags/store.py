@@ -206,17 +206,24 @@ class FlagStore(Database):
         return self._modify(name, change, who=who, action="enable" if enabled else "disable")
 
     def set_rollout(self, name: str, percent: int, *, who: str,
-                    stickiness: str = "default") -> FlagRecord:
-        """Set the percentage of the flag's plain flexibleRollout strategy (added if missing)."""
+                    stickiness: str | None = None) -> FlagRecord:
+        """Set the percentage of the flag's plain flexibleRollout strategy (added if missing).
+
+        The strategy keeps its stickiness and groupId, so every user it had stays in when
+        the percentage grows (Unleash's rule). Only ``stickiness`` given explicitly
+        changes it; a new strategy gets ``default`` and the flag's name as its group.
+        """
         if isinstance(percent, bool) or not isinstance(percent, int) or not 0 <= percent <= 100:
             raise FlagError([f"percent: expected a whole number 0..100, got {percent!r}"])
-        if not stickiness.strip():
+        if stickiness is not None and not stickiness.strip():
             raise FlagError(["stickiness: expected a context field name"])
-        params = {"rollout": str(percent), "stickiness": stickiness, "groupId": name}
 
         def change(definition: dict[str, Any]) -> None:
             strategy = _plain_strategy(definition, "flexibleRollout")
-            strategy["parameters"] = {**strategy.get("parameters", {}), **params}
+            params = strategy.setdefault("parameters", {})
+            params["rollout"] = str(percent)
+            if stickiness is not None:
+                params["stickiness"] = stickiness
 
         return self._modify(name, change, who=who, action="rollout")
 

@@ -112,7 +112,7 @@ def test_every_change_bumps_version_revision_and_audit(store: FlagStore) -> None
     assert [h.at for h in history] == sorted(h.at for h in history)
     strategies = history[5].change["after"]["strategies"]
     assert [s["name"] for s in strategies] == ["flexibleRollout", "userWithId"]
-    assert strategies[0]["parameters"] == {"rollout": "40", "stickiness": "default", "groupId": "checkout"}
+    assert strategies[0]["parameters"] == {"rollout": "40", "stickiness": "userId", "groupId": "checkout"}
     assert strategies[1]["parameters"] == {"userIds": "u1,u2,u3"}
     assert history[1].change["before"]["enabled"] is False and history[1].change["after"]["enabled"]
 
@@ -142,6 +142,41 @@ def test_rollout_keeps_conditional_strategies_and_adds_a_plain_one(store: FlagSt
     record = store.set_rollout("checkout", 5, who="a")
     rollouts = [s["parameters"]["rollout"] for s in record.definition["strategies"]]
     assert rollouts == ["100", "5"]
+
+
+def test_a_rollout_change_keeps_stickiness_group_and_the_users_already_in(store: FlagStore) -> None:
+    mine = {"name": "flexibleRollout",
+            "parameters": {"rollout": 20, "stickiness": "accountId", "groupId": "checkout-2024"}}
+    store.create(flag(enabled=True, strategies=[mine]), who="a")
+    users = [{"properties": {"accountId": f"acct-{i}"}} for i in range(3000)]
+
+    def enabled() -> set[int]:
+        state = FlagState.from_json(store.state())
+        return {i for i, ctx in enumerate(users) if evaluate(state, "checkout", ctx).enabled}
+
+    at = {20: enabled()}
+    for percent in (33, 40):
+        record = store.set_rollout("checkout", percent, who="b")
+        assert record.definition["strategies"][0]["parameters"] == {
+            "rollout": str(percent), "stickiness": "accountId", "groupId": "checkout-2024"}
+        at[percent] = enabled()
+    assert at[20] <= at[33] <= at[40]
+    assert 0.36 < len(at[40]) / len(users) < 0.44, len(at[40])
+    # an explicit stickiness is a deliberate change of who is in; the group stays
+    record = store.set_rollout("checkout", 40, who="b", stickiness="userId")
+    assert record.definition["strategies"][0]["parameters"] == {
+        "rollout": "40", "stickiness": "userId", "groupId": "checkout-2024"}
+
+
+def test_a_new_rollout_strategy_gets_default_stickiness_and_the_flag_as_group(
+    store: FlagStore,
+) -> None:
+    store.create(flag(enabled=True), who="a")
+    record = store.set_rollout("checkout", 33, who="b")
+    assert record.definition["strategies"][0]["parameters"] == {
+        "rollout": "33", "stickiness": "default", "groupId": "checkout"}
+    with pytest.raises(FlagError, match="stickiness"):
+        store.set_rollout("checkout", 40, who="b", stickiness=" ")
 
 
 def test_update_checks_version_name_and_existence(store: FlagStore) -> None:
