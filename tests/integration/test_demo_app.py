@@ -95,7 +95,7 @@ async def test_load_at_300_rps_for_2_s_gets_only_successes(start_app: StartApp) 
     async with Load(app.url + "/", rate=300, max_seconds=2.0) as load:
         await load.finished()
     s = load.summary(new_version="v1")
-    assert s.failed == 0, s.errors
+    assert s.clean, s.problems()
     assert 560 <= s.requests <= 601
     assert s.versions == {"v1": s.requests}
     assert s.exposed_users == 100
@@ -246,7 +246,7 @@ async def test_app_serves_1000_rps_cheaply(start_app: StartApp) -> None:
     async with Load(app.url, rate=1000, max_seconds=1.5, connections=32) as load:
         await load.finished()
     s = load.summary(new_version="v1")
-    assert s.failed == 0 and s.requests >= 1400
+    assert s.clean and s.requests >= 1400, s.problems()
     # Under half a core for 1000 req/s: one core would carry well over 1000 req/s.
     assert _cpu_seconds(app.proc.pid) - cpu_before < 0.75
 
@@ -333,11 +333,12 @@ async def test_load_times_out_requests_nobody_answers() -> None:
     assert len(load.samples) >= 9
 
 
-async def test_load_retries_once_when_a_reused_connection_drops_the_request() -> None:
+async def test_load_resends_once_and_reports_it_when_a_reused_connection_drops_the_request() -> None:
     """Each connection answers one request, then closes on the next without answering.
 
     That is the keep-alive race a browser retries: the request went out on a reused
-    connection that the server was closing.
+    connection that the server was closing. Every answer is a 200, yet the run is not
+    clean: all but the first request needed a second send, and the summary says so.
     """
     connections = 0
 
@@ -355,6 +356,14 @@ async def test_load_retries_once_when_a_reused_connection_drops_the_request() ->
         await load.finished()
     assert [s.status for s in load.samples] == [200] * 20
     assert connections == 20
+    in_order = sorted(load.samples, key=lambda s: s.sent)
+    assert [s.sends for s in in_order] == [1] + [2] * 19
+    assert {s.lost for s in in_order[1:]} == {"connection closed"}
+    summary = load.summary(new_version="v1")
+    assert (summary.failed, summary.resent) == (0, 19)
+    assert summary.resent_errors == {"connection closed": 19}
+    assert not summary.clean
+    assert summary.problems() == "re-sent 19 (connection closed: 19)"
 
 
 async def test_load_does_not_retry_on_a_fresh_connection() -> None:
@@ -367,5 +376,7 @@ async def test_load_does_not_retry_on_a_fresh_connection() -> None:
 
     async with tiny_server(rude) as url, Load(url, rate=100, max_requests=5) as load:
         await load.finished()
-    assert load.summary(new_version="v1").errors == {"connection closed": 5}
+    summary = load.summary(new_version="v1")
+    assert summary.errors == {"connection closed": 5}
+    assert summary.resent == 0  # a fresh connection's failure is a failure, not a re-send
     assert connections == 5

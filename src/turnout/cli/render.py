@@ -100,8 +100,10 @@ class Printer:
         self.out.print(table)
 
     def demo(self, rows: list[DemoRow]) -> None:
-        table = Table("strategy", "requests", "failed", "longest gap", "exposed users", "duration", "outcome")
+        table = Table("strategy", "requests", "failed", "re-sent", "longest gap", "exposed users", "duration",
+                      "outcome")
         for row in rows:
-            table.add_row(row.strategy, str(row.requests), str(row.failed), f"{row.longest_gap_s:.2f}s",
-                          str(row.exposed_users), f"{row.duration_s:.1f}s", row.outcome)
+            table.add_row(row.strategy, str(row.requests), str(row.failed), str(row.resent),
+                          f"{row.longest_gap_s:.2f}s", str(row.exposed_users), f"{row.duration_s:.1f}s",
+                          row.outcome)
         self.out.print(table)

@@ -3,20 +3,25 @@
 `Load` sends `GET` requests at a constant rate (open loop: a slow answer never delays
 the next request) to a local URL, each carrying a user key header that goes round-robin
 over `users` users, and records one `Sample` per answer: when it was sent and done, the
-status, and the version from the `X-Version` response header. `summarize` turns the
-samples into what a deployment is judged by: failures, the longest time without a
-successful answer, how many users saw the new version before the cutover, and which
-versions served at the end.
+status, the version from the `X-Version` response header, and how many sends it took.
+`summarize` turns the samples into what a deployment is judged by: failures, re-sends,
+the longest time without a successful answer, how many users saw the new version before
+the cutover, and which versions served at the end.
 
 Requests go over a small pool of raw keep-alive connections parsed with httptools, not
 an HTTP client library, so a few hundred requests a second cost little CPU next to the
-router under test. Like a browser, the pool retries a request once on a fresh
+router under test. Like a browser, the pool re-sends a request once on a fresh
 connection when a reused keep-alive connection closes before any byte of the answer
 arrives (the server had closed it while idle); every other failure is recorded as is.
+A re-send is never hidden: the sample says the request took two sends and why the first
+was lost, the summary counts re-sends beside failures, and `LoadSummary.clean` holds only
+when every request was answered, without a 5xx, on its first send.
 
 Everything is bounded: at most `max_requests` requests and `max_seconds` seconds, each
 request at most `timeout` seconds, and only 127.0.0.1/localhost may be targeted.
-Times are `time.monotonic()` seconds; `mark()` records one under a name.
+Times are `time.monotonic()` seconds; `mark()` records one under a name. Both clocks
+are read once when the load starts, so `wall()` maps a sample's times onto wall-clock
+records kept elsewhere (a flag's audit trail, logs).
 """
 
 from __future__ import annotations
@@ -40,7 +45,11 @@ TAIL_S = 1.0  # last_versions looks at answers completed in this final window
 
 @dataclass(frozen=True, slots=True)
 class Sample:
-    """One request: `status` is None and `error` says why when no answer came."""
+    """One request: `status` is None and `error` says why when no answer came.
+
+    `sends` is 2 when the first send was lost on a reused keep-alive connection and the
+    request went out again on a fresh one; `lost` then says how the first was lost.
+    """
 
     sent: float
     done: float
@@ -48,21 +57,46 @@ class Sample:
     version: str | None
     user: str
     error: str | None
+    sends: int = 1
+    lost: str | None = None
 
     @property
     def failed(self) -> bool:
         return self.status is None or self.status >= 500
+
+    @property
+    def resent(self) -> bool:
+        return self.sends > 1
 
 
 @dataclass(frozen=True, slots=True)
 class LoadSummary:
     requests: int
     failed: int
+    resent: int
     longest_gap_s: float
     exposed_users: int
     versions: dict[str, int]
     last_versions: dict[str, int]
     errors: dict[str, int]
+    resent_errors: dict[str, int]
+
+    @property
+    def clean(self) -> bool:
+        """Every request answered on its first send, none with a 5xx: what a deployment must show."""
+        return self.failed == 0 and self.resent == 0
+
+    def problems(self) -> str:
+        """What kept the run from being clean, e.g. `failed 2 (HTTP 503: 2); re-sent 1 (...)`."""
+        parts = [f"{label} {count} ({_kinds(kinds)})"
+                 for label, count, kinds in (("failed", self.failed, self.errors),
+                                             ("re-sent", self.resent, self.resent_errors))
+                 if count]
+        return "; ".join(parts) or "none"
+
+
+def _kinds(counts: dict[str, int]) -> str:
+    return ", ".join(f"{kind}: {n}" for kind, n in sorted(counts.items()))
 
 
 def summarize(
@@ -80,7 +114,9 @@ def summarize(
     `new_version` strictly before `until` (every such user when `until` is None).
     `versions` counts answers per `X-Version`, whatever their status; `last_versions`
     does the same for answers completed in the final second; `errors` counts failures
-    by kind (`HTTP 503`, `timeout`, `connection refused`, ...).
+    by kind (`HTTP 503`, `timeout`, `connection refused`, ...). `resent` counts requests
+    that took more than one send, answered or not, and `resent_errors` how their first
+    send was lost; a re-sent request that then failed counts in both.
     """
     samples = list(samples)
     successes = sorted(s.done for s in samples if not s.failed and start <= s.done <= end)
@@ -93,9 +129,11 @@ def summarize(
         for s in samples
         if s.failed
     )
+    resent = Counter(s.lost or "lost" for s in samples if s.resent)
     return LoadSummary(
         requests=len(samples),
         failed=sum(errors.values()),
+        resent=sum(resent.values()),
         longest_gap_s=gap,
         exposed_users=len(exposed),
         versions=dict(Counter(s.version for s in samples if s.version is not None)),
@@ -103,6 +141,7 @@ def summarize(
             Counter(s.version for s in samples if s.version is not None and s.done >= end - TAIL_S)
         ),
         errors=dict(errors),
+        resent_errors=dict(resent),
     )
 
 
@@ -192,7 +231,8 @@ class _Pool:
         self._idle: list[_Connection] = []
         self._open: set[_Connection] = set()
 
-    async def request(self, raw: bytes) -> tuple[int, str | None]:
+    async def request(self, raw: bytes, lost: list[str]) -> tuple[int, str | None]:
+        """Send `raw` and return (status, version); a lost first send is added to `lost`."""
         async with self._slots:
             conn, reused = await self._checkout(fresh=False)
             try:
@@ -200,7 +240,8 @@ class _Pool:
             except _Dropped as exc:
                 if not reused or exc.received:
                     raise
-            conn, _ = await self._checkout(fresh=True)  # stale keep-alive: retry once
+                lost.append(_describe(exc))
+            conn, _ = await self._checkout(fresh=True)  # stale keep-alive: re-send once
             return await self._exchange(conn, raw)
 
     async def _exchange(self, conn: _Connection, raw: bytes) -> tuple[int, str | None]:
@@ -274,6 +315,7 @@ class Load:
         self.samples: list[Sample] = []
         self.marks: dict[str, float] = {}
         self.started: float | None = None
+        self.started_wall: float | None = None  # time.time() read together with `started`
         self.ended: float | None = None  # when sending stopped
         self._port, self._connections = port, connections
         self._raw = [
@@ -301,7 +343,7 @@ class Load:
         if self._sender is not None:
             raise RuntimeError("this Load was already started")
         self._pool = _Pool("127.0.0.1", self._port, self._connections)
-        self.started = time.monotonic()
+        self.started_wall, self.started = time.time(), time.monotonic()
         self._sender = asyncio.create_task(self._send_all(self.started))
 
     async def finished(self) -> None:
@@ -327,6 +369,12 @@ class Load:
 
     def mark(self, name: str) -> None:
         self.marks[name] = time.monotonic()
+
+    def wall(self, moment: float) -> float:
+        """The wall-clock time (`time.time()`) of monotonic `moment` during this load."""
+        if self.started is None or self.started_wall is None:
+            raise RuntimeError("this Load has not started")
+        return self.started_wall + (moment - self.started)
 
     def summary(self, *, new_version: str, until: float | None = None) -> LoadSummary:
         now = time.monotonic()
@@ -359,10 +407,12 @@ class Load:
         status: int | None = None
         version: str | None = None
         error: str | None = None
+        lost: list[str] = []
         try:
             async with asyncio.timeout(self.timeout):
-                status, version = await self._pool.request(raw)
+                status, version = await self._pool.request(raw, lost)
         except (TimeoutError, OSError, _Dropped, httptools.HttpParserError) as exc:
             error = _describe(exc)
         user = f"u{index % self.users}"
-        self.samples.append(Sample(sent, time.monotonic(), status, version, user, error))
+        self.samples.append(Sample(sent, time.monotonic(), status, version, user, error,
+                                   sends=1 + len(lost), lost=lost[0] if lost else None))

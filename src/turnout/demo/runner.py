@@ -2,9 +2,10 @@
 
 The demo writes a spec for the bundled app into a temporary folder, deploys v1, then
 for each strategy deploys the next version while a constant-rate load records every
-response, and measures what a user would have seen: failed requests, the longest time
-without a successful response, and how many users met the new version before it took
-all traffic.
+response, and measures what a user would have seen: failed requests, requests the
+load had to send twice because a kept-alive connection was closed under them, the
+longest time without a successful response, and how many users met the new version
+before it took all traffic.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class DemoRow:
     strategy: str
     requests: int
     failed: int
+    resent: int
     longest_gap_s: float
     exposed_users: int
     duration_s: float
@@ -59,8 +61,9 @@ class DemoRow:
     def as_json(self) -> dict[str, object]:
         return {
             "strategy": self.strategy, "requests": self.requests, "failed": self.failed,
-            "longest_gap_s": round(self.longest_gap_s, 3), "exposed_users": self.exposed_users,
-            "duration_s": round(self.duration_s, 2), "outcome": self.outcome,
+            "resent": self.resent, "longest_gap_s": round(self.longest_gap_s, 3),
+            "exposed_users": self.exposed_users, "duration_s": round(self.duration_s, 2),
+            "outcome": self.outcome,
         }
 
 
@@ -154,5 +157,5 @@ class Demo:
             else:
                 summary = load.summary(new_version=version, until=self.cutover.at)
         outcome = record.phase if record is not None else "succeeded"
-        return DemoRow(name, summary.requests, summary.failed, summary.longest_gap_s,
+        return DemoRow(name, summary.requests, summary.failed, summary.resent, summary.longest_gap_s,
                        summary.exposed_users, duration, outcome)
