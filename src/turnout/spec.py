@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from typing import Annotated, Any, ClassVar, Literal, Self
+from typing import Annotated, ClassVar, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -23,39 +23,8 @@ from pydantic import (
     model_validator,
 )
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(value: object) -> float:
-    """`500ms`, `30s`, `5m`, `1h` or a bare number of seconds -> seconds."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as 500ms, 30s or 5m")
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError("a duration cannot be negative")
-        return float(value)
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if match:
-            return float(match.group(1)) * _UNITS[match.group(2)]
-    raise ValueError(f"expected a duration such as 500ms, 30s or 5m, got {value!r}")
-
-
-_DURATION_SCHEMA: dict[str, Any] = {
-    "anyOf": [
-        {"type": "number", "minimum": 0},
-        {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*(ms|s|m|h)\s*$"},
-    ],
-    "examples": ["500ms", "30s", "5m", 2],
-}
-
-Duration = Annotated[
-    float,
-    BeforeValidator(parse_duration),
-    Field(ge=0),
-    WithJsonSchema(_DURATION_SCHEMA, mode="validation"),
-]
+from turnout.routers.table import MIB, Limits, Timeouts
+from turnout.units import Duration, parse_size
 
 
 class Count(BaseModel):
@@ -125,6 +94,12 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# What instances and test commands take from the deployer's environment unless the spec says
+# otherwise: enough to find programs and speak the user's locale, and no tokens or credentials.
+INHERIT_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
 class Run(_Strict):
     """How to start one instance of the service."""
 
@@ -135,6 +110,11 @@ class Run(_Strict):
     env: dict[str, str] = Field(
         default_factory=dict,
         description="extra environment; PORT and TURNOUT_VERSION are always set",
+    )
+    inherit_env: list[str] = Field(
+        default_factory=lambda: list(INHERIT_ENV),
+        description="names of variables passed on from turnout's own environment; nothing else is "
+        "(instances and blue-green test commands get these, `env` and the TURNOUT_* variables)",
     )
     grace: Duration = Field(default=10.0, description="SIGTERM, then SIGKILL after this long")
 
@@ -148,6 +128,18 @@ class Run(_Strict):
     def _env_text(cls, value: object) -> object:
         if isinstance(value, dict):
             return {k: _numbers_as_text(v) for k, v in value.items()}
+        return value
+
+    @field_validator("inherit_env")
+    @classmethod
+    def _variable_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not _ENV_NAME.match(name):
+                raise ValueError(f"{name!r} is not a variable name (letters, digits, _; no digit first)")
+            if name == "PORT" or name.startswith("TURNOUT_"):
+                raise ValueError(f"{name} is set by turnout for each instance; it cannot be inherited")
+        if len(set(value)) != len(value):
+            raise ValueError("each name may appear once")
         return value
 
 
@@ -178,8 +170,32 @@ class UserKey(_Strict):
     cookie: str | None = Field(default=None, description="cookie holding the user key")
 
 
+DEFAULT_BUFFER = 8 * MIB
+
+
+def parse_buffering(value: object) -> int | None:
+    """`routing.buffer_requests`: false (stream bodies), true (up to 8 MiB) or a size."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return DEFAULT_BUFFER
+    return parse_size(value)
+
+
+BufferSize = Annotated[
+    int | None,
+    BeforeValidator(parse_buffering),
+    WithJsonSchema(
+        {"anyOf": [{"type": "boolean"}, {"type": "integer", "minimum": 0},
+                   {"type": "string", "pattern": r"^\s*\d+\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$"}],
+         "examples": [True, "16MiB"]},
+        mode="validation",
+    ),
+]
+
+
 class Routing(_Strict):
-    """How the router picks an instance for a request."""
+    """How the router picks an instance for a request, and what it holds clients to."""
 
     user_key: UserKey = Field(default_factory=UserKey)
     preview_listen: str | None = Field(
@@ -195,6 +211,18 @@ class Routing(_Strict):
     )
     drain_timeout: Duration = Field(
         default=30.0, description="how long a removed instance may finish its in-flight requests"
+    )
+    limits: Limits = Field(default_factory=Limits, description="header size and count, connections")
+    timeouts: Timeouts = Field(default_factory=Timeouts, description="clients, instances and tunnels")
+    buffer_requests: BufferSize = Field(
+        default=None,
+        description="read whole request bodies before calling the instance (true: up to 8MiB, or a size; "
+        "larger bodies get 413), for apps with few sync workers; default: stream them",
+    )
+    trust_forwarded: bool = Field(
+        default=True,
+        description="keep X-Forwarded-Proto and X-Forwarded-Host a client sent (a TLS terminator in front); "
+        "false replaces them",
     )
 
 

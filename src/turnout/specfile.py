@@ -23,8 +23,9 @@ import yaml
 from pydantic import ValidationError
 
 from turnout.errors import SpecError, UserError
-from turnout.spec import Health, Spec, Strategy, parse_duration, split_address
+from turnout.spec import Health, Spec, Strategy, split_address
 from turnout.spectext import FieldPath, describe_error, dotted, format_duration, plain_spec, show
+from turnout.units import parse_duration
 
 SPEC_NAME = "turnout.yaml"
 PLACEHOLDERS = ("port", "version", "slot")

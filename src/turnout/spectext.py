@@ -16,7 +16,8 @@ from typing import Annotated, Any, Union, get_args, get_origin
 from pydantic import BaseModel, BeforeValidator
 from pydantic.fields import FieldInfo
 
-from turnout.spec import Count, Spec, parse_duration
+from turnout.spec import Count, Spec
+from turnout.units import parse_duration
 
 FieldPath = tuple[str | int, ...]
 

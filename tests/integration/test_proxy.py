@@ -26,7 +26,7 @@ from httptools import HttpRequestParser
 
 from turnout.errors import RouterError
 from turnout.routers.builtin import BuiltinRouter
-from turnout.routers.table import Backend, MatchRule, Pool, RoutingTable, UserKey
+from turnout.routers.table import Backend, MatchRule, Pool, RoutingTable, Timeouts, UserKey
 
 
 class _UpstreamConn(asyncio.Protocol):
@@ -549,13 +549,13 @@ async def test_stop_lets_in_flight_requests_finish(proxy: Running, ups: list[Ups
 
 
 async def test_idle_keepalive_clients_are_closed_busy_ones_are_not(
-    state_dir: Path, ups: list[Upstream], monkeypatch: pytest.MonkeyPatch
+    state_dir: Path, ups: list[Upstream]
 ) -> None:
-    monkeypatch.setenv("TURNOUT_PROXY_IDLE_TIMEOUT", "1")
     router = BuiltinRouter(state_dir, listen="127.0.0.1:0", preview_listen=None)
     await router.ensure_running()
     try:
-        await router.apply(RoutingTable(generation=1, pools=(pool("old", 100, ups[0]),)))
+        await router.apply(RoutingTable(generation=1, pools=(pool("old", 100, ups[0]),),
+                                        timeouts=Timeouts(idle=1.0)))
         port = int(str((await router.health())["listen"]).rsplit(":", 1)[1])
         idle_r, idle_w = await asyncio.open_connection("127.0.0.1", port)
         busy_r, busy_w = await asyncio.open_connection("127.0.0.1", port)

@@ -9,8 +9,9 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from turnout.spec import CommandTest, Count, HttpTest, Spec, parse_duration
+from turnout.spec import CommandTest, Count, HttpTest, Spec
 from turnout.specfile import dump_spec, format_duration, load_spec, parse_spec, spec_json_schema
+from turnout.units import parse_duration
 
 MINIMAL = "service: shop\nrun:\n  command: [python3, app.py, --port, '{port}']\n"
 

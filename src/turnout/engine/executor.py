@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 
@@ -293,7 +293,14 @@ class Executor:
         return RoutingTable(
             generation=generation, pools=tuple(pools), rules=rules,
             user_key=UserKey(header=key.header, cookie=key.cookie), preview=step.preview,
+            **self.table_settings(),
         )
+
+    def table_settings(self) -> dict[str, Any]:
+        """What every table carries from the spec besides pools: limits, timeouts, forwarding."""
+        routing = self.spec.routing
+        return {"limits": routing.limits, "timeouts": routing.timeouts,
+                "buffer_requests": routing.buffer_requests, "trust_forwarded": routing.trust_forwarded}
 
     async def route(self, step: Route) -> None:
         """Apply the table `step` describes, built from the instances that really run."""
@@ -448,7 +455,8 @@ class Executor:
         await self.refresh()
         previous = deployment.previous_revision
         if previous is None:
-            await self.router.apply(RoutingTable(generation=await self._next_generation()))
+            await self.router.apply(RoutingTable(generation=await self._next_generation(),
+                                                 **self.table_settings()))
         else:
             slots = tuple(range(self.spec.instances))
             await self._start(previous, slots)

@@ -15,23 +15,46 @@ LATENCY_BOUNDS: tuple[float, ...] = (
 
 
 class Counters(BaseModel):
-    """Counters for one revision (or cohort) since the router worker started."""
+    """Counters for one revision (or cohort); the router keeps them across worker restarts.
+
+    `requests` counts every request routed to the revision. Each failed one counts once:
+    in `responses_5xx` when the client got a 5xx status (from the instance, or a 503 from
+    the router), else in `connection_errors` (the instance could not be reached or heard
+    from: a 502 or 504 the router answered, or a response cut short). `router_responses`
+    breaks down by status the answers the router made itself (400, 408, 413, 431, 502, 503,
+    504), whatever they count as; `latency` holds only answers from instances.
+    """
 
     model_config = ConfigDict(extra="forbid")
     requests: int = 0
     responses_5xx: int = 0
     connection_errors: int = 0
     latency: list[int] = Field(default_factory=lambda: [0] * (len(LATENCY_BOUNDS) + 1))
+    router_responses: dict[str, int] = Field(default_factory=dict)
 
     def minus(self, earlier: Counters) -> Counters:
-        """The traffic between two readings (a restarted worker resets to zero)."""
-        if self.requests < earlier.requests:
-            return self.model_copy()
+        """The traffic between two readings.
+
+        Counters only grow (the router persists them across worker restarts); should any
+        have gone down all the same (its state folder was wiped), the later reading is
+        taken whole, so a difference is never negative.
+        """
+        pairs = [(self.requests, earlier.requests), (self.responses_5xx, earlier.responses_5xx),
+                 (self.connection_errors, earlier.connection_errors),
+                 *zip(self.latency, earlier.latency, strict=True),
+                 *((n, earlier.router_responses.get(k, 0)) for k, n in self.router_responses.items())]
+        if any(now < before for now, before in pairs) or set(earlier.router_responses) - set(
+            self.router_responses
+        ):
+            return self.model_copy(deep=True)
         return Counters(
             requests=self.requests - earlier.requests,
             responses_5xx=self.responses_5xx - earlier.responses_5xx,
             connection_errors=self.connection_errors - earlier.connection_errors,
             latency=[a - b for a, b in zip(self.latency, earlier.latency, strict=True)],
+            router_responses={k: n - earlier.router_responses.get(k, 0)
+                              for k, n in self.router_responses.items()
+                              if n - earlier.router_responses.get(k, 0)},
         )
 
     @property
@@ -62,6 +85,9 @@ class RouterStats(BaseModel):
     in_flight: dict[str, int] = Field(default_factory=dict)  # per backend id
     # per flag cohort, keyed `<flag>:on` / `<flag>:off`, for the flags the router evaluates
     cohorts: dict[str, Counters] = Field(default_factory=dict)
+    # requests answered before any revision applied: malformed (400), too large (431), too
+    # slow (408), over the connection limit (503), or a router error before routing (502)
+    unrouted: Counters = Field(default_factory=Counters)
 
 
 class Router(Protocol):
@@ -77,9 +103,12 @@ class Router(Protocol):
         """True once no request is in flight to that backend."""
         ...
 
-    async def set_flags(self, state: dict[str, Any], *, evaluate: list[str], header: str) -> None:
+    async def set_flags(self, state: dict[str, Any], *, evaluate: list[str], header: str,
+                        revision: int) -> None:
         """Evaluate `evaluate` (flag names of the Unleash `state` document) for each request's
-        user key, forward the results in `header`, and count cohorts apart; in effect on return."""
+        user key, forward the results in `header`, and count cohorts apart; in effect on return.
+        `revision` is the flag store's revision of `state`; an older one than the router holds
+        is refused with RouterError."""
         ...
 
     async def aclose(self) -> None: ...

@@ -1,7 +1,10 @@
 """The routing table: what a router applies atomically.
 
 Pools per revision with weights and backends, match rules that send chosen users to a
-revision, the user key, and which revision the preview listener serves.
+revision, the user key, which revision the preview listener serves, and the limits and
+timeouts the router holds every client and instance to (the spec's `routing.limits`,
+`routing.timeouts`, `routing.buffer_requests` and `routing.trust_forwarded`, passed on as
+they are so that a router applies them with the table they belong to).
 
 Stickiness contract (every router implements it the same way): a request's user key is
 hashed with MurmurHash3 (32-bit, seed 0, `mmh3.hash(key, signed=False)`) into one of
@@ -15,7 +18,11 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from turnout.units import Duration, Size
+
 BUCKETS = 10_000
+KIB = 1024
+MIB = 1024 * KIB
 
 
 class _Frozen(BaseModel):
@@ -49,12 +56,54 @@ class UserKey(_Frozen):
     cookie: str | None = None
 
 
+class Limits(_Frozen):
+    """What one client may ask of the router; beyond it the router answers and closes."""
+
+    max_header_size: Size = Field(
+        default=32 * KIB, ge=1024, le=16 * MIB,
+        description="request line and headers together; larger heads get 431",
+    )
+    max_headers: int = Field(default=100, ge=1, le=10_000, description="more header lines get 431")
+    max_connections: int = Field(
+        default=4096, ge=1, le=1_000_000,
+        description="open client connections (WebSockets included); more are answered 503 and closed",
+    )
+
+
+class Timeouts(_Frozen):
+    """How long the router waits for each party before it gives up on it."""
+
+    header: Duration = Field(
+        default=10.0, gt=0,
+        description="a request's line and headers, from their first byte (408); a trickle cannot extend it",
+    )
+    idle: Duration = Field(default=75.0, gt=0, description="a keep-alive connection without a request")
+    body: Duration = Field(
+        default=30.0, gt=0, description="the longest silence of a client while it sends a request body (408)"
+    )
+    connect: Duration = Field(default=5.0, gt=0, description="connecting to an instance (then another; 504)")
+    response: Duration = Field(
+        default=60.0, gt=0,
+        description="the longest silence of an instance while a response is due or streams (504, or cut)",
+    )
+    tunnel: Duration = Field(
+        default=3600.0, gt=0, description="the longest silence of a WebSocket or other upgraded connection"
+    )
+
+
 class RoutingTable(_Frozen):
     generation: int = 0
     pools: tuple[Pool, ...] = ()
     rules: tuple[MatchRule, ...] = ()
     user_key: UserKey = UserKey()
     preview: str | None = None  # Revision.id served on the preview listener
+    limits: Limits = Limits()
+    timeouts: Timeouts = Timeouts()
+    buffer_requests: int | None = Field(
+        default=None, ge=0,
+        description="bytes of request body read before the instance is called; None: stream",
+    )
+    trust_forwarded: bool = True  # keep X-Forwarded-Proto/-Host a client sent
 
     def pool(self, revision: str) -> Pool | None:
         return next((p for p in self.pools if p.revision == revision), None)

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from turnout.routers.proxy.files import write_atomic
 from turnout.routers.proxy.flags import SettingsError, parse_settings, save_settings
-from turnout.routers.proxy.server import Proxy
+from turnout.routers.proxy.state import Proxy
 from turnout.routers.table import RoutingTable
 
 TABLE_FILE = "table.json"
@@ -106,6 +106,7 @@ class AdminConn(asyncio.Protocol):
         if path == "/stats" and method == "GET":
             table = proxy.plan.table
             stats = proxy.metrics.snapshot(table.generation, table.backend_ids(), proxy.flags.names)
+            proxy.metrics.save(self.state_dir)  # what anyone saw, a new worker starts from
             return 200, stats.model_dump(mode="json")
         if path == "/table" and method == "GET":
             return 200, proxy.plan.table.model_dump(mode="json")

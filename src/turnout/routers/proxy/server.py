@@ -1,12 +1,19 @@
 """The client side of the data path: one raw `asyncio.Protocol` per client connection.
 
 httptools parses requests; at the end of the headers the request head is rebuilt (hop-by-hop
-headers dropped, `X-Forwarded-For` extended, chunked bodies re-framed) and handed to an
-`Exchange`. Pipelined requests queue behind the current exchange and reading from the client
-pauses until they are served, so responses go back in order. `Proxy` is the worker-wide
-state: the compiled plan in effect (swapped as one reference), counters and the idle pool.
-When flags are evaluated (`proxy.flags`), the request's cohort adds its header line to the
-head (any such header the client sent is dropped) and its counters to the exchange.
+headers dropped, `X-Forwarded-For` extended, `X-Forwarded-Proto`/`-Host` added, chunked bodies
+re-framed) and handed to an `Exchange`, or to an `Answer` when the router answers itself
+(431 for a head over the limits, 405 for CONNECT, 502 when routing itself failed). Pipelined
+requests queue behind the current exchange and reading from the client pauses until they
+are served, so responses go back in order. When flags are evaluated (`proxy.flags`), the
+request's cohort adds its header line to the head and its counters to the exchange.
+
+Limits cost almost nothing per request: the bytes of a head are charged against
+`head_left` before httptools sees them (so an endless header is cut at the limit instead of
+buffered), and the exact size and count are checked on the joined head that is built anyway.
+Deadlines are kept by `Proxy.sweep` (see `proxy.sweep`), not by a timer per connection.
+An `Upgrade` other than `h2c` is forwarded; the instance's `101` turns both connections
+into a `Tunnel`. An `h2c` offer is ignored and answered as HTTP/1.1.
 """
 
 from __future__ import annotations
@@ -14,120 +21,26 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from time import perf_counter
-from typing import Any, cast
+from typing import cast
 
-from httptools import HttpParserError, HttpRequestParser
+from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 
-from turnout.flags import FlagState
-from turnout.routers.proxy.balancer import Plan
-from turnout.routers.proxy.exchange import BP_PENDING, BP_UPSTREAM, Exchange, canned
-from turnout.routers.proxy.flags import FlagPlan, empty_settings
-from turnout.routers.proxy.metrics import Metrics
-from turnout.routers.proxy.upstream import ConnPool
-from turnout.routers.table import RoutingTable
+from turnout.routers.proxy.exchange import BP_PENDING, BP_UPSTREAM, Answer, Exchange
+from turnout.routers.proxy.state import HOP_BY_HOP, Proxy
 
-HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"content-length",
-        b"x-forwarded-for",
-    }
-)
 BP_PIPELINE = 4  # client reading paused: requests are queued behind the current one
-IDLE_TIMEOUT = 75.0  # seconds a keep-alive client may sit without a request before it is closed
-SWEEPS_PER_TIMEOUT = 5  # idle clients are found by a sweep, not by a timer per connection
-RESPONSE_400 = canned(400, b"Bad Request")
+BP_UPGRADE = 8  # client reading paused: an upgrade waits for the instance's answer
+NOT_IN_HEAD = 1 << 62  # `head_left` while no request head is being read
+PROTO_LINE = b"X-Forwarded-Proto: http\r\n"
 
-
-class Proxy:
-    """Worker-wide state shared by every connection."""
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        table: RoutingTable,
-        flags: tuple[dict[str, Any], FlagState] | None = None,
-        *,
-        idle_timeout: float = IDLE_TIMEOUT,
-    ) -> None:
-        """`flags`: the flag settings and their compiled state (default: none evaluated)."""
-        self.loop = loop
-        self.sweep_every = idle_timeout / SWEEPS_PER_TIMEOUT
-        self.metrics = Metrics()
-        self.conns = ConnPool()
-        self.clients: set[ClientConn] = set()
-        self.draining = False
-        self.all_closed = asyncio.Event()  # set once draining and no client is left
-        self.addresses: dict[str, str] = {}  # listener name -> bound host:port
-        if flags is None:
-            settings = empty_settings()
-            flags = settings, FlagState.from_json(settings["state"])
-        self.plan = Plan.compile(table)
-        self.flags: FlagPlan
-        self.flagging: FlagPlan | None  # `flags` while it evaluates any flag, else None
-        self.drop: frozenset[bytes]  # request headers not forwarded
-        self.set_flags(*flags)
-        self.conns.retain(self.plan.addresses)
-        loop.call_later(self.sweep_every, self.sweep)
-
-    def sweep(self) -> None:
-        """Close keep-alive clients that sent nothing for a whole idle timeout.
-
-        A request in progress is never idle. A client counts one tick per sweep without
-        data and goes at the sweep after it has been quiet for the whole timeout (so
-        between one timeout and one timeout plus a sweep after its last byte).
-        """
-        for client in list(self.clients):
-            if client.current is not None:
-                client.idle = 0
-                continue
-            client.idle += 1
-            if client.idle > SWEEPS_PER_TIMEOUT:
-                client.close()
-        if not self.draining:
-            self.loop.call_later(self.sweep_every, self.sweep)
-
-    def swap(self, table: RoutingTable) -> None:
-        """Put `table` in effect: compile first, then replace one reference."""
-        plan = Plan.compile(table)
-        plan.drop = self.drop
-        self.plan = plan
-        self.conns.retain(plan.addresses)
-
-    def set_flags(self, settings: dict[str, Any], state: FlagState) -> None:
-        """Put flag settings in effect (`state` is `settings["state"]` compiled)."""
-        flags = FlagPlan(settings, state, self.metrics.combo)
-        self.drop = HOP_BY_HOP | {flags.lheader}
-        self.flags = flags
-        self.flagging = flags if flags.names else None
-        self.plan.drop = self.drop
-
-    def drain(self) -> None:
-        """Stop serving new requests; idle client connections close now."""
-        self.draining = True
-        for client in list(self.clients):
-            if client.current is None:
-                client.close()
-        self.forget(None)
-
-    def forget(self, client: ClientConn | None) -> None:
-        if client is not None:
-            self.clients.discard(client)
-        if self.draining and not self.clients:
-            self.all_closed.set()
+__all__ = ["HOP_BY_HOP", "ClientConn", "Proxy"]
 
 
 class ClientConn(asyncio.Protocol):
     __slots__ = (
-        "chunked", "closed", "current", "drop", "headers", "idle", "length", "parser", "paused", "peer",
-        "preview", "proxy", "queue", "receiving", "started", "transport", "url", "want",
-        "wanted", "write_paused", "xff", "xff_line",
+        "chunked", "closed", "connection", "current", "drop", "head_left", "headers", "idle", "in_head",
+        "length", "parser", "paused", "peer", "preview", "proxy", "queue", "receiving", "started",
+        "transport", "upgrade", "url", "want", "wanted", "write_paused", "xff", "xff_line",
     )
 
     def __init__(self, proxy: Proxy, *, preview: bool = False) -> None:
@@ -141,10 +54,13 @@ class ClientConn(asyncio.Protocol):
         self.idle = 0  # sweeps since the client last sent anything
         self.paused = 0
         self.write_paused = False
-        self.current: Exchange | None = None
-        self.receiving: Exchange | None = None
-        self.queue: deque[Exchange] = deque()
+        self.head_left = proxy.max_head  # head bytes still allowed; < 0: take no more bytes
+        self.in_head = False  # a request head has begun and is not complete
+        self.current: Exchange | Answer | None = None
+        self.receiving: Exchange | Answer | None = None
+        self.queue: deque[Exchange | Answer] = deque()
         self.on_message_begin()
+        self.in_head = False
 
     # --- asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -153,16 +69,45 @@ class ClientConn(asyncio.Protocol):
         if isinstance(peer, tuple) and peer:
             self.peer = str(peer[0]).encode()
             self.xff_line = b"X-Forwarded-For: %s\r\n" % self.peer
-        self.proxy.clients.add(self)
+        proxy = self.proxy
+        if proxy.connections() >= proxy.max_connections:
+            self.head_left = -1
+            self._refuse_now(self._answer(503, "over the connection limit"))
+            return
+        proxy.clients.add(self)
 
     def data_received(self, data: bytes) -> None:
         self.idle = 0
+        if len(data) > self.head_left:
+            self._limited(data)
+            return
+        self.head_left -= len(data)
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
+        except HttpParserUpgrade as exc:
+            self._upgraded(data, int(exc.args[0]))
+        except HttpParserCallbackError as exc:
+            self._internal_error(exc.__context__ or exc)
         except HttpParserError:
-            if self.current is None:
-                self.write(RESPONSE_400)
-            self.close()
+            self._refuse(400, "malformed request")
+
+    def _limited(self, data: bytes) -> None:
+        """`data` is more than the head in progress may still take: feed what it may take,
+        then carry on if the head ended within it, else answer 431."""
+        allowed = self.head_left
+        if allowed < 0:  # the parser takes nothing more: an answer ends this connection
+            return
+        self.head_left = 0
+        self._feed(data[:allowed])
+        if self.head_left < 0 or self.closed:
+            return
+        if self.head_left == 0:
+            self._refuse(431, "request head over the size limit")
+        else:
+            self.data_received(data[allowed:])
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -185,6 +130,7 @@ class ClientConn(asyncio.Protocol):
     # --- httptools callbacks
     def on_message_begin(self) -> None:
         self.started = perf_counter()  # uvloop's clock ticks in milliseconds
+        self.in_head = True
         self.url = b""
         self.headers: list[bytes] = []  # name, b": ", value, CRLF, ... joined once
         plan = self.proxy.plan
@@ -194,6 +140,8 @@ class ClientConn(asyncio.Protocol):
         self.xff: bytes | None = None
         self.length: bytes | None = None
         self.chunked = False
+        self.connection: bytes | None = None
+        self.upgrade: bytes | None = None
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -207,29 +155,22 @@ class ClientConn(asyncio.Protocol):
                 self.length = value
             elif lname == b"transfer-encoding":
                 self.chunked = b"chunked" in value.lower()
+            elif lname == b"connection":
+                self.connection = value
+            elif lname == b"upgrade":
+                self.upgrade = value
             return
         self.headers += (name, b": ", value, b"\r\n")
         if lname in self.want:
             self.wanted[lname] = value
 
     def on_headers_complete(self) -> None:
-        plan = self.proxy.plan
-        parser = self.parser
-        method: bytes = parser.get_method()
-        flags = self.proxy.flagging
-        if flags is None:
-            pool = plan.preview if self.preview else plan.route_keyed(self.wanted)[0]
-            exchange = Exchange(self, plan, pool, method, self._head(method))
-        else:
-            pool, key = plan.route_keyed(self.wanted)
-            if self.preview:
-                pool = plan.preview
-            cache = flags.cache
-            cohort = cache.get(key) if key is not None and cache is not None else None
-            if cohort is None:
-                cohort = flags.cohort(key, self.peer)
-            self.headers.append(cohort.line)
-            exchange = Exchange(self, plan, pool, method, self._head(method), cohort=cohort)
+        self.head_left = NOT_IN_HEAD
+        self.in_head = False
+        try:
+            exchange = self._exchange()
+        except Exception as exc:  # a bug in routing: answered 502 and counted, never 400
+            exchange = self._answer(502, "router error", error=exc)
         self.receiving = exchange
         if self.current is None:
             self.current = exchange
@@ -238,38 +179,134 @@ class ClientConn(asyncio.Protocol):
             self.queue.append(exchange)
             self.pause(BP_PIPELINE)
 
-    def _head(self, method: bytes) -> bytes:
+    def _exchange(self) -> Exchange | Answer:
+        proxy = self.proxy
+        plan = proxy.plan
+        parser = self.parser
+        headers = b"".join(self.headers)
+        if len(headers) + len(self.url) > proxy.max_head or len(self.headers) > proxy.max_header_items:
+            return self._answer(431, "request head over the limits")
+        method: bytes = parser.get_method()
+        if method == b"CONNECT":
+            return self._answer(405, "CONNECT is not proxied")
+        keep_alive = bool(parser.should_keep_alive())
+        http10 = (not keep_alive or self.connection is not None) and parser.get_http_version() == "1.0"
+        upgrade = self._upgrade_lines() if self.upgrade is not None and not http10 else b""
+        flags = proxy.flagging
+        if flags is None:
+            pool = plan.preview if self.preview else plan.route_keyed(self.wanted)[0]
+            cohort = None
+        else:
+            pool, key = plan.route_keyed(self.wanted)
+            if self.preview:
+                pool = plan.preview
+            cache = flags.cache
+            cohort = cache.get(key) if key is not None and cache is not None else None
+            if cohort is None:
+                cohort = flags.cohort(key, self.peer)
+            headers += cohort.line
+        head = self._head(method, headers, upgrade)
+        exchange = Exchange(self, plan, pool, method, head, keep_alive=keep_alive, cohort=cohort)
+        if http10 or upgrade:
+            exchange.http10 = http10
+            exchange.upgrade = bool(upgrade)
+            exchange.keep_alive = keep_alive and not upgrade  # a declined upgrade ends the connection
+        return exchange
+
+    def _upgrade_lines(self) -> bytes:
+        """The upgrade to forward: any protocol the client offers but `h2c`, which is dropped
+        (the request is then served as HTTP/1.1, as RFC 9113 lets a server do)."""
+        upgrade = self.upgrade or b""
+        connection = (self.connection or b"").lower()
+        if b"upgrade" not in connection or upgrade.strip().lower() == b"h2c":
+            return b""
+        return b"Connection: Upgrade\r\nUpgrade: %s\r\n" % upgrade
+
+    def _head(self, method: bytes, headers: bytes, upgrade: bytes) -> bytes:
         xff = self.xff_line
         if self.xff is not None:
             xff = b"X-Forwarded-For: %s, %s\r\n" % (self.xff, self.peer)
+        wanted = self.wanted
+        host = wanted.get(b"host")
+        if host is None:  # an HTTP/1.0 client: instances speaking HTTP/1.1 want a Host
+            host = self.proxy.host_of(self.preview)
+            xff += b"Host: %s\r\n" % host
+        if b"x-forwarded-proto" not in wanted:
+            xff += PROTO_LINE
+        if b"x-forwarded-host" not in wanted:
+            xff += b"X-Forwarded-Host: %s\r\n" % host
         if self.chunked:
             framing = b"Transfer-Encoding: chunked\r\n"
         elif self.length is not None:
             framing = b"Content-Length: %s\r\n" % self.length
         else:
             framing = b""
-        return b"%s %s HTTP/1.1\r\n%s%s%s\r\n" % (
-            method, self.url, b"".join(self.headers), xff, framing
-        )
+        return b"%s %s HTTP/1.1\r\n%s%s%s%s\r\n" % (method, self.url, headers, xff, upgrade, framing)
 
     def on_body(self, body: bytes) -> None:
         if self.receiving is not None:
             self.receiving.body(body)
 
     def on_message_complete(self) -> None:
+        self.head_left = self.proxy.max_head
         exchange = self.receiving
         if exchange is not None:
-            if exchange.chunked:
+            if exchange.chunked or exchange.deferred:
                 exchange.request_complete()
             else:
                 exchange.complete = True  # request_complete, inlined for the usual case
 
-    # --- used by exchanges
+    # --- answers the router makes itself
+    def _answer(self, status: int, reason: str, *, error: BaseException | None = None) -> Answer:
+        return Answer(self, status, self.proxy.metrics.unrouted, reason, error=error)
+
+    def _refuse(self, status: int, reason: str) -> None:
+        """Answer `status` after the responses already due, then close; read nothing more."""
+        self.head_left = -1
+        self.in_head = False
+        answer = self._answer(status, reason)
+        if self.current is None:
+            self._refuse_now(answer)
+        else:
+            self.queue.append(answer)
+            self.pause(BP_PIPELINE)
+
+    def _internal_error(self, error: BaseException) -> None:
+        """An exception in our own parser callbacks: 502 (or a cut, if an answer has begun)."""
+        self.head_left = -1
+        self.queue.clear()
+        current = self.current
+        if current is None:
+            self._refuse_now(self._answer(502, "router error", error=error))
+        else:
+            current.fail(error)
+
+    def _refuse_now(self, answer: Answer) -> None:
+        self.current = answer
+        answer.start()
+
+    def _upgraded(self, data: bytes, offset: int) -> None:
+        """The parser stopped after a request offering an upgrade (or a CONNECT)."""
+        exchange = self.receiving
+        rest = data[offset:]
+        if isinstance(exchange, Exchange) and exchange.upgrade:
+            exchange.early = rest  # bytes the client sent before the instance said yes
+            self.head_left = -1
+            self.pause(BP_UPGRADE)
+            return
+        if isinstance(exchange, Answer):
+            self.head_left = -1
+            return
+        self.parser = HttpRequestParser(self)  # not taken (h2c): carry on with HTTP/1.1
+        if rest:
+            self.data_received(rest)
+
+    # --- used by exchanges, tunnels and the sweep
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
             self.transport.write(data)
 
-    def exchange_done(self, exchange: Exchange, close: bool) -> None:
+    def exchange_done(self, exchange: Exchange | Answer, close: bool) -> None:
         if exchange is not self.current:
             return
         if self.paused:
@@ -285,6 +322,21 @@ class ClientConn(asyncio.Protocol):
             self.current = None
             if self.paused:
                 self.resume(BP_PIPELINE)
+
+    def tunnelled(self) -> None:
+        """Both connections now belong to a tunnel: this protocol gets no more callbacks."""
+        self.closed = True
+        self.current = None
+        self.queue.clear()
+        self.proxy.clients.discard(self)
+
+    def head_timeout(self) -> None:
+        """The head in progress took longer than `timeouts.header`."""
+        if self.current is None:
+            self._refuse(408, "request head not received in time")
+        else:
+            self.proxy.note(408, self.peer, "pipelined request head not received in time")
+            self.close()
 
     def pause(self, flag: int) -> None:
         if not self.paused and self.transport is not None and not self.closed:

@@ -3,8 +3,11 @@
 Response bytes are forwarded to the client exactly as they arrive; the httptools response
 parser only finds the status, whether the connection may be kept, and the end of the
 message. A HEAD response ends with its headers (the parser is replaced, since it would wait
-for the announced body). Idle connections are pooled per backend address, capped, and
-dropped when their backend leaves the table or the backend closes them.
+for the announced body). For an HTTP/1.0 client an `Http10Response` takes the parser's
+callbacks instead and writes the response re-framed. A `101` answer stops the parser
+(`HttpParserUpgrade`) and is handed over whole to the exchange, which makes a tunnel.
+Idle connections are pooled per backend address, capped, and dropped when their backend
+leaves the table or the backend closes them.
 """
 
 from __future__ import annotations
@@ -13,11 +16,11 @@ import asyncio
 import re
 from typing import Protocol, cast
 
-from httptools import HttpParserError, HttpResponseParser
+from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
 from turnout.routers.proxy.balancer import BackendRef
+from turnout.routers.proxy.http10 import Http10Response, Http10Sink
 
-CONNECT_TIMEOUT = 5.0
 MAX_IDLE_PER_BACKEND = 64
 NO_BODY_STATUSES = frozenset({204, 304})
 FRAMING = re.compile(rb"\r\n(?:content-length|transfer-encoding)[ \t]*:", re.IGNORECASE)
@@ -34,6 +37,8 @@ class Sink(Protocol):
 
     def upstream_lost(self, conn: UpstreamConn) -> None: ...
 
+    def upgraded(self, data: bytes, conn: UpstreamConn) -> None: ...
+
     def pause_client(self) -> None: ...
 
     def resume_client(self) -> None: ...
@@ -44,7 +49,7 @@ class UpstreamConn(asyncio.Protocol):
 
     __slots__ = (
         "address", "closed", "done", "got_bytes", "head", "head_bytes", "interim", "keep_alive",
-        "parser", "pool", "read_paused", "reused", "sink", "status", "transport",
+        "parser", "pool", "quiet", "read_paused", "reused", "rewriter", "sink", "status", "transport",
     )
 
     def __init__(self, pool: ConnPool, address: str) -> None:
@@ -56,11 +61,21 @@ class UpstreamConn(asyncio.Protocol):
         self.reused = False
         self.closed = False
         self.read_paused = False
-        self.attach(None, False)
+        self.quiet = 0  # sweeps without a byte from the instance (see `proxy.state`)
+        self.rewriter: Http10Response | None = None
+        self.attach(None, False, None)
 
-    def attach(self, sink: Sink | None, head: bool) -> None:
-        """Serve the exchange `sink` (one whose request is HEAD if `head`)."""
+    def attach(self, sink: Sink | None, head: bool, http10: Http10Sink | None) -> None:
+        """Serve the exchange `sink` (one whose request is HEAD if `head`); `http10` is given
+        for an HTTP/1.0 client, whose response is then re-framed for it."""
+        if http10 is not None:
+            self.rewriter = Http10Response(self, http10)
+            self.parser = HttpResponseParser(self.rewriter)
+        elif self.rewriter is not None:
+            self.rewriter = None
+            self.parser = HttpResponseParser(self)
         self.sink = sink
+        self.quiet = 0
         self.head = head
         self.got_bytes = False
         self.done = False
@@ -109,18 +124,37 @@ class UpstreamConn(asyncio.Protocol):
             self.close()
             return
         self.got_bytes = True
+        self.quiet = 0
         if not self.status:
             self.head_bytes += data
+        rewriter = self.rewriter
         try:
             self.parser.feed_data(data)
+        except HttpParserUpgrade as exc:
+            self._upgraded(sink, data, int(exc.args[0]))
+            return
         except HttpParserError:
             self.close()  # connection_lost reports it to the sink
+            return
+        if rewriter is not None:  # it wrote what the client gets
+            if self.done:
+                self.sink = None
+                sink.response_done(self)
             return
         if self.done:
             self.sink = None
             sink.response_end(data, self)
         else:
             sink.response_data(data)
+
+    def _upgraded(self, sink: Sink, data: bytes, offset: int) -> None:
+        """The parser stopped at the end of a `101` head; the bytes after it are the new protocol's."""
+        if self.status != 101 or self.rewriter is not None:
+            self.close()  # connection_lost reports it to the sink
+            return
+        self.sink = None
+        self.done = True
+        sink.upgraded(data, self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -146,6 +180,10 @@ class UpstreamConn(asyncio.Protocol):
     # httptools callbacks (no on_header: headers are forwarded raw, never looked at one by one)
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
+        if status == 101:  # switching protocols: the parser stops right after this head
+            self.status = 101
+            self.keep_alive = False
+            return
         if status < 200:
             self.interim += 1
             return  # an interim response (100 Continue): the final one follows
@@ -197,12 +235,13 @@ class ConnPool:
         if conns and conn in conns:
             conns.remove(conn)
 
-    async def connect(self, backend: BackendRef) -> UpstreamConn:
+    async def connect(self, backend: BackendRef, *, within: float) -> UpstreamConn:
+        """A new connection to `backend`; TimeoutError after `within` seconds, OSError if refused."""
         loop = asyncio.get_running_loop()
         address = backend.address
         _, conn = await asyncio.wait_for(
             loop.create_connection(lambda: UpstreamConn(self, address), backend.host, backend.port),
-            CONNECT_TIMEOUT,
+            within,
         )
         return conn
 

@@ -1,8 +1,9 @@
 """The proxy worker process: serves the sockets its supervisor hands it, on uvloop.
 
-It loads the persisted table and flag settings, serves the public listener, the optional preview listener and
-the admin socket until SIGTERM/SIGINT, then stops accepting, lets in-flight requests finish
-(bounded by `DRAIN_SECONDS`) and exits. If the supervisor dies, the kernel sends it SIGTERM.
+It loads the persisted table, flag settings and counters, serves the public listener, the
+optional preview listener and the admin socket until SIGTERM/SIGINT, then stops accepting,
+lets in-flight requests finish (bounded by `DRAIN_SECONDS`), closes tunnels, saves its
+counters and exits. If the supervisor dies, the kernel sends it SIGTERM.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import contextlib
 import ctypes
 import gc
 import logging
-import os
+import resource
 import signal
 import socket
 from pathlib import Path
@@ -22,7 +23,8 @@ import uvloop
 
 from turnout.routers.proxy.admin import AdminConn, load_table
 from turnout.routers.proxy.flags import load_settings
-from turnout.routers.proxy.server import IDLE_TIMEOUT, ClientConn, Proxy
+from turnout.routers.proxy.server import ClientConn
+from turnout.routers.proxy.state import Proxy
 
 DRAIN_SECONDS = 5.0
 GC_THRESHOLD = 20_000
@@ -39,6 +41,16 @@ def _die_with_parent() -> None:
         pass
 
 
+def _more_files() -> None:
+    """Raise the soft limit on open files to the hard one: each client may need two."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open files limit from %d: %s", soft, exc)
+
+
 def _address(sock: socket.socket) -> str:
     host, port = sock.getsockname()[:2]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -46,8 +58,8 @@ def _address(sock: socket.socket) -> str:
 
 async def serve(listen_fd: int, preview_fd: int | None, admin_fd: int, state_dir: Path) -> None:
     loop = asyncio.get_running_loop()
-    idle = float(os.environ.get("TURNOUT_PROXY_IDLE_TIMEOUT") or IDLE_TIMEOUT)
-    proxy = Proxy(loop, load_table(state_dir), load_settings(state_dir), idle_timeout=idle)
+    proxy = Proxy(loop, load_table(state_dir), load_settings(state_dir))
+    proxy.metrics.load(state_dir)
     public = socket.socket(fileno=listen_fd)
     proxy.addresses["listen"] = _address(public)
     servers = [await loop.create_server(lambda: ClientConn(proxy), sock=public, backlog=1024)]
@@ -79,7 +91,10 @@ async def serve(listen_fd: int, preview_fd: int | None, admin_fd: int, state_dir
         await asyncio.wait_for(proxy.all_closed.wait(), DRAIN_SECONDS)
     for client in list(proxy.clients):
         client.abort()
+    for tunnel in list(proxy.tunnels):
+        tunnel.close()
     proxy.conns.close_all()
+    proxy.metrics.save(state_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
     _die_with_parent()
+    _more_files()
     uvloop.run(serve(args.listen_fd, args.preview_fd, args.admin_fd, args.state_dir))
     return 0
 
