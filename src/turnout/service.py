@@ -133,7 +133,9 @@ class Session:
         if self.spec.strategy.kind == "feature-toggle" and self.spec.strategy.flag:
             evaluate = list(dict.fromkeys([*evaluate, self.spec.strategy.flag]))
         header = self.spec.routing.flags_header
-        await self.router.set_flags(self.flags.state(), evaluate=evaluate, header=header)
+        state = self.flags.state()  # its meta.revision is read in the same transaction
+        await self.router.set_flags(state, evaluate=evaluate, header=header,
+                                    revision=state["meta"]["revision"])
 
     def new_executor(self) -> Executor:
         self.executor = Executor(

@@ -220,7 +220,8 @@ class FakeRouter:
 
     `count()` adds traffic once; `flow()` adds traffic at every `stats()` reading, like
     live load between two looks of a gate; a name `flag:<flag>:on` counts a flag cohort.
-    Backends in `busy` never drain. `flag_pushes` keeps every `set_flags` call.
+    Backends in `busy` never drain. `flag_pushes` keeps every `set_flags` call taken and
+    `flag_revisions` their revisions; one older than the last is refused like the proxy does.
     """
 
     def __init__(self, *, journal: Journal | None = None) -> None:
@@ -233,6 +234,7 @@ class FakeRouter:
         self.stats_reads = 0
         self.closed = False
         self.flag_pushes: list[tuple[dict[str, Any], list[str], str]] = []
+        self.flag_revisions: list[int] = []
 
     async def apply(self, table: RoutingTable) -> None:
         await asyncio.sleep(0)
@@ -261,9 +263,13 @@ class FakeRouter:
                      if r.startswith("flag:")},
         )
 
-    async def set_flags(self, state: dict[str, Any], *, evaluate: list[str], header: str) -> None:
+    async def set_flags(self, state: dict[str, Any], *, evaluate: list[str], header: str,
+                        revision: int) -> None:
         await asyncio.sleep(0)
+        if self.flag_revisions and revision < self.flag_revisions[-1]:
+            raise RouterError(f"flag revision {revision} is older than {self.flag_revisions[-1]}")
         self.flag_pushes.append((state, evaluate, header))
+        self.flag_revisions.append(revision)
 
     async def drained(self, backend_id: str) -> bool:
         return backend_id not in self.busy

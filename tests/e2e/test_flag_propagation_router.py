@@ -50,7 +50,9 @@ async def test_changes_reach_the_router_and_the_client_within_a_second(
     store = FlagStore.open(f"sqlite:///{tmp_path / '.turnout' / 'state.db'}")
     token = store.create_token("propagation", "client")
     store.create(FLAG, who="setup")
-    await router.set_flags(store.state(), evaluate=["new-checkout"], header="X-Turnout-Flags")
+    state = store.state()
+    await router.set_flags(state, evaluate=["new-checkout"], header="X-Turnout-Flags",
+                           revision=state["meta"]["revision"])
     server = ServerProcess.start(f"sqlite:///{tmp_path / '.turnout' / 'state.db'}", cwd=tmp_path)
     client = FlagClient(server.url, token)
     client.start()

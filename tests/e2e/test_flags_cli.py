@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from turnout.flags.store import FlagStore
+from turnout.routers.builtin import BuiltinRouter
 
 SPEC = "service: shop\nrun:\n  command: [python3, app.py, --port, '{port}']\n"
 
@@ -152,3 +158,77 @@ def test_spec_option_database_url_and_router_push(folder: Path,
     with FlagStore.open(url) as store:
         assert [f.name for f in store.flags()] == ["checkout", "search"]
     refused(turnout(elsewhere, "flags", "list"), "turnout.yaml")
+
+
+@pytest.fixture
+async def routed() -> AsyncIterator[tuple[Path, BuiltinRouter]]:
+    """A spec folder (short path: unix sockets) whose builtin router really runs."""
+    folder = Path(tempfile.mkdtemp(prefix="tfc-"))
+    (folder / "turnout.yaml").write_text(SPEC)
+    (folder / "flags.yaml").write_text(FLAGS)
+    router = BuiltinRouter(folder / ".turnout" / "router", listen="127.0.0.1:0",
+                           preview_listen=None)
+    await router.ensure_running()
+    try:
+        yield folder, router
+    finally:
+        await router.stop()
+        await router.aclose()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+async def test_a_change_the_router_refuses_exits_1_saying_the_store_has_it(
+    routed: tuple[Path, BuiltinRouter],
+) -> None:
+    folder, router = routed
+    # the router holds flag revision 50, fed from another state database than this one
+    other = {"version": 2, "features": [], "segments": [], "meta": {"revision": 50}}
+    await router.set_flags(other, evaluate=["checkout"], header="X-Turnout-Flags", revision=50)
+    result = await asyncio.to_thread(turnout, folder, "flags", "create", "-f", "flags.yaml")
+    assert result.returncode == 1, f"{result.stdout}\n{result.stderr}"
+    message = " ".join(result.stderr.split())
+    for words in ("the flag store has the change (revision 2)", "refused it",
+                  "holds flag revision 50", "TURNOUT_DATABASE_URL", "flags.json", "turnout deploy"):
+        assert words in message, message
+    assert "Traceback" not in result.stderr
+    assert [f["name"] for f in state_of(folder)["features"]] == ["checkout", "search"]
+    assert (await router.flags())["state"] == other
+    again = await asyncio.to_thread(turnout, folder, "flags", "push")
+    assert again.returncode == 1 and "holds flag revision 50" in " ".join(again.stderr.split())
+    # what the message says to do: stop the router, delete its flags, start it again
+    await router.stop()
+    (folder / ".turnout" / "router" / "flags.json").unlink()
+    await router.ensure_running()
+    assert "flag revision 2" in ok(await asyncio.to_thread(turnout, folder, "flags", "push"))
+    assert (await router.flags())["revision"] == 2
+    ok(await asyncio.to_thread(turnout, folder, "flags", "enable", "search"))
+    settings = await router.flags()
+    assert settings["revision"] == 3
+    assert [f["enabled"] for f in settings["state"]["features"]] == [True, True]
+
+
+async def test_a_router_that_cannot_take_the_state_exits_1_and_says_what_to_do(
+    routed: tuple[Path, BuiltinRouter],
+) -> None:
+    folder, router = routed
+    ok(await asyncio.to_thread(turnout, folder, "flags", "create", "-f", "flags.yaml"))
+    assert (await router.flags())["revision"] == 2
+    # a router that stops answering (SIGSTOP of its supervisor and worker) until the CLI gives up
+    worker = int(str((await router.health())["pid"]))
+    supervisor = router.pid()
+    assert supervisor is not None
+    for pid in (supervisor, worker):
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        result = await asyncio.to_thread(turnout, folder, "flags", "disable", "checkout")
+    finally:
+        for pid in (worker, supervisor):
+            os.kill(pid, signal.SIGCONT)
+    assert result.returncode == 1, f"{result.stdout}\n{result.stderr}"
+    message = " ".join(result.stderr.split())
+    for words in ("the flag store has the change (revision 3)", "did not take it", "timed out",
+                  "proxy.log", "`turnout flags push`"):
+        assert words in message, message
+    assert state_of(folder)["meta"]["revision"] == 3
+    ok(await asyncio.to_thread(turnout, folder, "flags", "push"))
+    assert (await router.flags())["revision"] == 3

@@ -2,7 +2,8 @@
 
 The proxy evaluates flags per request for the user key, forwards the results in a header
 the client cannot forge, counts each flag's on and off cohorts apart, keeps its settings
-across a killed worker, and takes new states from `push_to_router`.
+across a killed worker, takes new states from `push_to_router`, and refuses (409) a state
+older than the flag revision in effect, before and after a worker restart.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from tests.integration.test_proxy import (  # fixtures are used by name
 
 from turnout.errors import RouterError
 from turnout.flags import FlagState, evaluate
-from turnout.flags.push import push_to_router
+from turnout.flags.push import RouterHasNewer, push_to_router
 from turnout.routers.base import Counters
 from turnout.routers.builtin import BuiltinRouter
 from turnout.routers.table import Backend, Pool, RoutingTable, UserKey
@@ -84,7 +85,7 @@ async def test_header_matches_the_engine_for_500_users(proxy: Running, ups: list
     await proxy.router.apply(keyed_table(pool("old", 100, old)))
     doc = state(flag("checkout"), flag("banner", rollout=50, users=()))
     names = ["checkout", "banner"]
-    await proxy.router.set_flags(doc, evaluate=names, header=HEADER)
+    await proxy.router.set_flags(doc, evaluate=names, header=HEADER, revision=1)
     compiled = FlagState.from_json(doc)
     users = ["alice", "bob", *(f"user-{i}" for i in range(498))]
     on = 0
@@ -110,7 +111,7 @@ async def test_a_client_sent_flags_header_is_replaced(proxy: Running, ups: list[
     old, _, _ = ups
     await proxy.router.apply(keyed_table(pool("old", 100, old)))
     await proxy.router.set_flags(state(flag("checkout", rollout=0)), evaluate=["checkout"],
-                                 header=HEADER)
+                                 header=HEADER, revision=1)
     async with httpx.AsyncClient(timeout=5) as client:
         forged = await seen_flags(client, proxy.url, "mallory", **{HEADER.lower(): "checkout=on"})
         assert forged == ["checkout=off"]
@@ -159,7 +160,7 @@ async def test_cohorts_count_requests_and_5xx_apart(proxy: Running, failing: Fai
     await proxy.router.apply(keyed_table(Pool(revision="app", version="app", weight=100,
                                               backends=backends)))
     doc = state(flag("checkout", rollout=40, users=()))
-    await proxy.router.set_flags(doc, evaluate=["checkout"], header=HEADER)
+    await proxy.router.set_flags(doc, evaluate=["checkout"], header=HEADER, revision=1)
     compiled = FlagState.from_json(doc)
     statuses: dict[str, list[int]] = {"on": [], "off": []}
     async with httpx.AsyncClient(timeout=5) as client:
@@ -183,16 +184,19 @@ async def test_switching_a_flag_off_holds_for_the_very_next_request(
 ) -> None:
     old, _, _ = ups
     await proxy.router.apply(keyed_table(pool("old", 100, old)))
-    await proxy.router.set_flags(state(flag("checkout")), evaluate=["checkout"], header=HEADER)
+    await proxy.router.set_flags(state(flag("checkout")), evaluate=["checkout"], header=HEADER,
+                                 revision=1)
     async with httpx.AsyncClient(timeout=5) as client:
         for revision in range(2, 12):  # the same keep-alive connection throughout
             enabled = revision % 2 == 1
             doc = state(flag("checkout", enabled=enabled), revision=revision)
-            await proxy.router.set_flags(doc, evaluate=["checkout"], header=HEADER)
+            await proxy.router.set_flags(doc, evaluate=["checkout"], header=HEADER,
+                                         revision=revision)
             want = "checkout=on" if enabled else "checkout=off"
             assert await seen_flags(client, proxy.url, "alice") == [want]
-        # leaving out `evaluate` and `header` keeps them
-        await proxy.router.set_flags(state(flag("checkout")), evaluate=["checkout"], header="X-F")
+        # the same revision again, forwarded in another header
+        await proxy.router.set_flags(state(flag("checkout"), revision=11), evaluate=["checkout"],
+                                     header="X-F", revision=11)
         assert await seen_flags(client, proxy.url, "alice") == []
         response = await client.get(f"{proxy.url}/headers", headers={"X-User-Id": "alice"})
         assert "X-F: checkout=on" in response.text
@@ -203,7 +207,7 @@ async def test_flags_survive_a_killed_worker(proxy: Running, ups: list[Upstream]
     old, _, _ = ups
     await proxy.router.apply(keyed_table(pool("old", 100, old)))
     doc = state(flag("checkout"), flag("banner", enabled=False))
-    await proxy.router.set_flags(doc, evaluate=["banner", "checkout"], header=HEADER)
+    await proxy.router.set_flags(doc, evaluate=["banner", "checkout"], header=HEADER, revision=1)
     assert json.loads((state_dir / "flags.json").read_text())["evaluate"] == ["banner", "checkout"]
     before = await proxy.router.health()
     os.kill(int(str(before["pid"])), signal.SIGKILL)
@@ -215,7 +219,8 @@ async def test_flags_survive_a_killed_worker(proxy: Running, ups: list[Upstream]
         except RouterError:
             continue
     settings = await proxy.router.flags()
-    assert settings == {"state": doc, "evaluate": ["banner", "checkout"], "header": HEADER}
+    assert settings == {"state": doc, "revision": 1, "evaluate": ["banner", "checkout"],
+                        "header": HEADER}
     async with httpx.AsyncClient(timeout=5) as client:
         assert await seen_flags(client, proxy.url, "bob") == ["banner=off, checkout=on"]
     assert (await proxy.router.stats()).cohorts["checkout:on"].requests == 1  # a new worker
@@ -226,15 +231,19 @@ async def test_bad_flag_settings_are_refused_and_change_nothing(
 ) -> None:
     old, _, _ = ups
     await proxy.router.apply(keyed_table(pool("old", 100, old)))
-    await proxy.router.set_flags(state(flag("checkout")), evaluate=["checkout"], header=HEADER)
+    await proxy.router.set_flags(state(flag("checkout")), evaluate=["checkout"], header=HEADER,
+                                 revision=1)
     saved = (state_dir / "flags.json").read_bytes()
     current = await proxy.router.flags()
-    good = {"state": state(flag("checkout", enabled=False))}
+    good = {"state": state(flag("checkout", enabled=False), revision=2), "revision": 2}
     bad_bodies: list[Any] = [
-        b"{not json", [], {"evaluate": ["checkout"]}, {**good, "extra": 1},
-        {"state": {"features": "none"}}, {"state": 3}, {**good, "evaluate": "checkout"},
+        b"{not json", [], {"evaluate": ["checkout"], "revision": 2}, {**good, "extra": 1},
+        {"state": {"features": "none"}, "revision": 2}, {"state": 3, "revision": 2},
+        {**good, "evaluate": "checkout"},
         {**good, "evaluate": ["a,b"]}, {**good, "evaluate": ["x", "x"]},
         {**good, "header": "Content-Length"}, {**good, "header": "bad header"},
+        {"state": good["state"]}, {**good, "revision": "2"}, {**good, "revision": -1},
+        {**good, "revision": True}, {**good, "revision": 3},  # not the state's meta.revision
     ]
     transport = httpx.AsyncHTTPTransport(uds=str(state_dir / "admin.sock"))
     async with httpx.AsyncClient(transport=transport, base_url="http://proxy") as admin:
@@ -244,7 +253,8 @@ async def test_bad_flag_settings_are_refused_and_change_nothing(
             assert response.status_code == 400, body
             assert "invalid flag settings" in response.json()["error"]
     with pytest.raises(RouterError, match="400"):
-        await proxy.router.set_flags(good["state"], evaluate=["checkout"], header="Host")
+        await proxy.router.set_flags(good["state"], evaluate=["checkout"], header="Host",
+                                     revision=2)
     assert await proxy.router.flags() == current
     assert (state_dir / "flags.json").read_bytes() == saved
     async with httpx.AsyncClient(timeout=5) as client:
@@ -258,13 +268,15 @@ async def test_without_evaluated_flags_no_header_is_added(
     await proxy.router.apply(keyed_table(pool("old", 100, old)))
     async with httpx.AsyncClient(timeout=5) as client:
         assert await seen_flags(client, proxy.url, "alice") == []
-        await proxy.router.set_flags(state(flag("checkout")), evaluate=[], header=HEADER)
+        await proxy.router.set_flags(state(flag("checkout")), evaluate=[], header=HEADER,
+                                     revision=1)
         assert await seen_flags(client, proxy.url, "alice") == []
         # a client still cannot hand the application a flags header of its own
         assert await seen_flags(client, proxy.url, "alice", **{HEADER: "checkout=on"}) == []
     assert (await proxy.router.stats()).cohorts == {}
     # once a flag is evaluated, both its cohorts are listed before any request
-    await proxy.router.set_flags(state(flag("checkout")), evaluate=["checkout"], header=HEADER)
+    await proxy.router.set_flags(state(flag("checkout")), evaluate=["checkout"], header=HEADER,
+                                 revision=1)
     assert (await proxy.router.stats()).cohorts == {"checkout:on": Counters(),
                                                    "checkout:off": Counters()}
 
@@ -287,22 +299,93 @@ async def test_push_to_router_sends_the_state_and_keeps_the_settings(
         port = int(str((await router.health())["listen"]).rsplit(":", 1)[1])
         url = f"http://127.0.0.1:{port}"
         await router.apply(keyed_table(pool("old", 100, old)))
-        await router.set_flags(state(flag("checkout")), evaluate=["checkout"], header="X-F")
+        await router.set_flags(state(flag("checkout")), evaluate=["checkout"], header="X-F",
+                               revision=1)
         off = state(flag("checkout", enabled=False), revision=2)
-        await asyncio.to_thread(push_to_router, spec_dir, off)
-        assert await router.flags() == {"state": off, "evaluate": ["checkout"], "header": "X-F"}
+        assert await asyncio.to_thread(push_to_router, spec_dir, off)
+        assert await router.flags() == {"state": off, "revision": 2, "evaluate": ["checkout"],
+                                        "header": "X-F"}
         async with httpx.AsyncClient(timeout=5) as client:
             response = await client.get(f"{url}/headers", headers={"X-User-Id": "alice"})
             assert "X-F: checkout=off" in response.text
         with pytest.raises(RouterError, match="refused"):
-            await asyncio.to_thread(push_to_router, spec_dir, {"features": 7})
+            await asyncio.to_thread(push_to_router, spec_dir, {"features": 7, "meta": {"revision": 3}})
+        # an older state than the one in effect: refused, and the router's revision is told
+        with pytest.raises(RouterHasNewer) as caught:
+            await asyncio.to_thread(push_to_router, spec_dir, state(flag("checkout"), revision=1))
+        assert caught.value.revision == 2
+        assert (await router.flags())["state"] == off
     finally:
         await router.stop()
         await router.aclose()
     # the router is gone: pushing is a no-op, with or without a socket file left behind
-    push_to_router(spec_dir, off)
+    assert not push_to_router(spec_dir, off)
     (router_dir / "admin.sock").unlink(missing_ok=True)
     with socket.socket(socket.AF_UNIX) as stale:
         stale.bind(str(router_dir / "admin.sock"))
-    push_to_router(spec_dir, off)
-    push_to_router(spec_dir / "elsewhere", off)
+    assert not push_to_router(spec_dir, off)
+    assert not push_to_router(spec_dir / "elsewhere", off)
+
+
+async def restart_worker(router: BuiltinRouter) -> None:
+    """SIGKILL the proxy's worker and wait until its supervisor has a new one answering."""
+    before = await router.health()
+    os.kill(int(str(before["pid"])), signal.SIGKILL)
+    for _ in range(400):
+        await asyncio.sleep(0.025)
+        try:
+            if (await router.health())["pid"] != before["pid"]:
+                return
+        except RouterError:
+            continue
+    raise AssertionError("no new proxy worker within 10 s")
+
+
+async def put_flags(state_dir: Path, body: dict[str, Any]) -> httpx.Response:
+    transport = httpx.AsyncHTTPTransport(uds=str(state_dir / "admin.sock"))
+    async with httpx.AsyncClient(transport=transport, base_url="http://proxy") as admin:
+        return await admin.put("/flags", content=json.dumps(body).encode())
+
+
+async def test_an_older_flag_revision_is_refused_and_the_newer_state_stays(
+    proxy: Running, ups: list[Upstream], state_dir: Path
+) -> None:
+    old, _, _ = ups
+    await proxy.router.apply(keyed_table(pool("old", 100, old)))
+    newer = state(flag("checkout", rollout=100, users=()), revision=7)
+    older = state(flag("checkout", enabled=False), revision=6)
+    await proxy.router.set_flags(newer, evaluate=["checkout"], header=HEADER, revision=7)
+    with pytest.raises(RouterError, match="409"):
+        await proxy.router.set_flags(older, evaluate=["checkout"], header=HEADER, revision=6)
+    refused = await put_flags(state_dir, {"state": older, "revision": 6})
+    assert refused.status_code == 409
+    assert refused.json()["revision"] == 7 and "older" in refused.json()["error"]
+    # the same revision again is taken: here, to evaluate the flag under another header
+    await proxy.router.set_flags(newer, evaluate=["checkout"], header="X-F", revision=7)
+    await proxy.router.set_flags(newer, evaluate=["checkout"], header=HEADER, revision=7)
+    async with httpx.AsyncClient(timeout=5) as client:
+        assert await seen_flags(client, proxy.url, "carol") == ["checkout=on"]
+        await restart_worker(proxy.router)
+        assert (await proxy.router.flags())["revision"] == 7
+        refused = await put_flags(state_dir, {"state": older, "revision": 6})
+        assert refused.status_code == 409 and refused.json()["revision"] == 7
+        assert await seen_flags(client, proxy.url, "carol") == ["checkout=on"]
+        assert json.loads((state_dir / "flags.json").read_text())["revision"] == 7
+        newest = state(flag("checkout", enabled=False), revision=8)
+        await proxy.router.set_flags(newest, evaluate=["checkout"], header=HEADER, revision=8)
+        assert await seen_flags(client, proxy.url, "carol") == ["checkout=off"]
+
+
+async def test_settings_saved_without_a_revision_load_as_revision_zero(
+    proxy: Running, ups: list[Upstream], state_dir: Path
+) -> None:
+    old, _, _ = ups
+    await proxy.router.apply(keyed_table(pool("old", 100, old)))
+    doc = {"version": 2, "features": [flag("checkout", rollout=100, users=())], "segments": []}
+    (state_dir / "flags.json").write_text(json.dumps(
+        {"state": doc, "evaluate": ["checkout"], "header": HEADER}))
+    await restart_worker(proxy.router)
+    assert await proxy.router.flags() == {"state": doc, "revision": 0, "evaluate": ["checkout"],
+                                          "header": HEADER}
+    async with httpx.AsyncClient(timeout=5) as client:
+        assert await seen_flags(client, proxy.url, "dave") == ["checkout=on"]

@@ -7,7 +7,9 @@ svc.yaml create -f flag.yaml``. Changes are recorded as ``cli:<unix user>``. Bad
 exits 2 with the file and field of every problem, and nothing is changed: a file holding
 several flags is checked whole before the first is stored. After a change the new state
 is pushed to the service's builtin router when turnout has that ability installed
-(``turnout.flags.push``) and the router runs.
+(``turnout.flags.push``) and the router runs. A router that does not take it makes the
+command exit 1 with what happened and what to do: the store keeps the change either way,
+and ``turnout flags push`` sends the store's state again.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any, Literal, cast
 import click
 import yaml
 
-from turnout.errors import TurnoutError, UserError
+from turnout.errors import RouterError, TurnoutError, UserError
 from turnout.flags.definition import FlagError, validate_flag
 from turnout.flags.store import FlagRecord, FlagStore
 from turnout.service import database_url
@@ -58,7 +60,7 @@ class FlagsContext:
         """The store, for a change; the new state goes to the router afterwards."""
         with self.store() as store:
             yield store
-            _push(self.spec_dir, store.state())
+            push_state(self.spec_dir, store)
 
 
 def who() -> str:
@@ -68,16 +70,38 @@ def who() -> str:
         return "cli:unknown"
 
 
-def _push(spec_dir: Path, state: dict[str, Any]) -> None:
+def push_state(spec_dir: Path, store: FlagStore) -> bool | None:
+    """Push the store's state to the spec folder's router: whether one took it.
+
+    A router holding a newer revision of this same store already has the change (another
+    process pushed after it); any other refusal is a RouterError (exit 1) saying that the
+    store has the change, why the router did not take it, and what to do.
+    """
     try:
         module = importlib.import_module("turnout.flags.push")
     except ImportError:
-        return
-    push = cast(Callable[[Path, dict[str, Any]], None], module.push_to_router)
+        return None
+    push = cast(Callable[[Path, dict[str, Any]], "bool | None"], module.push_to_router)
+    state = store.state()
+    revision = state["meta"]["revision"]
+    router = spec_dir / ".turnout" / "router"
     try:
-        push(spec_dir, state)
+        return push(spec_dir, state)
     except TurnoutError as exc:
-        click.echo(f"warning: saved, but the router did not take the new flags: {exc}", err=True)
+        held = getattr(exc, "revision", None)
+        if isinstance(held, int) and held <= store.revision():
+            return True  # a newer state of this store, which holds the change, is in effect
+        saved = f"the flag store has the change (revision {revision}), but the builtin router at"
+        if isinstance(held, int):
+            raise RouterError(
+                f"{saved} {router} refused it: {exc}. It keeps evaluating the flags it had: it "
+                "was fed from another state database. Point TURNOUT_DATABASE_URL at that "
+                f"database, or stop the router (`turnout down`) and delete "
+                f"{router / 'flags.json'}; the next `turnout deploy` starts it with this "
+                "store's flags.") from None
+        raise RouterError(
+            f"{saved} {router} did not take it: {exc}. Once the router answers again (its log: "
+            f"{router / 'proxy.log'}), `turnout flags push` sends the store's flags again.") from None
 
 
 def read_flag_file(path: Path) -> Any:
@@ -210,8 +234,8 @@ def create(obj: FlagsContext, flag_file: Path) -> None:
             records = store.create_many(list(definitions), who=who())
         except FlagError as exc:
             raise _in_file(flag_file, exc) from None
-    for record in records:
-        _done(record, "created")
+        for record in records:
+            _done(record, "created")
 
 
 @flags_group.command()
@@ -277,6 +301,19 @@ def archive(obj: FlagsContext, name: str) -> None:
     with obj.change() as store:
         record = store.archive(name, who=who())
     click.echo(f"{record.name}: archived (version {record.version})")
+
+
+@flags_group.command()
+@pass_flags
+def push(obj: FlagsContext) -> None:
+    """Send the store's flags to the service's builtin router again (if it runs)."""
+    with obj.store() as store:
+        pushed = push_state(obj.spec_dir, store)
+        revision = store.revision()
+    if pushed:
+        click.echo(f"the builtin router has flag revision {revision} (or newer)")
+    else:
+        click.echo("no builtin router runs for this service; nothing to push")
 
 
 @flags_group.command()

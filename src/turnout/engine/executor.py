@@ -361,9 +361,11 @@ class Executor:
         else:
             self.flags.update(step.flag, definition, who=who)
         evaluate = list(dict.fromkeys([*self.spec.routing.flags, step.flag]))
+        state = self.flags.state()  # its meta.revision is read in the same transaction
         try:
-            await self.router.set_flags(self.flags.state(), evaluate=evaluate,
-                                        header=self.spec.routing.flags_header)
+            await self.router.set_flags(state, evaluate=evaluate,
+                                        header=self.spec.routing.flags_header,
+                                        revision=state["meta"]["revision"])
         except RouterError as exc:
             raise StepFailed(f"router: {exc}") from exc
         self.emit(Event("flag", describe(step),

@@ -25,7 +25,7 @@ from typing import Any, Literal, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from turnout.errors import ConflictError, UserError
+from turnout.errors import ConflictError, StoreError, UserError
 from turnout.flags.definition import FlagError, validate_flag, validate_segment
 from turnout.store import schema as t
 from turnout.store.base import Database, converted
@@ -36,6 +36,7 @@ __all__ = ["AuditRecord", "FlagError", "FlagExists", "FlagNotFound", "FlagRecord
 R = TypeVar("R")
 TokenKind = Literal["client", "admin"]
 STATE_FORMAT_VERSION = 2
+STATE_READ_ATTEMPTS = 20
 
 
 class FlagNotFound(UserError):
@@ -99,17 +100,30 @@ class FlagStore(Database):
 
     @converted
     def state(self) -> dict[str, Any]:
-        """The document SDKs get: live flags, every segment, and the revision it reflects."""
-        with self._read() as conn:
-            revision = conn.scalar(sa.select(t.flag_meta.c.revision).where(t.flag_meta.c.id == 1))
-            features = conn.scalars(sa.select(t.flags.c.definition)
-                                    .where(t.flags.c.archived.is_(False))
-                                    .order_by(t.flags.c.name)).all()
-            segments = conn.scalars(sa.select(t.flag_segments.c.definition)
-                                    .order_by(t.flag_segments.c.id)).all()
-        return {"version": STATE_FORMAT_VERSION, "features": list(features),
-                "segments": [_served_segment(s) for s in segments],
-                "meta": {"revision": int(revision or 0)}}
+        """The document SDKs get: live flags, every segment, and the revision it reflects.
+
+        ``meta.revision`` is exactly the revision of those flags and segments (routers
+        order pushes by it). SQLite's read transaction is one snapshot; where each
+        statement may see newer commits (PostgreSQL's READ COMMITTED), the revision is
+        read before and after and the read is retried if a change landed in between:
+        every change bumps the revision in its own transaction.
+        """
+        revision_now = sa.select(t.flag_meta.c.revision).where(t.flag_meta.c.id == 1)
+        for _ in range(STATE_READ_ATTEMPTS):
+            with self._read() as conn:
+                before = conn.scalar(revision_now)
+                features = conn.scalars(sa.select(t.flags.c.definition)
+                                        .where(t.flags.c.archived.is_(False))
+                                        .order_by(t.flags.c.name)).all()
+                segments = conn.scalars(sa.select(t.flag_segments.c.definition)
+                                        .order_by(t.flag_segments.c.id)).all()
+                after = conn.scalar(revision_now)
+            if before == after:
+                return {"version": STATE_FORMAT_VERSION, "features": list(features),
+                        "segments": [_served_segment(s) for s in segments],
+                        "meta": {"revision": int(before or 0)}}
+        raise StoreError(f"state database {self.name}: the flags changed during each of "
+                         f"{STATE_READ_ATTEMPTS} reads; try again")
 
     @converted
     def flags(self, *, archived: bool = False) -> list[FlagRecord]:

@@ -122,16 +122,23 @@ class BuiltinRouter:
     async def drained(self, backend_id: str) -> bool:
         return (await self.stats()).in_flight.get(backend_id, 0) == 0
 
-    async def set_flags(self, state: dict[str, Any], *, evaluate: list[str], header: str) -> None:
+    async def set_flags(self, state: dict[str, Any], *, evaluate: list[str], header: str,
+                        revision: int) -> None:
         """Evaluate `evaluate` (flags of the Unleash `state` document) per request's user key,
-        forward the results in `header` and count cohorts; in effect (and saved) on return."""
-        body = json.dumps({"state": state, "evaluate": evaluate, "header": header}).encode()
+        forward the results in `header` and count cohorts; in effect (and saved) on return.
+
+        `revision` is the flag store's revision of `state`: the proxy refuses (409, a
+        RouterError here) one older than the revision in effect, so a slow push never
+        undoes a newer one."""
+        body = json.dumps({"state": state, "revision": revision, "evaluate": evaluate,
+                           "header": header}).encode()
         in_effect = self._json(await self._call("PUT", "/flags", body))
-        if in_effect.get("evaluate") != evaluate or in_effect.get("header") != header:
+        if (in_effect.get("evaluate") != evaluate or in_effect.get("header") != header
+                or in_effect.get("revision") != revision):
             raise RouterError(f"builtin router took other flag settings than sent: {in_effect}")
 
     async def flags(self) -> dict[str, Any]:
-        """The flag settings in effect: `{"state": ..., "evaluate": [...], "header": ...}`."""
+        """The flag settings in effect: `{"state", "revision", "evaluate", "header"}`."""
         return self._json(await self._call("GET", "/flags"))
 
     @staticmethod

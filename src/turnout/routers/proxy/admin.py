@@ -5,7 +5,8 @@ A tiny HTTP/1.1 handler on httptools (no framework):
 writes `table.json` durably (temp file, fsync, rename, fsync of the directory), swaps it in
 and only then answers 200 with the table; `GET /table`, `GET /stats`, `GET /healthz`.
 `PUT /flags` does the same for the flag settings (`flags.json`, see `proxy.flags`): 400 and
-no change on a bad body, else saved, compiled, swapped in, and answered with the settings;
+no change on a bad body, 409 for a flag revision older than the one in effect, else saved,
+compiled, swapped in, and answered with the settings;
 `GET /flags` answers the settings in effect.
 """
 
@@ -22,7 +23,7 @@ from httptools import HttpParserError, HttpRequestParser
 from pydantic import ValidationError
 
 from turnout.routers.proxy.files import write_atomic
-from turnout.routers.proxy.flags import SettingsError, parse_settings, save_settings
+from turnout.routers.proxy.flags import SettingsError, older_than, parse_settings, save_settings
 from turnout.routers.proxy.state import Proxy
 from turnout.routers.table import RoutingTable
 
@@ -133,10 +134,14 @@ class AdminConn(asyncio.Protocol):
         return 200, table.model_dump(mode="json")
 
     def _put_flags(self, body: bytes) -> tuple[int, object]:
+        current = self.proxy.flags.settings
         try:
-            settings, state = parse_settings(body, self.proxy.flags.settings)
+            settings, state = parse_settings(body, current)
         except SettingsError as exc:
             return 400, {"error": f"invalid flag settings: {exc}"}
+        stale = older_than(settings, current)
+        if stale is not None:
+            return 409, {"error": stale, "revision": current.get("revision", 0)}
         save_settings(self.state_dir, settings)
         self.proxy.set_flags(settings, state)
         return 200, settings

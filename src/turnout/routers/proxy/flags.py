@@ -1,9 +1,13 @@
 """Router-side feature toggles: the flag settings of a worker, compiled for the data path.
 
 `PUT /flags` on the admin socket sends `{"state": <Unleash client API document>,
-"evaluate": [flag names], "header": "X-Turnout-Flags"}`. `parse_settings` validates such a
-body, `FlagPlan.compile` turns it into what a request needs, and `save_settings` /
-`load_settings` keep it in `DIR/flags.json` so that a new worker starts with it.
+"revision": <the flag store's revision of that state>, "evaluate": [flag names], "header":
+"X-Turnout-Flags"}`. `parse_settings` validates such a body, `FlagPlan.compile` turns it
+into what a request needs, and `save_settings` / `load_settings` keep it in
+`DIR/flags.json` so that a new worker starts with it. The revision orders pushes that
+race (the CLI, `turnout server` and a deployment all push): the admin API refuses one
+older than the settings in effect (`older_than`), and the saved file keeps it across
+worker restarts.
 
 Per request (only when some flag is evaluated) `FlagPlan.cohort` answers with a `Cohort`:
 one combination of on/off results, with the header line to add upstream and counters per
@@ -54,14 +58,44 @@ class SettingsError(ValueError):
 
 
 def empty_settings() -> dict[str, Any]:
-    return {"state": {"version": 2, "features": [], "segments": []}, "evaluate": [],
-            "header": DEFAULT_HEADER}
+    return {"state": {"version": 2, "features": [], "segments": []}, "revision": 0,
+            "evaluate": [], "header": DEFAULT_HEADER}
 
 
-def parse_settings(body: bytes, current: Mapping[str, Any]) -> tuple[dict[str, Any], FlagState]:
+def _revision(data: Mapping[str, Any], state: Mapping[str, Any], required: bool) -> int:
+    """The body's `revision`: a whole number, the same as the state's `meta.revision` if any."""
+    if "revision" not in data:
+        if required:
+            raise SettingsError("revision: required (the flag store's revision of this state)")
+        return 0
+    revision = data["revision"]
+    if isinstance(revision, bool) or not isinstance(revision, int) or revision < 0:
+        raise SettingsError(f"revision: must be a whole number >= 0, got {revision!r}")
+    meta = state.get("meta")
+    stated = meta.get("revision") if isinstance(meta, Mapping) else None
+    if stated is not None and stated != revision:
+        raise SettingsError(f"revision: {revision} but the state says meta.revision {stated!r}")
+    return revision
+
+
+def older_than(settings: Mapping[str, Any], current: Mapping[str, Any]) -> str | None:
+    """Why `settings` must not replace `current` (an older revision), or None.
+
+    An equal revision is taken: the same state pushed again, say with another `evaluate`.
+    """
+    new, old = int(settings["revision"]), int(current.get("revision", 0))
+    if new < old:
+        return (f"flag revision {new} is older than revision {old} in effect; "
+                "push the flag store's current state")
+    return None
+
+
+def parse_settings(body: bytes, current: Mapping[str, Any], *,
+                   revision_required: bool = True) -> tuple[dict[str, Any], FlagState]:
     """The new settings from a PUT body, and their state compiled.
 
-    `evaluate` and `header` left out keep `current`'s.
+    `evaluate` and `header` left out keep `current`'s. A file saved before revisions
+    existed is read with `revision_required=False` (as revision 0).
     """
     try:
         data = json.loads(body)
@@ -69,7 +103,7 @@ def parse_settings(body: bytes, current: Mapping[str, Any]) -> tuple[dict[str, A
         raise SettingsError(f"body is not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise SettingsError("body must be a JSON object")
-    unknown = sorted(set(data) - {"state", "evaluate", "header"})
+    unknown = sorted(set(data) - {"state", "revision", "evaluate", "header"})
     if unknown:
         raise SettingsError(f"unknown fields: {', '.join(unknown)}")
     if "state" not in data:
@@ -77,6 +111,7 @@ def parse_settings(body: bytes, current: Mapping[str, Any]) -> tuple[dict[str, A
     state = data["state"]
     if not isinstance(state, dict) or not isinstance(state.get("features"), list):
         raise SettingsError("state: must be an object with a 'features' list")
+    revision = _revision(data, state, revision_required)
     compiled = FlagState.from_json(state)
     problems = compiled.problems
     if problems:
@@ -93,7 +128,8 @@ def parse_settings(body: bytes, current: Mapping[str, Any]) -> tuple[dict[str, A
         raise SettingsError("header: must be an HTTP header name")
     if header.lower() in _RESERVED:
         raise SettingsError(f"header: {header} is used by the proxy itself")
-    return {"state": state, "evaluate": list(names), "header": header}, compiled
+    return {"state": state, "revision": revision, "evaluate": list(names),
+            "header": header}, compiled
 
 
 def key_only(state: Mapping[str, Any], names: Iterable[str]) -> bool:
@@ -223,7 +259,7 @@ def load_settings(state_dir: Path) -> tuple[dict[str, Any], FlagState]:
     path = state_dir / FLAGS_FILE
     empty = empty_settings()
     try:
-        return parse_settings(path.read_bytes(), empty)
+        return parse_settings(path.read_bytes(), empty, revision_required=False)
     except FileNotFoundError:
         pass
     except (OSError, SettingsError) as exc:
