@@ -31,7 +31,7 @@ from turnout.store import schema as t
 from turnout.store.base import Database, converted
 
 __all__ = ["AuditRecord", "FlagError", "FlagExists", "FlagNotFound", "FlagRecord", "FlagStore",
-           "Token", "VersionConflict", "validate_flag"]
+           "Token", "TokenRecord", "VersionConflict", "validate_flag"]
 
 R = TypeVar("R")
 TokenKind = Literal["client", "admin"]
@@ -76,6 +76,16 @@ class AuditRecord:
 class Token:
     name: str
     kind: TokenKind
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    """A token as `turnout flags token list` shows it."""
+
+    name: str
+    kind: str
+    created_at: float
+    revoked_at: float | None
 
 
 def _hash(secret: str) -> str:
@@ -337,14 +347,44 @@ class FlagStore(Database):
 
     @converted
     def check_token(self, secret: str) -> Token | None:
-        """The token ``secret`` belongs to, or None when it is unknown."""
+        """The token ``secret`` belongs to, or None when it is unknown or revoked."""
         query = sa.select(t.tokens.c.name, t.tokens.c.kind).where(
-            t.tokens.c.secret_sha256 == _hash(secret))
+            t.tokens.c.secret_sha256 == _hash(secret), t.tokens.c.revoked_at.is_(None))
         with self._read() as conn:
             row = conn.execute(query).first()
         if row is None or row.kind not in ("client", "admin"):
             return None
         return Token(name=row.name, kind=row.kind)
+
+    @converted
+    def tokens(self) -> list[TokenRecord]:
+        """Every token, valid or revoked, oldest first (secrets are never kept)."""
+        query = sa.select(t.tokens).order_by(t.tokens.c.id)
+        with self._read() as conn:
+            return [TokenRecord(name=r.name, kind=r.kind, created_at=r.created_at,
+                                revoked_at=r.revoked_at) for r in conn.execute(query)]
+
+    @converted
+    def revoke_token(self, name: str) -> int:
+        """Revoke every valid token called ``name``; how many. UserError if there is none."""
+        valid = sa.and_(t.tokens.c.name == name, t.tokens.c.revoked_at.is_(None))
+        with self._write() as conn:
+            count = conn.execute(t.tokens.update().where(valid).values(revoked_at=self._now()))
+            if count.rowcount == 0:
+                raise UserError(f"token name: no valid token called {name!r} "
+                                "(`turnout flags token list` shows them)")
+            return int(count.rowcount)
+
+    @converted
+    def token_revocations(self) -> tuple[int, float]:
+        """A mark that moves whenever a token is revoked: (how many, when the last one was).
+
+        Servers poll it to forget the tokens they cached (see ``turnout.api.tokens``).
+        """
+        query = sa.select(sa.func.count(t.tokens.c.revoked_at), sa.func.max(t.tokens.c.revoked_at))
+        with self._read() as conn:
+            row = conn.execute(query).one()
+        return int(row[0] or 0), float(row[1] or 0.0)
 
 
 def _audit(conn: sa.Connection, flag: str, *, version: int, now: float, who: str, action: str,

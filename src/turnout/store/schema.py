@@ -146,6 +146,7 @@ tokens = sa.Table(
     sa.Column("kind", sa.String(16), nullable=False),
     sa.Column("secret_sha256", sa.String(64), nullable=False, unique=True),
     sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("revoked_at", sa.Float, nullable=True),  # migration 0003; revoked tokens stay listed
 )
 
 # One row (id 1): the revision counter every flag or segment change increments.
