@@ -18,7 +18,7 @@ import signal
 import socket
 import subprocess
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +57,15 @@ def proc_state(pid: int) -> ProcState | None:
     return ProcState(state=fields[0], start_ticks=int(fields[19]))
 
 
+def cmdline(pid: int) -> list[str] | None:
+    """The argv `pid` runs with, or None when no such process exists (or it is a zombie)."""
+    try:
+        raw = (_PROC / str(pid) / "cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    return [part.decode(errors="replace") for part in raw.split(b"\0")[:-1]] if raw else None
+
+
 def start_ticks(pid: int) -> int | None:
     state = proc_state(pid)
     return None if state is None else state.start_ticks
@@ -71,6 +80,20 @@ def is_running(pid: int, started: float | None) -> bool:
     return started is None or state.start_ticks == int(started)
 
 
+def signal_process(pid: int, started: float | None, signum: signal.Signals) -> bool:
+    """Send `signum` to that very process alone; False if it is gone.
+
+    Raises PermissionError when the process belongs to another user.
+    """
+    if not is_running(pid, started):
+        return False
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def signal_group(pid: int, started: float | None, signum: signal.Signals) -> bool:
     """Send `signum` to the process group led by that very process; False if it is gone.
 
@@ -83,6 +106,21 @@ def signal_group(pid: int, started: float | None, signum: signal.Signals) -> boo
     except ProcessLookupError:
         return False
     return True
+
+
+def child_env(
+    inherit: Iterable[str], env: Mapping[str, str], *, source: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The whole environment of a process turnout starts for the service.
+
+    Only the names in `inherit` are taken from `source` (turnout's own environment by default),
+    where they are set; `env` is laid over them. Nothing else of the deployer's environment
+    (tokens, cloud credentials) reaches the child.
+    """
+    own = os.environ if source is None else source
+    result = {name: own[name] for name in inherit if name in own}
+    result.update(env)
+    return result
 
 
 def reap() -> None:

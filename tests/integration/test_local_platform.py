@@ -1,4 +1,5 @@
-"""The local platform against real processes: placeholders, logs, survival, stop, pid reuse."""
+"""The local platform against real processes: placeholders, logs, survival, stop, pid reuse,
+and the clean environment of instances and blue-green test commands."""
 
 from __future__ import annotations
 
@@ -16,24 +17,32 @@ from pathlib import Path
 import httpx
 import pytest
 
+from turnout.engine.health import CheckFailed, run_test
 from turnout.errors import PlatformError
 from turnout.model import Instance, Revision
 from turnout.platforms.local import LocalPlatform
-from turnout.spec import Health, Run
+from turnout.spec import CommandTest, Health, Run
 
 PY = sys.executable
 SERVICE = "shop"
 
 
 def revision(command: list[str], *, version: str = "v1", cwd: str = ".",
-             env: dict[str, str] | None = None) -> Revision:
-    return Revision(
-        service=SERVICE,
-        version=version,
-        run=Run(command=command, cwd=cwd, env=env or {}, grace=10),
-        health=Health(),
-        hash=f"{version:0<64}"[:64],
-    )
+             env: dict[str, str] | None = None, inherit_env: list[str] | None = None) -> Revision:
+    run = Run(command=command, cwd=cwd, env=env or {}, grace=10)
+    if inherit_env is not None:
+        run = run.model_copy(update={"inherit_env": inherit_env})
+    return Revision(service=SERVICE, version=version, run=run, health=Health(),
+                    hash=f"{version:0<64}"[:64])
+
+
+def environ_of(pid: int) -> dict[str, str]:
+    """The environment a process was started with, as the kernel keeps it."""
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return dict(item.decode().split("=", 1) for item in raw.split(b"\0") if item)
+
+
+SECRETS = {"AWS_SECRET_ACCESS_KEY": "not-for-the-service", "GITHUB_TOKEN": "ghp_deployer"}
 
 
 def sleeper(*, on_term: str = "exit") -> list[str]:
@@ -260,3 +269,53 @@ async def test_missing_cwd_is_a_platform_error(platform: LocalPlatform) -> None:
     with pytest.raises(PlatformError, match=r"releases/v9 does not exist"):
         await platform.start(revision([PY, "-c", "pass"], version="v9",
                                       cwd="releases/{version}"), slot=0)
+
+
+async def test_an_instance_gets_only_its_env_the_turnout_variables_and_inherit_env(
+    platform: LocalPlatform, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, value in {**SECRETS, "SHARED_CACHE": "/srv/cache"}.items():
+        monkeypatch.setenv(name, value)  # the deployer's shell, as the CLI sees it
+    rev = revision(sleeper(), env={"APP_MODE": "prod"}, inherit_env=["PATH", "SHARED_CACHE", "UNSET_NAME"])
+    inst = await platform.start(rev, slot=1)
+    assert inst.pid is not None
+    env = environ_of(inst.pid)
+    assert set(env) == {"PATH", "SHARED_CACHE", "APP_MODE", "PORT", "TURNOUT_VERSION", "TURNOUT_SLOT",
+                        "TURNOUT_SERVICE"}
+    assert env["SHARED_CACHE"] == "/srv/cache" and env["PATH"] == os.environ["PATH"]
+    assert env["PORT"] == str(inst.port) and env["TURNOUT_SLOT"] == "1" and env["APP_MODE"] == "prod"
+
+
+async def test_the_default_inherit_env_keeps_path_and_home_but_no_secret(
+    platform: LocalPlatform, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("HOME", "/home/deployer")
+    inst = await platform.start(revision(sleeper()), slot=0)
+    assert inst.pid is not None
+    env = environ_of(inst.pid)
+    assert env["HOME"] == "/home/deployer" and "PATH" in env
+    assert not set(SECRETS) & set(env)
+
+
+async def test_a_test_command_gets_the_same_clean_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, value in {**SECRETS, "SHARED_CACHE": "/srv/cache"}.items():
+        monkeypatch.setenv(name, value)
+    dump = tmp_path / "env.json"
+    script = "import json, os, sys; open(sys.argv[1], 'w').write(json.dumps(dict(os.environ)))"
+    test = CommandTest(command=[PY, "-c", script, str(dump)])
+    rev = revision(sleeper(), version="v4", env={"APP_MODE": "v-{version}"},
+                   inherit_env=["PATH", "SHARED_CACHE"])
+    async with httpx.AsyncClient() as http:
+        await run_test(http, test, "http://127.0.0.1:9", revision=rev)
+        env = json.loads(dump.read_text())
+        assert not set(SECRETS) & set(env)
+        assert env["SHARED_CACHE"] == "/srv/cache" and env["APP_MODE"] == "v-v4"
+        assert env["TURNOUT_PREVIEW_URL"] == "http://127.0.0.1:9" and env["TURNOUT_VERSION"] == "v4"
+        # A test that needs a secret the spec did not pass on fails, showing what it missed.
+        needs = CommandTest(command=[PY, "-c", "import os; print(os.environ['GITHUB_TOKEN'])"])
+        with pytest.raises(CheckFailed, match="KeyError: 'GITHUB_TOKEN'"):
+            await run_test(http, needs, "http://127.0.0.1:9", revision=rev)

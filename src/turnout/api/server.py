@@ -1,7 +1,8 @@
 """`turnout server`: the Unleash-compatible client API, the admin API and the event stream.
 
-Routes (every `/api/` route needs `Authorization: <token>` or `Bearer <token>`; missing
-or unknown → 401, a client token on an admin route → 403):
+Routes (every `/api/` route needs `Authorization: <token>` or `Bearer <token>`; missing,
+unknown or revoked → 401, a client token on an admin route → 403; an address with too
+many 401s lately → 429 with Retry-After, token unchecked, see `turnout.api.guard`):
 
     GET  /api/client/features   the state document; ETag "<revision>", If-None-Match → 304
     POST /api/client/register   an SDK says hello (202)
@@ -13,6 +14,8 @@ or unknown → 401, a client token on an admin route → 403):
 `App.handle` answers the client routes synchronously from memory (the snapshot, the
 token cache), which is what lets one core serve over ten thousand feature requests a
 second; only a token not seen for a few seconds and the admin routes touch the store.
+Limits on what one client may hold (head size and time, idle time, pipelining, body,
+connections) are in `turnout.api.limits` and applied by `turnout.api.connection`.
 """
 
 from __future__ import annotations
@@ -32,7 +35,10 @@ from pathlib import Path
 from turnout.api.admin import PREFIX as ADMIN_PREFIX
 from turnout.api.admin import Admin
 from turnout.api.bodies import BodyError, MetricsBook, MetricsReport, Registration, parse
-from turnout.api.http import Connection, Outcome, Request, Response, Stream, json_response, problems
+from turnout.api.connection import Connection, Refused
+from turnout.api.guard import FailedAuth
+from turnout.api.http import Outcome, Request, Response, Stream, json_response, problems
+from turnout.api.limits import DEFAULT, Limits, add_arguments, from_args
 from turnout.api.live import POLL_S, Gateway, Live
 from turnout.api.tokens import Caller, TokenCache, secret_of
 from turnout.errors import TurnoutError, UserError
@@ -42,7 +48,7 @@ log = logging.getLogger("turnout.server")
 
 DEFAULT_LISTEN = "127.0.0.1:4242"
 DRAIN_S = 2.0
-_UNAUTHORIZED = problems(401, ["authorization: missing or unknown API token"])
+_UNAUTHORIZED = problems(401, ["authorization: missing, unknown or revoked API token"])
 _FORBIDDEN = problems(403, ["authorization: this route needs an admin token"])
 _ACCEPTED = Response(202)
 _SSE = b"Content-Type: text/event-stream\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\n"
@@ -55,10 +61,12 @@ def _not_found(request: Request) -> Response:
 class App:
     """Routes requests (see the module docstring)."""
 
-    def __init__(self, store: FlagStore, gateway: Gateway) -> None:
+    def __init__(self, store: FlagStore, gateway: Gateway, limits: Limits = DEFAULT) -> None:
         self.gateway = gateway
         self.metrics = MetricsBook()
         self.tokens = TokenCache(self._check_token)
+        self.failures = FailedAuth(limit=limits.auth_failures, window=limits.auth_window,
+                                   block=limits.auth_block)
         self.live = Live(store, gateway, on_change=self.tokens.clear)
         self.admin = Admin(store, gateway, self.metrics, self.live.load)
         self._store = store
@@ -72,16 +80,26 @@ class App:
             if request.path in ("/health", "/healthz") and request.method in ("GET", "HEAD"):
                 return json_response(200, {"health": "GOOD"})
             return _not_found(request)
+        if self.failures.blocked and (wait := self.failures.retry_after(request.client)):
+            return json_response(429, {"problems": [
+                f"authorization: too many failed attempts from {request.client}; "
+                f"retry in {wait} s"]}, b"Retry-After: %d\r\n" % wait)
         secret = secret_of(request.authorization)
         if secret is None:
+            self.failures.failed(request.client)
             return _UNAUTHORIZED
         known, caller = self.tokens.cached(secret)
         if not known:
             return self._after_lookup(request, secret)
+        if caller is None:
+            self.failures.failed(request.client)
         return self._route(request, caller)
 
     async def _after_lookup(self, request: Request, secret: str) -> Response:
-        outcome = self._route(request, await self.tokens.lookup(secret))
+        caller = await self.tokens.lookup(secret)
+        if caller is None:
+            self.failures.failed(request.client)
+        outcome = self._route(request, caller)
         if isinstance(outcome, Stream):  # cannot happen: streams are GETs answered at once
             return problems(500, ["server: stream routed through the slow path"])
         return outcome if isinstance(outcome, Response) else await outcome
@@ -147,8 +165,19 @@ async def feed_router(live: Live, gateway: Gateway, spec_dir: Path) -> None:
         await asyncio.sleep(POLL_S)
 
 
+async def sweep(connections: set[Connection], every: float) -> None:
+    """Check every connection against the timeouts, `every` seconds, until cancelled."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(every)
+        now = loop.time()
+        for conn in list(connections):
+            conn.check(now)
+
+
 async def serve(store: FlagStore, host: str, port: int, *,
-                stop: asyncio.Event | None = None, spec_dir: Path | None = None) -> None:
+                stop: asyncio.Event | None = None, spec_dir: Path | None = None,
+                limits: Limits = DEFAULT) -> None:
     """Serve until `stop` is set (or SIGTERM/SIGINT), then close streams and drain.
 
     With `spec_dir`, the service's builtin router gets every change of the flags too."""
@@ -158,15 +187,24 @@ async def serve(store: FlagStore, host: str, port: int, *,
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
     gateway = Gateway()
-    app = App(store, gateway)
+    app = App(store, gateway, limits)
     connections: set[Connection] = set()
+    refusing: set[Refused] = set()
+
+    def accept() -> asyncio.Protocol:
+        if len(connections) >= limits.max_connections:
+            return Refused(refusing)
+        return Connection(app.handle, connections, limits)
+
     try:
         await app.live.load()
-        server = await loop.create_server(lambda: Connection(app.handle, connections),
-                                          host, port, backlog=2048)
+        server = await loop.create_server(accept, host, port, backlog=2048)
         bound = server.sockets[0].getsockname()
         print(f"turnout server pid={os.getpid()} listening on http://{host}:{bound[1]}", flush=True)
-        followers = [asyncio.create_task(app.live.follow())]
+        followers = [asyncio.create_task(app.live.follow()),
+                     asyncio.create_task(sweep(connections, limits.sweep_s)),
+                     asyncio.create_task(app.tokens.follow(
+                         lambda: gateway.run(store.token_revocations)))]
         if spec_dir is not None:
             followers.append(asyncio.create_task(feed_router(app.live, gateway, spec_dir)))
         await stop.wait()
@@ -215,6 +253,23 @@ def database_url(spec_file: str | None) -> str:
     return default_url(folder)
 
 
+def _allow_open_files(connections: int) -> None:
+    """Raise the soft limit on open files to fit `connections` (and the store), if allowed."""
+    import resource
+
+    need = connections + 64
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return
+    new = need if hard == resource.RLIM_INFINITY else min(hard, need)
+    if new > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+    if new < need:
+        print(f"warning: --max-connections {connections} needs about {need} open files but "
+              f"the limit is {new}; connections beyond about {new - 64} may wait in the backlog",
+              file=sys.stderr, flush=True)
+
+
 def _run(work: Awaitable[None]) -> None:
     try:
         import uvloop
@@ -228,10 +283,13 @@ def _run(work: Awaitable[None]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `turnout server`; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="turnout server", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="turnout server", description=__doc__.split("\n")[0],
+                                     allow_abbrev=False)
     parser.add_argument("--listen", default=DEFAULT_LISTEN, help=f"HOST:PORT (default {DEFAULT_LISTEN})")
     parser.add_argument("-f", "--file", default=None, help="spec file (default: ./turnout.yaml)")
+    add_arguments(parser)
     args = parser.parse_args(argv)
+    limits = from_args(args)
     try:
         host, port = parse_listen(args.listen)
         store = FlagStore.open(database_url(args.file))
@@ -239,8 +297,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TurnoutError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    _allow_open_files(limits.max_connections)
     try:
-        _run(serve(store, host, port, spec_dir=spec_dir))
+        _run(serve(store, host, port, spec_dir=spec_dir, limits=limits))
     except OSError as exc:
         print(f"error: cannot listen on {args.listen}: {exc}", file=sys.stderr)
         return 1

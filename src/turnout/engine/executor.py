@@ -219,6 +219,8 @@ class Executor:
                 await self._stop(self._instances_present(step.revision, step.slots))
             case Promote():
                 self.store.set_stable(self.spec.service, step.revision)
+                for instance in self.fleet.get(step.revision, {}).values():
+                    self.store.set_instance_state(instance.id, "ready")  # a warm fleet flipped back
             case SetFlag():
                 await self.set_flag(step)
             case KeepWarm():
@@ -315,8 +317,9 @@ class Executor:
 
     async def _run_tests(self, step: RunTests) -> None:
         preview = f"http://{self.spec.preview_listen()}"
+        revision = self._revision(step.revision)
         for test in step.tests:
-            await health.run_test(self.http, test, preview)
+            await health.run_test(self.http, test, preview, revision=revision)
             self.emit(Event("info", f"test passed: {test.model_dump(exclude_defaults=True)}"))
 
     async def _drain(self, instances: list[Instance]) -> None:

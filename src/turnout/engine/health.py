@@ -1,14 +1,19 @@
-"""Health checks and blue-green tests: HTTP against instances and the preview address."""
+"""Health checks and blue-green tests: HTTP against instances and the preview address.
+
+A test command runs with the same clean environment as an instance of the revision it
+tests (the spec's `run.env` and the names in `run.inherit_env`), plus TURNOUT_VERSION and
+TURNOUT_PREVIEW_URL; nothing else of the deployer's environment reaches it.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import os
 
 import httpx
 
+from turnout import procs
 from turnout.clock import Clock
-from turnout.model import Instance
+from turnout.model import Instance, Revision
 from turnout.platforms.base import Platform
 from turnout.spec import CommandTest, Health, HttpTest
 
@@ -46,8 +51,19 @@ async def wait_healthy(
         await clock.sleep(min(health.interval, max(0.05, deadline - clock.now())))
 
 
-async def run_test(http: httpx.AsyncClient, test: HttpTest | CommandTest, preview_url: str) -> None:
-    """Run one blue-green test against the preview address; raise CheckFailed if it fails."""
+def command_env(revision: Revision, preview_url: str) -> dict[str, str]:
+    """The environment of a test command run against `revision` on the preview address."""
+    run = revision.run
+    env = {name: value.replace("{version}", revision.version) for name, value in run.env.items()}
+    env.update(TURNOUT_VERSION=revision.version, TURNOUT_SERVICE=revision.service,
+               TURNOUT_PREVIEW_URL=preview_url)
+    return procs.child_env(run.inherit_env, env)
+
+
+async def run_test(
+    http: httpx.AsyncClient, test: HttpTest | CommandTest, preview_url: str, *, revision: Revision
+) -> None:
+    """Run one blue-green test of `revision` on the preview address; raise CheckFailed if it fails."""
     if isinstance(test, HttpTest):
         url = preview_url + test.http
         try:
@@ -59,10 +75,9 @@ async def run_test(http: httpx.AsyncClient, test: HttpTest | CommandTest, previe
                 f"test GET {test.http}: expected {test.expect_status}, got {response.status_code}"
             )
         return
-    env = {**os.environ, "TURNOUT_PREVIEW_URL": preview_url}
     try:
         proc = await asyncio.create_subprocess_exec(
-            *test.command, env=env, stdin=asyncio.subprocess.DEVNULL,
+            *test.command, env=command_env(revision, preview_url), stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         )
     except OSError as exc:
@@ -81,4 +96,4 @@ async def run_test(http: httpx.AsyncClient, test: HttpTest | CommandTest, previe
         )
 
 
-__all__ = ["CheckFailed", "probe", "run_test", "wait_healthy"]
+__all__ = ["CheckFailed", "command_env", "probe", "run_test", "wait_healthy"]

@@ -1,7 +1,9 @@
 """The `local` platform: instances are processes on this machine.
 
 Each instance is started without a shell in its own session, so it outlives the CLI that
-started it, with its output in `<state_dir>/logs/<service>-<instance id>.log`. A JSON
+started it, with its output in `<state_dir>/logs/<service>-<instance id>.log`. Its
+environment is clean: the spec's `run.env`, the variables turnout sets (PORT, TURNOUT_*)
+and only the names `run.inherit_env` lists from turnout's own environment. A JSON
 record per instance in `<state_dir>/instances/` (written atomically) holds its pid, start
 time and boot id: that is how a restarted control plane finds its fleet again, and how it
 tells the very process it started from another that happens to have the same pid.
@@ -12,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,14 +137,14 @@ class LocalPlatform:
             return text
 
         cwd = (self.spec_dir / fill(revision.run.cwd)).resolve()
-        env = dict(os.environ)
-        env.update({name: fill(value) for name, value in revision.run.env.items()})
+        env = {name: fill(value) for name, value in revision.run.env.items()}
         env.update(
             PORT=str(port),
             TURNOUT_VERSION=revision.version,
             TURNOUT_SLOT=str(slot),
             TURNOUT_SERVICE=revision.service,
         )
+        env = procs.child_env(revision.run.inherit_env, env)
         return _Launch(argv=[fill(arg) for arg in revision.run.command], cwd=cwd, env=env)
 
     def _spawn(self, launch: _Launch, log: Path) -> int:

@@ -3,14 +3,16 @@
 It talks to the proxy's admin API on `DIR/admin.sock` with httpx and turns every socket,
 HTTP and decoding error into `RouterError`. It also manages the process: `ensure_running`
 starts the proxy detached (own session, output to `DIR/proxy.log`) so it outlives the CLI,
-and `stop` ends it (SIGTERM, then SIGKILL of its process group). `set_flags` makes the proxy
+with a clean environment (`ROUTER_ENV`: no tokens or credentials of the deployer), and
+`stop` ends it (SIGTERM, then SIGKILL of its process group). The proxy names itself in
+`DIR/proxy.pid` by pid, start time and boot id; a pid whose process started at another
+time (a reused pid) is never signalled. `set_flags` makes the proxy
 evaluate flags per request (see `turnout.routers.proxy.flags`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
@@ -21,9 +23,11 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import ValidationError
 
+from turnout import procs
 from turnout.errors import RouterError
 from turnout.routers.base import RouterStats
 from turnout.routers.table import RoutingTable
+from turnout.spec import INHERIT_ENV
 
 ADMIN_SOCKET = "admin.sock"
 PID_FILE = "proxy.pid"
@@ -33,36 +37,23 @@ STOP_SECONDS = 10.0
 REQUEST_SECONDS = 10.0
 
 _M = TypeVar("_M", RoutingTable, RouterStats)
+# What the proxy takes from the environment of the turnout command that starts it: what an
+# instance gets by default, what Python needs to find turnout, and the proxy's own settings.
+ROUTER_ENV = (*INHERIT_ENV, "TMPDIR", "PYTHONPATH", "PYTHONHOME")
+ROUTER_ENV_PREFIX = "TURNOUT_PROXY_"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _reap(pid: int) -> bool:
-    """True if `pid` is our child and has exited (it is then reaped)."""
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        return not _alive(pid)
-    return done == pid
+def router_env(source: dict[str, str] | None = None) -> dict[str, str]:
+    """The proxy's whole environment, taken from `source` (default: this process's)."""
+    own = dict(os.environ) if source is None else source
+    names = [*ROUTER_ENV, *sorted(n for n in own if n.startswith(ROUTER_ENV_PREFIX))]
+    return procs.child_env(names, {}, source=own)
 
 
 def _spawn(argv: list[str], log_path: Path) -> int:
     """Start `argv` in its own session with output appended to `log_path`; return its pid."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
-    actions = [
-        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-        (os.POSIX_SPAWN_OPEN, 1, str(log_path), flags, 0o600),
-        (os.POSIX_SPAWN_DUP2, 1, 2),
-    ]
-    return os.posix_spawn(argv[0], argv, dict(os.environ), file_actions=actions, setsid=True)
+    os.close(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+    return procs.spawn(argv, cwd=log_path.parent, env=router_env(), log=log_path)
 
 
 def _log_tail(path: Path, lines: int = 15) -> str:
@@ -175,12 +166,34 @@ class BuiltinRouter:
             raise RouterError(f"builtin router sent an unreadable {model.__name__}: {exc}") from exc
 
     # --- the process
-    def pid(self) -> int | None:
+    def _identity(self) -> tuple[int, float] | None:
+        """(pid, start time) of the proxy the pid file names, if that very process runs."""
         try:
-            pid = int(self.pid_path.read_text().strip())
-        except (OSError, ValueError):
+            data = json.loads(self.pid_path.read_text())
+            if isinstance(data, int):
+                return self._legacy_identity(data)
+            pid, started, boot = int(data["pid"]), float(data["started"]), str(data["boot_id"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # missing or unreadable: nothing to trust
+        if boot != procs.boot_id() or not procs.is_running(pid, started):
             return None
-        return pid if _alive(pid) else None
+        return pid, started
+
+    def _legacy_identity(self, pid: int) -> tuple[int, float] | None:
+        """A bare pid (written by an older turnout) is trusted only if that process is this
+        directory's proxy by its command line; its start time is then read once, here."""
+        argv = procs.cmdline(pid)
+        if argv is None or "turnout.routers.proxy" not in argv:
+            return None
+        if not {str(self.state_dir), str(self.state_dir.resolve())} & set(argv):
+            return None
+        started = procs.start_ticks(pid)
+        return None if started is None else (pid, float(started))
+
+    def pid(self) -> int | None:
+        """The running proxy's pid, or None (no pid file, or its process is gone or another)."""
+        found = self._identity()
+        return None if found is None else found[0]
 
     async def ensure_running(self) -> None:
         """Start the proxy unless it already answers; raise RouterError if it cannot start."""
@@ -190,36 +203,48 @@ class BuiltinRouter:
         argv = [sys.executable, "-m", "turnout.routers.proxy", "--listen", self.listen]
         if self.preview_listen:
             argv += ["--preview-listen", self.preview_listen]
-        argv += ["--state-dir", str(self.state_dir)]
+        argv += ["--state-dir", str(self.state_dir.resolve())]
         try:
             pid = _spawn(argv, self.log_path)
         except OSError as exc:
             raise RouterError(f"cannot start the builtin router: {exc}") from exc
+        started = procs.start_ticks(pid)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + START_SECONDS
         while loop.time() < deadline:
-            if _reap(pid):
-                break
+            if not procs.is_running(pid, None):
+                break  # it exited (and was reaped)
             if await self.healthy():
                 return
             await asyncio.sleep(0.05)
+        if started is not None:  # running but never healthy (say, a worker that keeps dying)
+            procs.signal_group(pid, started, signal.SIGKILL)
         raise RouterError(
             f"builtin router did not start (log {self.log_path}):\n{_log_tail(self.log_path)}"
         )
 
     async def stop(self) -> None:
-        """SIGTERM the proxy, wait for it to drain, SIGKILL its process group if it lingers."""
-        pid = self.pid()
-        if pid is None:
+        """SIGTERM the proxy, wait for it to drain, SIGKILL its process group if it lingers.
+
+        Only the very process the pid file names (same pid, start time and boot) is signalled.
+        """
+        found = self._identity()
+        if found is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + STOP_SECONDS
-        while loop.time() < deadline:
-            if _reap(pid):
+        pid, started = found
+        try:
+            if not procs.signal_process(pid, started, signal.SIGTERM):
+                return
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + STOP_SECONDS
+            while loop.time() < deadline:
+                if not procs.is_running(pid, started):
+                    return
+                await asyncio.sleep(0.05)
+            procs.signal_group(pid, started, signal.SIGKILL)
+        except PermissionError as exc:
+            raise RouterError(f"not allowed to stop the builtin router (pid {pid})") from exc
+        for _ in range(100):  # SIGKILL takes effect at once; wait up to 5 s for it to be gone
+            if not procs.is_running(pid, started):
                 return
             await asyncio.sleep(0.05)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
-        _reap(pid)

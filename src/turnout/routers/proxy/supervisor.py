@@ -1,7 +1,8 @@
 """The proxy's parent process: owns the listening sockets, keeps one worker running.
 
 It binds the public listener, the optional preview listener and the admin unix socket
-(`DIR/admin.sock`, mode 0600), writes `DIR/proxy.pid`, and runs the worker with the socket
+(`DIR/admin.sock`, mode 0600), writes `DIR/proxy.pid` (JSON: its pid, start time and boot
+id, so that a reused pid is never mistaken for it), and runs the worker with the socket
 descriptors passed down. A worker that dies is replaced at once (with a growing pause only
 if it keeps dying young); meanwhile new connections wait in the kernel's backlog. SIGTERM or
 SIGINT is passed to the worker, which drains; a worker still alive after `STOP_SECONDS` is
@@ -20,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 from types import FrameType
+
+from turnout import procs
 
 ADMIN_SOCKET = "admin.sock"
 PID_FILE = "proxy.pid"
@@ -123,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     state = _State()
     _install_signals(state)
-    pid_path.write_text(f"{os.getpid()}\n")
+    me = os.getpid()
+    identity = {"pid": me, "started": procs.start_ticks(me), "boot_id": procs.boot_id()}
+    procs.write_json_atomic(pid_path, identity)
     fds = {name: sock.fileno() for name, sock in socks.items()}
     print(f"proxy: pid {os.getpid()} listening on {args.listen}", file=sys.stderr, flush=True)
     try:
