@@ -4,6 +4,8 @@
 deploy, status, promote, abort, rollback, history and down are methods on it. A
 per-service lock (an flock the kernel drops when its holder dies) keeps two deployments
 apart, and a deployment whose holder died is found in the store and resumed or undone.
+A command that leaves a fleet warm starts the reaper (`turnout.reaper`), which ends the
+rollback window on time with `reap_warm`.
 """
 
 from __future__ import annotations
@@ -12,14 +14,15 @@ import asyncio
 import contextlib
 import fcntl
 import os
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from turnout import strategies
+from turnout import reaper, strategies
 from turnout.clock import Clock, SystemClock
 from turnout.engine.events import Emit, Event, ignore
 from turnout.engine.executor import Executor
@@ -36,7 +39,7 @@ from turnout.engine.steps import (
     load_plan,
     plan_hash,
 )
-from turnout.errors import ConflictError, UserError
+from turnout.errors import ConflictError, TurnoutError, UserError
 from turnout.flags.store import FlagStore
 from turnout.model import Instance, Revision
 from turnout.platforms.local import LocalPlatform
@@ -45,6 +48,8 @@ from turnout.spec import Spec
 from turnout.specfile import load_spec
 from turnout.store.db import DeploymentRecord, Store
 from turnout.strategies import Fleet
+
+LOCK_WAIT = 60.0  # how long a command waits for a short one (not a deployment) to release the lock
 
 
 def database_url(state_dir: Path) -> str:
@@ -64,6 +69,8 @@ class Session:
     emit: Emit = ignore
     executor: Executor | None = None
     _flags: FlagStore | None = None
+    spec_path: Path | None = None  # what the reaper reads again, with the same overrides
+    overrides: tuple[str, ...] = ()
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -76,7 +83,8 @@ class Session:
         platform = LocalPlatform(spec_dir=spec_dir, state_dir=state_dir)
         router = BuiltinRouter(state_dir / "router", listen=spec.listen, preview_listen=spec.preview_listen())
         async with httpx.AsyncClient(trust_env=False) as http:
-            session = cls(spec, spec_dir, state_dir, store, platform, router, http, emit=emit)
+            session = cls(spec, spec_dir, state_dir, store, platform, router, http, emit=emit,
+                          spec_path=spec_dir / spec_path.name, overrides=overrides)
             try:
                 yield session
             finally:
@@ -88,32 +96,40 @@ class Session:
 
     # -- locking ------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        """Hold the service's deployment lock or raise ConflictError."""
-        path = self.state_dir / "deploy.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    @contextlib.asynccontextmanager
+    async def lock(self, *, wait: float = LOCK_WAIT) -> AsyncIterator[None]:
+        """Hold the service's deployment lock or raise ConflictError.
+
+        A deployment in progress is refused at once. A holder without one is a short command
+        (a status-like check, the reaper stopping a warm fleet): it is waited for up to `wait`.
+        """
+        fd = os.open(self.state_dir / "deploy.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            deadline = time.monotonic() + wait
+            told = False
+            while not _try_lock(fd):
                 active = self.store.active_deployment(self.spec.service)
-                what = f"deployment #{active.id} of {active.version}" if active else "another command"
-                raise ConflictError(
-                    f"{what} is in progress for {self.spec.service}; "
-                    "watch it with `turnout status`, or use `turnout promote` / `turnout abort`"
-                ) from None
+                if active is not None or time.monotonic() >= deadline:
+                    what = f"deployment #{active.id} of {active.version}" if active else "another command"
+                    raise ConflictError(
+                        f"{what} is in progress for {self.spec.service}; "
+                        "watch it with `turnout status`, or use `turnout promote` / `turnout abort`"
+                    )
+                if not told:
+                    self.emit(Event("info", "waiting for another turnout command to finish"))
+                    told = True
+                await asyncio.sleep(0.1)
             yield
         finally:
             os.close(fd)
 
     def locked(self) -> bool:
         """True while some process holds the deployment lock."""
+        fd = os.open(self.state_dir / "deploy.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            with self.lock():
-                return False
-        except ConflictError:
-            return True
+            return not _try_lock(fd)
+        finally:
+            os.close(fd)  # releases the lock if this call took it
 
     @property
     def flags(self) -> FlagStore:
@@ -160,7 +176,7 @@ class Session:
                 raise UserError(f"--strategy: expected one of {', '.join(kinds)}, got {strategy!r}")
             spec = spec.model_copy(update={"strategy": spec.strategy.model_copy(update={"kind": strategy})})
         revision = Revision.of(spec, version)
-        with self.lock():
+        async with self.lock():
             await self.router.ensure_running()
             await self.sync_flags()
             executor = self.new_executor()
@@ -199,12 +215,16 @@ class Session:
         self.emit(Event("info", f"deployment #{record.id}: {revision.version} with {kind}, {len(plan)} steps",
                         data={"deployment": record.id}))
         assert self.executor is not None
-        return await self.executor.run(record)
+        done = await self.executor.run(record)
+        self._reap_warm_later()
+        return done
 
     async def _resume(self, record: DeploymentRecord) -> DeploymentRecord:
         record = self.store.update_deployment(record.id, owner_pid=os.getpid(), phase="progressing")
         assert self.executor is not None
-        return await self.executor.run(record)
+        done = await self.executor.run(record)
+        self._reap_warm_later()
+        return done
 
     async def _ensure_routed(self, revision: str, slots: tuple[int, ...]) -> None:
         table = await self.router.table()
@@ -216,18 +236,77 @@ class Session:
         """Stop what nothing needs: warm fleets past their window and orphaned instances."""
         stable = self.store.stable(self.spec.service)
         now = self.clock.wall()
-        table = await self.router.table()
+        table = await self.router.table() if self.router.pid() is not None else None
         routed = table.backend_ids() if table else set()
         records = {r.instance.id: r for r in self.store.instances(self.spec.service)}
-        for instance in await self.platform.instances(self.spec.service):
-            record = records.get(instance.id)
-            warm = record is not None and record.state == "warm" and (record.warm_until or 0) > now
-            if instance.revision == stable or instance.id in routed or warm:
-                continue
+
+        async def stop(instance: Instance) -> None:
             self.emit(Event("info", f"stopping {instance.id}: no longer needed"))
             revision = self.store.revision(instance.revision)
             await self.platform.stop(instance, grace=revision.run.grace if revision else 5.0)
             self.store.remove_instance(instance.id)
+
+        leaving = []
+        for instance in await self.platform.instances(self.spec.service):
+            record = records.get(instance.id)
+            warm = record is not None and record.state == "warm" and (record.warm_until or 0) > now
+            if not (instance.revision == stable or instance.id in routed or warm):
+                leaving.append(instance)
+        await asyncio.gather(*(stop(i) for i in leaving))  # at once: the lock is held meanwhile
+
+    # -- the end of rollback windows ---------------------------------------------
+
+    def _warm_until(self, *, after: float) -> float | None:
+        """The earliest end of a rollback window later than `after`, if a fleet is warm."""
+        ends = [r.warm_until for r in self.store.instances(self.spec.service)
+                if r.state == "warm" and r.warm_until is not None and r.warm_until > after]
+        return min(ends, default=None)
+
+    def _reap_warm_later(self) -> None:
+        """Holding the lock: if a fleet is warm, have a reaper end its window on time."""
+        if self.spec_path is None:
+            return
+        if self._warm_until(after=float("-inf")) is None:
+            reaper.stop(self.state_dir)  # nothing left for it to do (say, a rollback flipped back)
+            return
+        try:
+            pid = reaper.start(self.state_dir, self.spec_path, self.overrides)
+        except OSError as exc:
+            self.emit(Event("warning", f"cannot start the reaper ({exc}): the next turnout command "
+                                       "stops the warm fleet"))
+            return
+        self.emit(Event("info", f"the warm fleet is stopped when its window ends (reaper pid {pid})"))
+
+    async def reap_warm(self, *, retry: float = 2.0, patience: float = 600.0) -> None:
+        """Sleep until each rollback window ends, then tidy as the next command would.
+
+        A deployment in progress (the lock held, or an interrupted one in the store) is
+        waited for, retrying every `retry` seconds for at most `patience` seconds.
+        """
+        due = self._warm_until(after=float("-inf"))
+        while due is not None:
+            await self.clock.sleep(max(0.0, due - self.clock.wall()) + 0.1)
+            if not await self._tidy_when_free(retry, patience):
+                return
+            due = self._warm_until(after=self.clock.wall())
+
+    async def _tidy_when_free(self, retry: float, patience: float) -> bool:
+        deadline = self.clock.now() + patience
+        while True:
+            try:
+                async with self.lock(wait=0):
+                    if self.store.active_deployment(self.spec.service) is None:
+                        await self.tidy()
+                        return True
+                    problem = "a deployment is in progress"
+            except ConflictError:
+                problem = "another command holds the deployment lock"
+            except TurnoutError as exc:
+                problem = str(exc)
+            if self.clock.now() >= deadline:
+                self.emit(Event("warning", f"gave up waiting: {problem}; the next command tidies"))
+                return False
+            await self.clock.sleep(retry)
 
     # -- promote, abort, rollback -------------------------------------------------
 
@@ -243,7 +322,7 @@ class Session:
         if self.locked():
             self.emit(Event("info", f"promote requested for deployment #{active.id}"))
             return active
-        with self.lock():  # the deploying CLI is gone: carry the deployment on here
+        async with self.lock():  # the deploying CLI is gone: carry the deployment on here
             await self.router.ensure_running()
             self.new_executor()
             return await self._resume(active)
@@ -259,7 +338,7 @@ class Session:
                     assert record is not None
                     return record
                 await asyncio.sleep(0.2)
-        with self.lock():
+        async with self.lock():
             await self.router.ensure_running()
             executor = self.new_executor()
             return await executor.go_back(active, "aborted", "aborted by request")
@@ -267,7 +346,7 @@ class Session:
     async def rollback(self, version: str | None = None) -> DeploymentRecord:
         """Return to `version` (default: the revision before the stable one)."""
         service = self.spec.service
-        with self.lock():
+        async with self.lock():
             if self.store.active_deployment(service) is not None:
                 raise UserError("a deployment is in progress: use `turnout abort` to go back from it")
             stable = self.store.stable(service)
@@ -359,7 +438,7 @@ class Session:
 
     async def down(self) -> int:
         """Stop every instance and the router; forget the stable revision."""
-        with self.lock():
+        async with self.lock():
             active = self.store.active_deployment(self.spec.service)
             if active is not None:
                 self.store.update_deployment(active.id, phase="aborted", message="service taken down")
@@ -367,6 +446,7 @@ class Session:
             records = self.store.instances(self.spec.service)
             found: dict[str, Instance] = {r.instance.id: r.instance for r in records}
             found.update({i.id: i for i in await self.platform.instances(self.spec.service)})
+            reaper.stop(self.state_dir)
             if (self.router.pid() is not None):
                 await self.router.stop()
             for instance in found.values():
@@ -375,6 +455,14 @@ class Session:
                 stopped += 1
             self.store.set_stable(self.spec.service, None)
             return stopped
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def _state_dir(spec_path: Path) -> tuple[Path, Path]:

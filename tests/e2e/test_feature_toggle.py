@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.conftest import Service, check
+from tests.e2e.conftest import Service
 from turnout.demo.load import Load
 from turnout.flags import FlagState, evaluate
 from turnout.flags.store import FlagStore
@@ -37,6 +37,14 @@ def write(service: Service) -> None:
     service.spec.write_text(yaml.safe_dump(spec, sort_keys=False))
 
 
+async def first_release(service: Service) -> None:
+    """Deploy v1 with its flag ramp under load: a ramp's pause needs traffic to reach a verdict
+    (an Inconclusive one holds the deployment for a human)."""
+    async with Load(service.url, rate=200, users=100, max_seconds=60):
+        code, out, err = await service.arun("deploy", "v1")
+    assert code == 0, out + err
+
+
 def targeted_before_the_end(service: Service, since: float) -> set[str]:
     """Users the flag was on for at any ramp step (changed after `since`) before it was on for all."""
     store = FlagStore.open(f"sqlite:///{service.folder / '.turnout' / 'state.db'}")
@@ -57,7 +65,7 @@ async def test_feature_toggle_deployment_fails_no_request_and_exposes_only_targe
     service: Service,
 ) -> None:
     write(service)
-    check(service.run("deploy", "v1"))
+    await first_release(service)
     since = time.time()
     async with Load(service.url, rate=200, users=100, max_seconds=120) as load:
         code, out, err = await service.arun("deploy", "v2")
@@ -79,7 +87,7 @@ async def test_a_failing_new_code_path_is_switched_off_and_only_flagged_users_sa
     service: Service,
 ) -> None:
     write(service)
-    check(service.run("deploy", "v1"))
+    await first_release(service)
     since = time.time()
     async with Load(service.url, rate=200, users=100, max_seconds=120) as load:
         code, out, err = await service.arun("deploy", "v2", "--set", "run.env.DEMO_FEATURE_FAIL=1")

@@ -209,6 +209,21 @@ def down(spec_file: str | None) -> None:
     click.echo(f"stopped {stopped} instance(s) and the router")
 
 
+@cli.command("reap-warm", hidden=True)
+@FILE_OPTION
+@SET_OPTION
+def reap_warm(spec_file: str | None, overrides: tuple[str, ...]) -> None:
+    """Stop warm fleets when their rollback window ends (started detached by turnout itself)."""
+    path = _spec_path(spec_file)
+    printer = Printer(as_json=True)  # timestamped lines in the reaper's log
+
+    async def work() -> None:
+        async with Session.open(path, overrides, emit=printer.event) as session:
+            await session.reap_warm()
+
+    run_async(work)
+
+
 @cli.command()
 def schema() -> None:
     """Print the JSON Schema of the spec file, for editors."""

@@ -8,6 +8,8 @@ on purpose so that deployments have something to roll back from:
     DEMO_FAIL=start      exit 1 at once          DEMO_ERROR_RATE=0.2  that share of 500s
     DEMO_FAIL=health     500 on /healthz         DEMO_LATENCY_MS=N    N ms more per request
     DEMO_FAIL=errors     500 on everything else  DEMO_STARTUP_MS=N    sleep before listening
+    DEMO_FAIL=refuse     pass the first health check, then close the listening socket:
+                         every later connection is refused (the process keeps running)
 
 The request path is an asyncio protocol over httptools (no framework), so one core serves
 thousands of requests a second. SIGTERM/SIGINT stop it gracefully: the listener closes,
@@ -34,7 +36,7 @@ from urllib.parse import parse_qs
 
 import httptools
 
-FAIL_MODES = ("", "start", "health", "errors")
+FAIL_MODES = ("", "start", "health", "errors", "refuse")
 MAX_SLOW_MS = 60_000
 FRESH_GRACE_S = 0.1  # how long a never-used connection may still send its first request
 _REASONS = {200: "OK", 400: "Bad Request", 500: "Internal Server Error"}
@@ -57,7 +59,7 @@ class Behaviour:
         """Read the DEMO_* variables; raises ValueError naming the bad variable."""
         fail = env.get("DEMO_FAIL", "").strip().lower()
         if fail not in FAIL_MODES:
-            raise ValueError(f"DEMO_FAIL must be one of start, health, errors; got {fail!r}")
+            raise ValueError(f"DEMO_FAIL must be one of {', '.join(FAIL_MODES[1:])}; got {fail!r}")
         rate = _number(env, "DEMO_ERROR_RATE")
         if not 0.0 <= rate <= 1.0:
             raise ValueError(f"DEMO_ERROR_RATE must be between 0 and 1; got {rate}")
@@ -111,6 +113,7 @@ class DemoApp:
         self.closing = False
         self.served = 0
         self.drained = asyncio.Event()  # set once closing and no connection is left
+        self.refusing = asyncio.Event()  # DEMO_FAIL=refuse: set by the first passed health check
         self._rng = rng or random.Random()
         self._version_header = b"X-Version: " + behaviour.version.encode("latin-1") + b"\r\n"
 
@@ -120,6 +123,8 @@ class DemoApp:
         if path == b"/healthz":
             if b.fail == "health":
                 return Answer(500, b"unhealthy", content_type=b"text/plain")
+            if b.fail == "refuse":
+                self.refusing.set()  # this answer is the last one: serve() closes the listener
             return Answer(200, b"ok", content_type=b"text/plain")
         delay = b.latency_s
         if path == b"/slow":
@@ -280,7 +285,7 @@ class _Connection(asyncio.Protocol):
 
     def _send(self, request: Request, answer: Answer) -> None:
         assert self._transport is not None
-        close = self._app.closing or not request.keep_alive
+        close = self._app.closing or self._app.refusing.is_set() or not request.keep_alive
         self._transport.write(self._app.render(request, answer, close=close))
         self._app.served += 1
         if close:
@@ -323,7 +328,14 @@ async def serve(app: DemoApp, host: str, port: int, *, drain_timeout: float = 5.
     server = await loop.create_server(lambda: _Connection(app), host, port, backlog=1024)
     bound = server.sockets[0].getsockname()
     _log(f"version={version} listening on http://{host}:{bound[1]}")
-    await stop.wait()
+    stopped = asyncio.ensure_future(stop.wait())
+    refusing = asyncio.ensure_future(app.refusing.wait())
+    await asyncio.wait({stopped, refusing}, return_when=asyncio.FIRST_COMPLETED)
+    if refusing.done() and not stopped.done():
+        server.close()
+        _log(f"version={version} refusing connections from now on (DEMO_FAIL=refuse)")
+    await stopped
+    refusing.cancel()
     server.close()
     app.begin_shutdown()
     with contextlib.suppress(TimeoutError):
