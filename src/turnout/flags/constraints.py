@@ -1,11 +1,14 @@
 """Unleash constraints, compiled once into predicates over a context.
 
-A constraint names a context field, an operator and its operand(s) (``values`` for the
-list operators, ``value`` for the scalar ones), optionally ``inverted`` and
-``caseInsensitive``. Compiling parses every operand up front (numbers, dates, semver
-keys, regular expressions, CIDR networks) so a check at request time is a field lookup
-and one comparison. A malformed constraint raises ``DefinitionError`` here, at compile
-time; the strategy holding it then never matches and reports the problem.
+A constraint names a context field, an operator and its operand(s), optionally
+``inverted`` and ``caseInsensitive``. Which operand an operator reads is the official
+engine's (yggdrasil's) rule: IN, NOT_IN, STR_*, IN_CIDR read ``values`` only, the NUM_*,
+DATE_*, SEMVER_* and REGEX operators read ``value`` only; the other field is ignored.
+Compiling parses every operand up front (numbers, dates, semver keys, regular
+expressions, CIDR networks) so a check at request time is a field lookup and one
+comparison; operands and context values are parsed as that engine parses them
+(``turnout.flags.values``). A malformed constraint raises ``DefinitionError`` here, at
+compile time; the strategy holding it then never matches and reports the problem.
 
 Regular expressions use RE2 (``google-re2``), the dialect Unleash's server validates
 and its engine runs: linear time, POSIX classes, inline flags anywhere, no
@@ -14,8 +17,8 @@ backreferences or lookaround.
 
 from __future__ import annotations
 
-import ipaddress
 import operator
+import sys
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -24,11 +27,24 @@ from typing import Any
 import re2
 
 from turnout.flags.model import Context
-from turnout.flags.semver import SemverKey, semver_key
+from turnout.flags.semver import SemverKey, semver_key, semver_operand
+from turnout.flags.values import (
+    Instant,
+    Network,
+    address_in,
+    date_operand,
+    instant_of,
+    number_operand,
+    parse_instant,
+    parse_network,
+    parse_number,
+)
 
 Getter = Callable[[Context], str | None]
 Predicate = Callable[[Context], bool]
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+LIST_OPERATORS = frozenset({"IN", "NOT_IN", "STR_CONTAINS", "STR_STARTS_WITH", "STR_ENDS_WITH",
+                            "IN_CIDR"})
+_EPSILON = sys.float_info.epsilon  # NUM_EQ is |a - b| < epsilon in the official engine
 
 
 class DefinitionError(ValueError):
@@ -88,27 +104,13 @@ def text_list(raw: Any, what: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-def parse_date(value: Any) -> datetime | None:
-    """An aware datetime from an ISO 8601 string or a datetime (naive means UTC)."""
+def parse_date(value: Any) -> Instant | None:
+    """A context date: RFC 3339 text with an offset, or a datetime (as an SDK sends it)."""
     if isinstance(value, datetime):
-        parsed = value
-    elif isinstance(value, str):
-        try:
-            parsed = datetime.fromisoformat(value.strip())
-        except ValueError:
-            return None
-    else:
-        return None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
-
-
-def _parse_float(text: str | None) -> float | None:
-    if text is None:
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        return None
+        return instant_of(value)
+    if isinstance(value, str):
+        return parse_instant(value)
+    return None
 
 
 def _membership(get: Getter, values: tuple[str, ...], negate: bool) -> Predicate:
@@ -136,6 +138,10 @@ def _strings(get: Getter, op: str, values: tuple[str, ...], fold: bool) -> Predi
     return check
 
 
+def _near(a: float, b: float) -> bool:
+    return abs(a - b) < _EPSILON
+
+
 _COMPARE: dict[str, Callable[[Any, Any], bool]] = {
     "EQ": operator.eq, "GT": operator.gt, "GTE": operator.ge,
     "LT": operator.lt, "LTE": operator.le, "AFTER": operator.gt, "BEFORE": operator.lt,
@@ -143,22 +149,24 @@ _COMPARE: dict[str, Callable[[Any, Any], bool]] = {
 
 
 def _number(get: Getter, op: str, operand: str) -> Predicate:
-    target = _parse_float(operand)
+    target = number_operand(operand)
     if target is None:
-        raise DefinitionError(f"{op} needs a number, got {operand!r}")
-    compare = _COMPARE[op.removeprefix("NUM_")]
+        raise DefinitionError(f"{op} needs a number like 12, -3.5 or 1e3, got {operand!r}")
+    compare = _near if op == "NUM_EQ" else _COMPARE[op.removeprefix("NUM_")]
 
     def check(ctx: Context) -> bool:
-        number = _parse_float(get(ctx))
+        text = get(ctx)
+        number = parse_number(text) if text is not None else None
         return number is not None and compare(number, target)
 
     return check
 
 
 def _date(name: str, op: str, operand: str) -> Predicate:
-    target = parse_date(operand)
+    target = date_operand(operand)
     if target is None:
-        raise DefinitionError(f"{op} needs an ISO 8601 date, got {operand!r}")
+        raise DefinitionError(f"{op} needs a date like 2030-01-31T12:00:00Z (milliseconds at "
+                              f"most, Z or an offset like +01:00), got {operand!r}")
     compare = _COMPARE[op.removeprefix("DATE_")]
     get = raw_getter(name)
     now_if_missing = name == "currentTime"
@@ -166,7 +174,7 @@ def _date(name: str, op: str, operand: str) -> Predicate:
     def check(ctx: Context) -> bool:
         raw = get(ctx)
         if raw is None and now_if_missing:
-            return bool(compare(datetime.now(UTC), target))
+            raw = datetime.now(UTC)
         when = parse_date(raw)
         return when is not None and compare(when, target)
 
@@ -178,7 +186,7 @@ _context_semver = lru_cache(maxsize=4096)(semver_key)
 
 
 def _semver(get: Getter, op: str, operand: str) -> Predicate:
-    target = semver_key(operand)
+    target = semver_operand(operand)
     if target is None:
         raise DefinitionError(f"{op} needs a semantic version, got {operand!r}")
     compare = _COMPARE[op.removeprefix("SEMVER_")]
@@ -209,24 +217,7 @@ def _regex(get: Getter, operand: str, fold: bool) -> Predicate:
 
 def parse_networks(entries: tuple[str, ...]) -> tuple[Network, ...]:
     """The entries that parse as an IP address or CIDR block; the others are ignored."""
-    networks = []
-    for entry in entries:
-        try:
-            networks.append(ipaddress.ip_network(entry.strip(), strict=False))
-        except ValueError:
-            continue
-    return tuple(networks)
-
-
-def address_in(text: str | None, networks: tuple[Network, ...]) -> bool:
-    """Whether ``text`` is an IP address inside one of ``networks``."""
-    if text is None:
-        return False
-    try:
-        address = ipaddress.ip_address(text.strip())
-    except ValueError:
-        return False
-    return any(address in network for network in networks)
+    return tuple(n for n in map(parse_network, entries) if n is not None)
 
 
 def _cidr(get: Getter, values: tuple[str, ...]) -> Predicate:
@@ -236,29 +227,27 @@ def _cidr(get: Getter, values: tuple[str, ...]) -> Predicate:
     return lambda ctx: address_in(get(ctx), networks)
 
 
-def _operand(raw: Mapping[str, Any], values: tuple[str, ...], op: str) -> str:
-    value = raw.get("value")
-    if value is None and len(values) == 1:
-        value = values[0]
-    text = as_text(value)
+def _operand(raw: Mapping[str, Any], op: str) -> str:
+    text = as_text(raw.get("value"))
     if text is None:
-        raise DefinitionError(f"{op} needs a 'value'")
+        raise DefinitionError(f"{op} needs a 'value' (the official SDKs ignore 'values' here)")
     return text
 
 
 def _base(raw: Mapping[str, Any], name: str, op: str) -> Predicate:
-    values = text_list(raw.get("values"), f"{op} values")
     get = field_getter(name)
     fold = raw.get("caseInsensitive") is True
-    if op in ("IN", "NOT_IN"):
-        return _membership(get, values, negate=op == "NOT_IN")
-    if op in ("STR_CONTAINS", "STR_STARTS_WITH", "STR_ENDS_WITH"):
-        if not values and raw.get("value") is not None:
-            values = (_operand(raw, values, op),)
+    if op in LIST_OPERATORS:
+        values = text_list(raw.get("values"), f"{op} values")
+        if not values and op not in ("IN", "NOT_IN"):
+            raise DefinitionError(f"{op} needs a non-empty 'values' list (the official SDKs "
+                                  "ignore 'value' here)")
+        if op == "IN_CIDR":
+            return _cidr(get, values)
+        if op in ("IN", "NOT_IN"):
+            return _membership(get, values, negate=op == "NOT_IN")
         return _strings(get, op, values, fold)
-    if op == "IN_CIDR":
-        return _cidr(get, values)
-    operand = _operand(raw, values, op)
+    operand = _operand(raw, op)
     if op.startswith("NUM_") and op[4:] in ("EQ", "GT", "GTE", "LT", "LTE"):
         return _number(get, op, operand)
     if op in ("DATE_AFTER", "DATE_BEFORE"):

@@ -7,27 +7,28 @@ name the field path of every problem: pydantic models for the shape and types of
 Unleash's client-API feature JSON, then plain checks for what depends on more than one
 field (a strategy's parameters by its name, a constraint's operand by its operator, the
 weights of a variant list). The second pass reads the raw input defensively, so a type
-error in one strategy does not hide a bad regular expression in another. The result is
-a normalised definition: defaults filled in, operands and parameters as strings,
-variant weights spread the way the Unleash server spreads them. Whether referenced
-segments and parent flags exist is the store's check, not this module's.
+error in one strategy does not hide a bad regular expression in another; it includes
+``turnout.flags.portable``, which refuses what Unleash's official SDKs would read
+otherwise than turnout does. The result is a normalised definition: defaults filled in,
+operands and parameters as strings, variant weights spread the way the Unleash server
+spreads them. Whether referenced segments and parent flags exist is the store's check,
+not this module's.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import math
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-import re2
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, ValidationError
 
 from turnout.errors import UserError
-from turnout.flags.constraints import as_text, parse_date
-from turnout.flags.semver import semver_key
+from turnout.flags.constraints import as_text
+from turnout.flags.portable import constraint_problems, parameter_problems
 from turnout.flags.state import FlagState
+from turnout.flags.values import rust_trim
 from turnout.flags.variants import TOTAL_WEIGHT, normalise_weights
 
 FLAG_NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,100}$"
@@ -176,16 +177,9 @@ def _whole_percent(raw: Any) -> str | None:
 
 
 def _listed(raw: Any) -> list[str]:
+    """The entries of a comma-separated parameter, trimmed as the official SDKs trim them."""
     text = as_text(raw) or ""
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
-def _is_network(text: str) -> bool:
-    try:
-        ipaddress.ip_network(text.strip(), strict=False)
-    except ValueError:
-        return False
-    return True
+    return [entry for entry in (rust_trim(part) for part in text.split(",")) if entry]
 
 
 def _check_parameters(name: str, params: Mapping[str, Any], path: Path) -> list[tuple[Path, str]]:
@@ -205,59 +199,15 @@ def _check_parameters(name: str, params: Mapping[str, Any], path: Path) -> list[
                 "applicationHostname": "hostNames"}.get(name)
     if required is not None and not _listed(params.get(required)):
         out.append(((*at, required), f"{name} needs a comma-separated list of at least one entry"))
-    if name == "remoteAddress":
-        out.extend(((*at, "IPs"), f"{entry!r} is not an IP address or CIDR block")
-                   for entry in _listed(params.get("IPs")) if not _is_network(entry))
+    out.extend(parameter_problems(params, path))
     return out
 
 
-def _operand_problem(op: str, text: str) -> str | None:
-    if op.startswith("NUM_"):
-        try:
-            number = float(text)
-        except ValueError:
-            number = math.nan
-        return None if math.isfinite(number) else f"{op} needs a number, got {text!r}"
-    if op.startswith("DATE_"):
-        return None if parse_date(text) else f"{op} needs an ISO 8601 date and time, got {text!r}"
-    if op.startswith("SEMVER_"):
-        return None if semver_key(text) else f"{op} needs a semantic version like 1.2.3, got {text!r}"
-    options = re2.Options()
-    options.log_errors = False
-    try:
-        re2.compile(text, options)
-    except re2.error as exc:
-        reason = exc.args[0] if exc.args else exc
-        if isinstance(reason, bytes):
-            reason = reason.decode("utf-8", "replace")
-        return f"not a valid RE2 regular expression: {reason}"
-    return None
-
-
-def _operands(raw: Any) -> list[str]:
-    if not isinstance(raw, list):
-        return []
-    return [text for text in (as_text(item) for item in raw) if text is not None]
-
-
 def check_constraint(raw: Any, path: Path) -> list[tuple[Path, str]]:
-    """Operand checks of one constraint, by its operator."""
+    """Operand checks of one constraint, by its operator (see ``turnout.flags.portable``)."""
     if not isinstance(raw, Mapping) or raw.get("operator") not in OPERATORS:
         return []
-    op, values, value = raw["operator"], _operands(raw.get("values")), as_text(raw.get("value"))
-    if op in LIST_OPERATORS:
-        if not values and not (value and op.startswith("STR_")):
-            return [((*path, "values"), f"{op} needs a list of at least one value")]
-        if op == "IN_CIDR":
-            return [((*path, "values", i), f"{v!r} is not an IP address or CIDR block")
-                    for i, v in enumerate(values) if not _is_network(v)]
-        return []
-    if value is None and len(values) == 1:
-        return [(p, m) for p, m in [((*path, "values", 0), _operand_problem(op, values[0]))] if m]
-    if value is None:
-        return [((*path, "value"), f"{op} needs one 'value'")]
-    problem = _operand_problem(op, value)
-    return [((*path, "value"), problem)] if problem else []
+    return constraint_problems(raw, path)
 
 
 def _check_variants(raw: Any, path: Path) -> list[tuple[Path, str]]:
@@ -365,8 +315,9 @@ def _normalise_strategy(strategy: dict[str, Any], flag: str) -> None:
             params[key] = _whole_percent(params[key])
     if strategy["name"] == "flexibleRollout":
         params.setdefault("stickiness", "default")
-        if not params.get("groupId"):
-            params["groupId"] = flag
+    grouped = ("flexibleRollout", "gradualRolloutUserId", "gradualRolloutSessionId")
+    if strategy["name"] in grouped and not params.get("groupId"):
+        params["groupId"] = flag  # without one the official SDKs never turn the latter two on
     for key in ("userIds", "IPs", "hostNames"):
         if key in params:
             params[key] = ",".join(_listed(params[key]))

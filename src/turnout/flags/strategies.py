@@ -10,6 +10,7 @@ into an ERROR reason when nothing else turned the flag on.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,6 @@ from typing import Any
 from turnout.flags.constraints import (
     DefinitionError,
     Predicate,
-    address_in,
     as_text,
     compile_constraints,
     field_getter,
@@ -25,7 +25,10 @@ from turnout.flags.constraints import (
 )
 from turnout.flags.hashing import normalized_hash, random_bucket
 from turnout.flags.model import Reason, Result
+from turnout.flags.values import address_in, rust_trim
 from turnout.flags.variants import VariantSet, compile_variants
+
+_PERCENT = re.compile(r"\+?[0-9]+")  # Rust's usize::from_str
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,17 +70,17 @@ def compile_segment(raw: Any) -> Segment:
         return Segment((_never,), f"segment: {exc}")
 
 
-def _percentage(params: Mapping[str, Any], key: str) -> float:
+def _percentage(params: Mapping[str, Any], key: str) -> int:
+    """A percentage as the official engine reads it: a whole number 0..100, nothing else."""
     text = as_text(params.get(key))
     if text is None:
         raise DefinitionError(f"parameter {key!r} is missing")
-    try:
-        return float(text)
-    except ValueError:
-        raise DefinitionError(f"parameter {key!r} must be a number, got {text!r}") from None
+    if _PERCENT.fullmatch(text) is None or int(text) > 100:
+        raise DefinitionError(f"parameter {key!r} must be a whole number 0..100, got {text!r}")
+    return int(text)
 
 
-def _rollout(group: str, percentage: float, stickiness: str) -> tuple[Predicate | None, Reason]:
+def _rollout(group: str, percentage: int, stickiness: str) -> tuple[Predicate | None, Reason]:
     if not percentage > 0:
         return _never, Reason.SPLIT
     if stickiness == "random":
@@ -92,48 +95,45 @@ def _rollout(group: str, percentage: float, stickiness: str) -> tuple[Predicate 
     def check(ctx: Mapping[str, Any]) -> bool:
         for get in getters:
             identifier = get(ctx)
-            if identifier:
+            if identifier is not None:  # "" is a value too, as for the official engine
                 return normalized_hash(group, identifier) <= percentage
         return fallback_random and random_bucket() <= percentage
 
     return check, Reason.SPLIT if percentage < 100 else Reason.TARGETING_MATCH
 
 
-def _listed(params: Mapping[str, Any], key: str) -> tuple[str, ...]:
-    text = as_text(params.get(key)) or ""
-    return tuple(part.strip() for part in text.split(",") if part.strip())
+def _listed(params: Mapping[str, Any], key: str) -> tuple[str, ...] | None:
+    """A comma-separated parameter, each entry trimmed (empty ones kept); None if absent."""
+    text = as_text(params.get(key))
+    return None if text is None else tuple(rust_trim(part) for part in text.split(","))
 
 
 Activation = tuple[Predicate | None, Reason]
 
 
 def _activation(name: str, params: Mapping[str, Any], flag: str, host: str) -> Activation:
-    group = as_text(params.get("groupId")) or flag
+    group_id = as_text(params.get("groupId"))
+    group = flag if group_id is None else group_id
     if name == "default":
         return None, Reason.STATIC
     if name == "flexibleRollout":
-        stickiness = as_text(params.get("stickiness")) or "default"
-        return _rollout(group, _percentage(params, "rollout"), stickiness)
+        stickiness = as_text(params.get("stickiness"))
+        return _rollout(group, _percentage(params, "rollout"), stickiness or "default")
     if name in ("gradualRolloutUserId", "gradualRolloutSessionId"):
+        if group_id is None:  # the official engine never turns these on without one
+            return _never, Reason.SPLIT
         field = "userId" if name == "gradualRolloutUserId" else "sessionId"
         return _rollout(group, _percentage(params, "percentage"), field)
     if name == "gradualRolloutRandom":
         return _rollout(group, _percentage(params, "percentage"), "random")
     if name == "userWithId":
-        users, get_user = frozenset(_listed(params, "userIds")), field_getter("userId")
+        users, get_user = frozenset(_listed(params, "userIds") or ()), field_getter("userId")
         return (lambda ctx: get_user(ctx) in users), Reason.TARGETING_MATCH
     if name == "remoteAddress":
-        entries = _listed(params, "IPs")
-        exact, networks, get_ip = frozenset(entries), parse_networks(entries), field_getter(
-            "remoteAddress")
-
-        def by_address(ctx: Mapping[str, Any]) -> bool:
-            address = get_ip(ctx)
-            return address in exact or address_in(address, networks)
-
-        return by_address, Reason.TARGETING_MATCH
+        networks, get_ip = parse_networks(_listed(params, "IPs") or ()), field_getter("remoteAddress")
+        return (lambda ctx: address_in(get_ip(ctx), networks)), Reason.TARGETING_MATCH
     if name == "applicationHostname":
-        hosts = {h.lower() for h in _listed(params, "hostNames")}
+        hosts = {h.lower() for h in _listed(params, "hostNames") or ()}
         return (None if host.lower() in hosts else _never), Reason.TARGETING_MATCH
     raise DefinitionError(f"unknown strategy {name!r}")
 

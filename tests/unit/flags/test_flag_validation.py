@@ -58,6 +58,8 @@ INVALID: list[tuple[str, object, str, str]] = [
      "strategies.0.parameters.userIds", "at least one"),
     ("ips-invalid", flag(strategies=[strategy("remoteAddress", parameters={"IPs": "10.0.0.1, router"})]),
      "strategies.0.parameters.IPs", "'router'"),
+    ("ips-leading-zero", flag(strategies=[strategy("remoteAddress", parameters={"IPs": "010.0.0.1"})]),
+     "strategies.0.parameters.IPs", "'010.0.0.1'"),
     ("parameter-bool", flag(strategies=[strategy(parameters={"groupId": True})]),
      "strategies.0.parameters.groupId", "string"),
     ("operator-unknown", with_constraint(constraint("LIKE", values=["a"])), f"{C0}.operator", "LIKE"),
@@ -67,7 +69,56 @@ INVALID: list[tuple[str, object, str, str]] = [
     ("num-not-number", with_constraint(constraint("NUM_GT", value="ten")), f"{C0}.value", "number"),
     ("num-missing-value", with_constraint(constraint("NUM_LT")), f"{C0}.value", "needs one"),
     ("date-not-date", with_constraint(constraint("DATE_AFTER", value="next week")),
-     f"{C0}.value", "ISO 8601"),
+     f"{C0}.value", "offset"),
+    ("date-without-zone", with_constraint(constraint("DATE_AFTER", value="2030-01-01T00:00:00")),
+     f"{C0}.value", "offset"),
+    ("date-microseconds", with_constraint(constraint("DATE_BEFORE",
+                                                     value="2030-01-01T00:00:00.123456Z")),
+     f"{C0}.value", "milliseconds"),
+    ("date-space-for-t", with_constraint(constraint("DATE_BEFORE", value="2030-01-01 00:00:00Z")),
+     f"{C0}.value", "2030-01-31T12:00:00Z"),
+    ("num-underscore", with_constraint(constraint("NUM_EQ", value="1_000")), f"{C0}.value", "'_'"),
+    ("num-leading-dot", with_constraint(constraint("NUM_GT", value=".5")), f"{C0}.value", "number"),
+    ("num-infinity", with_constraint(constraint("NUM_LT", value="inf")), f"{C0}.value", "inf"),
+    ("num-in-values", with_constraint(constraint("NUM_EQ", values=["5"])), f"{C0}.values",
+     "ignore 'values'"),
+    ("num-both", with_constraint(constraint("NUM_EQ", value="5", values=["6"])), f"{C0}.values",
+     "reads one value"),
+    ("regex-in-values", with_constraint(constraint("REGEX", values=["^a"])), f"{C0}.values",
+     "ignore 'values'"),
+    ("regex-trailing-backslash", with_constraint(constraint("REGEX", value="a\\\\")),
+     f"{C0}.value", "backslash"),
+    ("semver-leading-zero", with_constraint(constraint("SEMVER_EQ", value="01.2.3")), f"{C0}.value",
+     "semantic"),
+    ("semver-pre-leading-zero", with_constraint(constraint("SEMVER_EQ", value="1.2.3-01")),
+     f"{C0}.value", "semantic"),
+    ("semver-over-u64", with_constraint(constraint("SEMVER_LT", value="18446744073709551616.0.0")),
+     f"{C0}.value", "semantic"),
+    ("contains-with-value", with_constraint(constraint("STR_CONTAINS", value="beta")),
+     f"{C0}.value", "values: ['beta']"),
+    ("starts-with-value", with_constraint(constraint("STR_STARTS_WITH", value="beta")),
+     f"{C0}.value", "ignore 'value'"),
+    ("ends-with-value", with_constraint(constraint("STR_ENDS_WITH", value=".io", values=["x"])),
+     f"{C0}.value", "reads a list"),
+    ("in-with-value", with_constraint(constraint("IN", value="eu")), f"{C0}.value", "reads a list"),
+    ("not-in-with-value", with_constraint(constraint("NOT_IN", value="eu")), f"{C0}.value",
+     "reads a list"),
+    ("cidr-with-value", with_constraint(constraint("IN_CIDR", value="10.0.0.0/8")), f"{C0}.value",
+     "reads a list"),
+    ("cidr-with-space", with_constraint(constraint("IN_CIDR", values=[" 10.0.0.0/8"])),
+     f"{C0}.values.0", "no spaces"),
+    ("in-trailing-backslash", with_constraint(constraint("IN", values=["ok", "c:\\"])),
+     f"{C0}.values.1", "backslash"),
+    ("context-name-quote", with_constraint({"contextName": 'say "hi"', "operator": "IN",
+                                            "values": ["a"]}), f"{C0}.contextName", "'\"'"),
+    ("group-id-quote", flag(strategies=[strategy("flexibleRollout",
+                                                 parameters={"rollout": 5, "groupId": 'a"b'})]),
+     "strategies.0.parameters.groupId", "'\"'"),
+    ("stickiness-backslash", flag(strategies=[strategy("flexibleRollout",
+                                                       parameters={"rollout": 5, "stickiness": "a\\"})]),
+     "strategies.0.parameters.stickiness", "cannot hold"),
+    ("user-id-backslash", flag(strategies=[strategy("userWithId", parameters={"userIds": "a,b\\"})]),
+     "strategies.0.parameters.userIds", "backslash"),
     ("semver-not-strict", with_constraint(constraint("SEMVER_GT", value="v1.2")), f"{C0}.value", "semantic"),
     ("regex-invalid", with_constraint(constraint("REGEX", value="(unclosed")), f"{C0}.value", "RE2"),
     ("regex-backreference", with_constraint(constraint("REGEX", value=r"(a)\1")), f"{C0}.value", "RE2"),
@@ -142,7 +193,8 @@ def test_valid_flag_is_normalised_as_unleash_serves_it() -> None:
             {"name": "flexibleRollout", "parameters": {"rollout": 25}},
             {"name": "userWithId", "parameters": {"userIds": " alice, bob ,"}},
             {"name": "default", "constraints": [{"contextName": "build", "operator": "NUM_GTE",
-                                                 "values": [42]}]},
+                                                 "value": 42}]},
+            {"name": "gradualRolloutUserId", "parameters": {"percentage": "10"}},
         ],
         "variants": [{"name": "blue", "weight": 200, "weightType": "fix"},
                      {"name": "green"}, {"name": "red"}],
@@ -151,7 +203,9 @@ def test_valid_flag_is_normalised_as_unleash_serves_it() -> None:
     assert out["strategies"][0]["parameters"] == {"rollout": "25", "stickiness": "default",
                                                   "groupId": "checkout"}
     assert out["strategies"][1]["parameters"]["userIds"] == "alice,bob"
-    assert out["strategies"][2]["constraints"][0]["values"] == ["42"]
+    assert out["strategies"][2]["constraints"][0]["value"] == "42"
+    # without a group the official SDKs never turn gradualRolloutUserId on: the flag's name it is
+    assert out["strategies"][3]["parameters"] == {"percentage": "10", "groupId": "checkout"}
     assert [v["weight"] for v in out["variants"]] == [200, 400, 400]
     assert validate_flag(out) == out  # normalising twice changes nothing
 
@@ -176,3 +230,17 @@ def test_segment_validation() -> None:
         validate_segment({"id": 0, "name": "", "constraints": [constraint("NUM_EQ", value="x")]})
     paths = {p.split(": ")[0] for p in caught.value.problems}
     assert paths == {"id", "name", "constraints.0.value"}
+
+
+@pytest.mark.parametrize("c", [
+    constraint("NUM_GT", value=" 6 "),  # spaces around an operand: the rule grammar skips them
+    constraint("NUM_EQ", value="+1.5E3", values=[]),
+    constraint("NUM_LT", value="5."),
+    constraint("DATE_AFTER", value="2030-01-31T12:00:00.250+01:00"),
+    constraint("DATE_AFTER", value="2016-12-31T23:59:60Z"),  # a leap second
+    constraint("SEMVER_GTE", value="1.2.3-rc.1+build.007"),
+    constraint("STR_CONTAINS", values=['say "hi"', "a\\b"], value=""),
+    constraint("IN_CIDR", values=["10.0.0.0/255.0.0.0", "::ffff:0:0/96"]),
+])
+def test_definitions_the_official_sdks_read_the_same_are_accepted(c: dict[str, Any]) -> None:
+    validate_flag(with_constraint(c))
