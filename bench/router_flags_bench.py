@@ -57,7 +57,8 @@ def flags_body(count: int) -> dict[str, object]:
         for i in range(3)
     ]
     state = {"version": 2, "features": features, "segments": []}
-    return {"state": state, "evaluate": [f"flag-{i}" for i in range(count)],
+    # the same state each time (revision 1, taken again) with another list of evaluated flags
+    return {"state": state, "revision": 1, "evaluate": [f"flag-{i}" for i in range(count)],
             "header": "X-Turnout-Flags"}
 
 
