@@ -2,10 +2,10 @@
 
 A flag is created from a file with a flexibleRollout strategy of its own stickiness and
 groupId at 20%; then `turnout flags rollout checkout 33` and `... 40` run through the
-real CLI. After each step a real `turnout server` serves the store, a fresh
-`UnleashClient` (yggdrasil inside) reads it, and both it and `turnout.flags` answer for
-5,000 user ids: they must agree on every one, and nobody enabled at one step may be
-disabled at the next.
+real CLI, and 50% goes through the running server's admin API. After each step a real
+`turnout server` serves the store, a fresh `UnleashClient` (yggdrasil inside) reads it,
+and both it and `turnout.flags` answer for 5,000 user ids: they must agree on every one,
+and nobody enabled at one step may be disabled at the next.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.e2e.sdk.python_sdk import served_state, unleash_answers
@@ -44,30 +45,35 @@ def turnout(folder: Path, *args: str) -> str:
 
 
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[Path, ServerProcess, str]]:
+def served(tmp_path: Path) -> Iterator[tuple[Path, ServerProcess, str, str]]:
     (tmp_path / "turnout.yaml").write_text(SPEC)
     (tmp_path / "flag.yaml").write_text(FLAG)
     turnout(tmp_path, "flags", "create", "-f", "flag.yaml")
     url = f"sqlite:///{tmp_path / '.turnout' / 'state.db'}"
     with FlagStore.open(url) as store:
         token = store.create_token("e2e-rollout", "client")
+        admin = store.create_token("e2e-rollout-admin", "admin")
     server = ServerProcess.start(url, cwd=tmp_path)
     try:
-        yield tmp_path, server, token
+        yield tmp_path, server, token, admin
     finally:
         assert server.stop() == 0
 
 
 def test_raising_a_rollout_keeps_its_users_for_turnout_and_the_python_sdk(
-    served: tuple[Path, ServerProcess, str], tmp_path_factory: pytest.TempPathFactory,
+    served: tuple[Path, ServerProcess, str, str], tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    folder, server, token = served
+    folder, server, token, admin = served
     cases = [("checkout", {"userId": f"user-{i}"}) for i in range(USERS)]
     enabled: dict[int, set[int]] = {}
-    for revision, percent in ((1, 20), (2, 33), (3, 40)):
-        if percent != 20:
+    for revision, percent in ((1, 20), (2, 33), (3, 40), (4, 50)):
+        if percent in (33, 40):
             out = turnout(folder, "flags", "rollout", "checkout", str(percent))
             assert f"rolled out to {percent}%" in out
+        elif percent == 50:
+            changed = httpx.post(f"{server.url}/api/admin/flags/checkout/rollout",
+                                 json={"percent": percent}, headers={"Authorization": admin})
+            assert changed.status_code == 200, changed.text
         doc = served_state(server.url, token, revision=revision)
         params = doc["features"][0]["strategies"][0]["parameters"]
         assert params == {"rollout": str(percent), "stickiness": "userId",
@@ -83,8 +89,6 @@ def test_raising_a_rollout_keeps_its_users_for_turnout_and_the_python_sdk(
         assert not differ, f"{len(differ)} users differ, e.g. {differ[:5]}"
         enabled[percent] = {i for i, on in enumerate(theirs) if on}
         assert abs(len(enabled[percent]) / USERS - percent / 100) < 0.03
-    dropped_33 = enabled[20] - enabled[33]
-    dropped_40 = enabled[33] - enabled[40]
-    print(f"users dropped: 20->33%: {len(dropped_33)}, 33->40%: {len(dropped_40)} "
-          f"(of {len(enabled[33])} enabled at 33%)")
-    assert not dropped_33 and not dropped_40
+    dropped = {f"{a}->{b}%": len(enabled[a] - enabled[b]) for a, b in ((20, 33), (33, 40), (40, 50))}
+    print(f"users dropped: {dropped} (of {len(enabled[33])} enabled at 33%)")
+    assert not any(dropped.values())

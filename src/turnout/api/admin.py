@@ -31,7 +31,7 @@ _FLAG = re.compile(r"^flags/([^/]+)(?:/(enable|disable|rollout|users|history))?$
 class RolloutBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     percent: int = Field(ge=0, le=100)
-    stickiness: str = Field(default="default", min_length=1)
+    stickiness: str | None = Field(default=None, min_length=1)  # left out: the strategy keeps its own
 
 
 class UsersBody(BaseModel):
