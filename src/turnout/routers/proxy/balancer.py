@@ -109,6 +109,7 @@ class Plan:
     preview: PoolPlan | None
     wanted: frozenset[bytes] = field(default_factory=frozenset)
     drop: frozenset[bytes] = field(default_factory=frozenset)  # request headers not forwarded
+    buffering: bool = False  # request bodies are read whole before an instance is called
     addresses: frozenset[str] = field(default_factory=frozenset)
 
     @classmethod

@@ -8,24 +8,21 @@ retried (the client gets 502). A failed connect is retried on another backend of
 pool first, then of any pool (a preview request only within the preview pool), up to
 `MAX_ATTEMPTS` backends in all; when the last attempt timed out the answer is 504.
 
-With `buffer_requests` a request body is read whole before any backend is called (413
-beyond the limit), so slow uploads cost the router memory rather than an app's worker.
-An instance's `101` to an upgrade hands both connections to a `Tunnel`. For an HTTP/1.0
-client the response is re-framed by `Http10Response`.
-
-`Answer` is an exchange the router answers itself before any backend is involved.
-Every answer the router makes is counted (see `RevisionCounters.answered`) and logged.
+This class is the path every request takes, kept as short as it can be; what only some
+requests need (HTTP/1.0 clients, upgrades, buffered bodies) is in `SpecialExchange`, whose
+class attributes here are the defaults an ordinary exchange reads.
 """
 
 from __future__ import annotations
 
 import asyncio
+from bisect import bisect_left
 from time import perf_counter
 from typing import TYPE_CHECKING
 
+from turnout.routers.base import LATENCY_BOUNDS
+from turnout.routers.proxy.answers import CLOSING, RESPONSES
 from turnout.routers.proxy.balancer import BackendRef, Plan, PoolPlan
-from turnout.routers.proxy.metrics import RevisionCounters
-from turnout.routers.proxy.tunnel import Tunnel
 from turnout.routers.proxy.upstream import UpstreamConn
 
 if TYPE_CHECKING:
@@ -39,95 +36,26 @@ PENDING_MAX = 256 * 1024
 MAX_ATTEMPTS = 3
 BP_UPSTREAM = 1  # client reading paused: the backend is not taking the body fast enough
 BP_PENDING = 2  # client reading paused: body buffered while a connection is being opened
-REASONS = {400: b"Bad Request", 405: b"Method Not Allowed", 408: b"Request Timeout",
-           413: b"Content Too Large", 431: b"Request Header Fields Too Large", 502: b"Bad Gateway",
-           503: b"Service Unavailable", 504: b"Gateway Timeout"}
-
-
-def canned(status: int, reason: bytes, *, close: bool = False) -> bytes:
-    body = reason + b"\n"
-    connection = b"Connection: close\r\n" if close else b""
-    return b"HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n%s\r\n%s" % (
-        status,
-        reason,
-        len(body),
-        connection,
-        body,
-    )
-
-
-RESPONSES = {status: canned(status, reason) for status, reason in REASONS.items()}
-CLOSING = {status: canned(status, reason, close=True) for status, reason in REASONS.items()}
-RESPONSE_502 = RESPONSES[502]
-RESPONSE_503 = RESPONSES[503]
-
-
-class Answer:
-    """A request the router answers itself with `status`, then closes the connection."""
-
-    __slots__ = ("chunked", "client", "complete", "counters", "deferred", "error", "keep_alive", "reason",
-                 "responded", "status", "upstream")
-
-    def __init__(
-        self, client: ClientConn, status: int, counters: RevisionCounters, reason: str,
-        *, error: BaseException | None = None,
-    ) -> None:
-        self.client = client
-        self.status = status
-        self.counters = counters
-        self.reason = reason
-        self.error = error
-        self.chunked = False
-        self.complete = False
-        self.deferred = False
-        self.keep_alive = False
-        self.responded = False
-        self.upstream: UpstreamConn | None = None
-
-    def start(self) -> None:
-        self.counters.requests += 1
-        self.counters.answered(self.status)
-        self.responded = True
-        client = self.client
-        client.proxy.note(self.status, client.peer, self.reason, self.error)
-        client.write(CLOSING[self.status])
-        client.exchange_done(self, True)
-
-    def body(self, chunk: bytes) -> None:
-        pass
-
-    def request_complete(self) -> None:
-        self.complete = True
-
-    def tick(self, client: ClientConn, ticks: Ticks) -> None:
-        pass
-
-    def fail(self, error: BaseException | None = None) -> None:
-        self.client.abort()
-
-    def abort(self) -> None:
-        pass
 
 
 class Exchange:
     """A request from `client` on its way to a backend of `pool` and the answer back."""
 
     __slots__ = (
-        "backend", "body_size", "buffer", "chunked", "client", "complete", "counters", "deferred", "early",
-        "finished", "http10", "keep_alive", "method", "pending", "pending_size", "plan", "pool", "proxy",
-        "responded", "sent", "sent_size", "started", "task", "timed_out", "tried", "upgrade", "upstream",
+        "backend", "chunked", "client", "complete", "counters", "deferred", "finished", "keep_alive",
+        "method", "pending", "pending_size", "plan", "pool", "proxy", "responded", "sent", "sent_size",
+        "started", "task", "tried", "upstream",
     )
 
-    def __init__(
+    def __init__(  # noqa: PLR0917  # once per request: positional arguments cost less
         self,
         client: ClientConn,
         plan: Plan,
         pool: PoolPlan | None,
         method: bytes,
         head: bytes,
-        *,
         keep_alive: bool,
-        cohort: Cohort | None = None,
+        cohort: Cohort | None,
     ) -> None:
         """Framing and start time come from the client's request just parsed.
 
@@ -162,31 +90,12 @@ class Exchange:
         self.complete = False  # the whole request was received from the client
         self.finished = False  # the response is over (or failed)
         self.responded = False  # some response byte reached the client
-        self.http10 = False  # the client speaks HTTP/1.0: the response is re-framed
-        self.upgrade = False  # the client offers an upgrade that was forwarded
-        self.early = b""  # bytes the client sent after an upgrade request
-        self.deferred = False  # waiting for the whole body before connecting
-        self.timed_out = False  # the last connect attempt timed out
-        # With buffering: the body bytes allowed (-1: announced larger, refused), and seen so far.
-        self.buffer: int | None = None
-        self.body_size = 0
-        if proxy.buffer_limit is not None and (self.chunked or client.length not in (None, b"0")):
-            self.buffer = -1 if _declared(client.length) > proxy.buffer_limit else proxy.buffer_limit
+        self.deferred = False  # the body is awaited before any backend is called (SpecialExchange)
 
     # --- starting and connecting
     def start(self) -> None:
+        """Count the request and send it on."""
         self.counters.requests += 1
-        buffer = self.buffer
-        if buffer is not None:
-            if buffer < 0 or self.body_size > buffer:
-                self._local(413, close=True)
-                return
-            if not self.complete:
-                self.deferred = True  # request_complete starts it
-                return
-        self._begin()
-
-    def _begin(self) -> None:
         backend = self.pool.pick() if self.pool is not None else None
         if backend is None:
             self._local(503)
@@ -202,16 +111,17 @@ class Exchange:
     async def _connect(self, backend: BackendRef | None) -> None:
         tried = self.tried
         assert tried is not None
+        timed_out = False  # the last attempt
         while backend is not None:
             tried.append(backend)
             try:
                 conn = await self.proxy.conns.connect(backend, within=self.proxy.connect_timeout)
             except TimeoutError:
-                self.timed_out = True
+                timed_out = True
                 backend = self._next_backend(tried)
                 continue
             except OSError:
-                self.timed_out = False
+                timed_out = False
                 backend = self._next_backend(tried)
                 continue
             self.task = None
@@ -221,7 +131,7 @@ class Exchange:
                 self._attach(conn, backend)
             return
         self.task = None
-        self._fail()
+        self._fail(timed_out=timed_out)
 
     def _next_backend(self, tried: list[BackendRef]) -> BackendRef | None:
         """The next backend to try: never outside the preview pool for a preview request."""
@@ -236,7 +146,7 @@ class Exchange:
         self.backend = backend
         in_flight = self.proxy.metrics.in_flight
         in_flight[backend.id] = in_flight.get(backend.id, 0) + 1
-        conn.attach(self, self.method == b"HEAD", self if self.http10 else None)
+        conn.attach(self, self.method == b"HEAD")
         client = self.client
         if client.write_paused:
             conn.pause_reading()
@@ -252,12 +162,6 @@ class Exchange:
     def body(self, chunk: bytes) -> None:
         if self.finished:
             return
-        if self.buffer is not None:
-            self.body_size += len(chunk)
-            if self.body_size > self.buffer and self.upstream is None:
-                if self.deferred or self.client.current is self:
-                    self._local(413, close=True)
-                return  # a queued exchange answers 413 when it starts
         if self.chunked:
             chunk = b"%x\r\n%s\r\n" % (len(chunk), chunk)
         self._send(chunk)
@@ -266,15 +170,12 @@ class Exchange:
         self.complete = True
         if self.chunked and not self.finished:
             self._send(b"0\r\n\r\n")
-        if self.deferred and not self.finished:
-            self.deferred = False
-            self._begin()
 
     def _send(self, data: bytes) -> None:
         if self.upstream is None:
             self.pending.append(data)
             self.pending_size += len(data)
-            if self.pending_size > PENDING_MAX and self.buffer is None:
+            if self.pending_size > PENDING_MAX:
                 self.client.pause(BP_PENDING)
         else:
             self._write(data)
@@ -313,7 +214,10 @@ class Exchange:
             self.proxy.conns.release(conn)
         else:
             conn.close()
-        self.counters.response(conn.status, perf_counter() - self.started)
+        counters = self.counters  # counters.response, inlined
+        if conn.status >= 500:
+            counters.responses_5xx += 1
+        counters.latency[bisect_left(LATENCY_BOUNDS, perf_counter() - self.started)] += 1
         self.client.exchange_done(self, not keep_alive)
 
     def upstream_lost(self, conn: UpstreamConn) -> None:
@@ -333,21 +237,10 @@ class Exchange:
             self._fail()
 
     def upgraded(self, data: bytes, conn: UpstreamConn) -> None:
-        """The instance answered `101`: `data` holds that answer and what follows it."""
-        if not self.upgrade:  # an upgrade nobody asked for
-            self._detach()
-            conn.close()
-            self._fail()
-            return
-        self.finished = self.responded = True
-        self.upstream = None  # the tunnel now holds the connection and its in-flight count
-        self.counters.response(101, perf_counter() - self.started)
-        client = self.client
-        client.write(data)
-        assert self.backend is not None and client.transport is not None and conn.transport is not None
-        Tunnel(self.proxy, client.transport, conn.transport, self.backend.id).start(self.early)
-        conn.sink = None
-        client.tunnelled()
+        """The instance answered `101` to a request that offered no upgrade: a broken answer."""
+        self._detach()
+        conn.close()
+        self._fail()
 
     def pause_client(self) -> None:
         self.client.pause(BP_UPSTREAM)
@@ -394,9 +287,9 @@ class Exchange:
             in_flight[backend_id] = in_flight.get(backend_id, 1) - 1
         self.upstream = None
 
-    def _fail(self) -> None:
+    def _fail(self, *, timed_out: bool = False) -> None:
         """No backend could be reached or heard from: 502, or 504 if the last one timed out."""
-        status = 504 if self.timed_out else 502
+        status = 504 if timed_out else 502
         client = self.client
         client.proxy.note(status, client.peer, "no instance could be reached")
         self._local(status)
@@ -441,10 +334,3 @@ class Exchange:
         if conn is not None:
             conn.close()
 
-
-def _declared(length: bytes | None) -> int:
-    """The body size a client announced (0 when chunked or unknown)."""
-    try:
-        return int(length) if length is not None else 0
-    except ValueError:
-        return 0

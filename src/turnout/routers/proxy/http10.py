@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
-from httptools import HttpResponseParser
-
 if TYPE_CHECKING:
     from turnout.routers.proxy.upstream import UpstreamConn
 
@@ -28,7 +26,7 @@ class Http10Sink(Protocol):
 
     keep_alive: bool
 
-    def response_data(self, data: bytes) -> None: ...
+    def rewritten(self, data: bytes) -> None: ...
 
 
 class Http10Response:
@@ -76,14 +74,13 @@ class Http10Response:
             lines += b"Content-Length: %s\r\n" % self.length
         lines += b"Connection: keep-alive\r\n" if keep else b"Connection: close\r\n"
         self.sink.keep_alive = keep
-        self.sink.response_data(b"HTTP/1.1 %d %s\r\n%s\r\n" % (status, self.reason, lines))
+        self.sink.rewritten(b"HTTP/1.1 %d %s\r\n%s\r\n" % (status, self.reason, lines))
         if conn.head:  # the parser would wait for the announced body: the answer ends here
             conn.done = True
-            conn.rewriter = None
-            conn.parser = HttpResponseParser(conn)
+            conn.plain()
 
     def on_body(self, body: bytes) -> None:
-        self.sink.response_data(body)
+        self.sink.rewritten(body)
 
     def on_message_complete(self) -> None:
         if self.conn.status:

@@ -8,12 +8,20 @@ requests queue behind the current exchange and reading from the client pauses un
 are served, so responses go back in order. When flags are evaluated (`proxy.flags`), the
 request's cohort adds its header line to the head and its counters to the exchange.
 
+The usual request (HTTP/1.1, no hop-by-hop or forwarding headers of its own, the same Host
+as the connection's last one) takes the short path in `on_headers_complete`, with the
+forwarding lines kept per connection. Anything else (`unusual`) goes through `_general`:
+HTTP/1.0 clients and upgrades get a `SpecialExchange`; an `Upgrade` other than `h2c` is
+forwarded, and the instance's `101` turns both connections into a `Tunnel`; an `h2c` offer
+is dropped and the request answered as HTTP/1.1.
+
 Limits cost almost nothing per request: the bytes of a head are charged against
-`head_left` before httptools sees them (so an endless header is cut at the limit instead of
-buffered), and the exact size and count are checked on the joined head that is built anyway.
-Deadlines are kept by `Proxy.sweep` (see `proxy.sweep`), not by a timer per connection.
-An `Upgrade` other than `h2c` is forwarded; the instance's `101` turns both connections
-into a `Tunnel`. An `h2c` offer is ignored and answered as HTTP/1.1.
+`head_left` before httptools sees them, so an endless header is cut at the limit instead of
+buffered (a pipelined head that begins within the read that ended the request before it is
+charged from its next read on, so it may exceed the limit by less than one read), and the
+header count is checked on the list that is joined anyway.
+While a head is being read `started` holds when it began; deadlines are kept by
+`Proxy.sweep` (see `proxy.state`), not by a timer per connection.
 """
 
 from __future__ import annotations
@@ -25,12 +33,17 @@ from typing import cast
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 
-from turnout.routers.proxy.exchange import BP_PENDING, BP_UPSTREAM, Answer, Exchange
+from turnout.routers.proxy.answers import Answer
+from turnout.routers.proxy.balancer import PoolPlan
+from turnout.routers.proxy.exchange import BP_PENDING, BP_UPSTREAM, Exchange
+from turnout.routers.proxy.flags import Cohort
+from turnout.routers.proxy.special import SpecialExchange, declared
 from turnout.routers.proxy.state import HOP_BY_HOP, Proxy
 
 BP_PIPELINE = 4  # client reading paused: requests are queued behind the current one
 BP_UPGRADE = 8  # client reading paused: an upgrade waits for the instance's answer
 NOT_IN_HEAD = 1 << 62  # `head_left` while no request head is being read
+NO_HOST = b"\x00"  # `fwd_host` before any forwarding lines were kept (no Host equals it)
 PROTO_LINE = b"X-Forwarded-Proto: http\r\n"
 
 __all__ = ["HOP_BY_HOP", "ClientConn", "Proxy"]
@@ -38,9 +51,9 @@ __all__ = ["HOP_BY_HOP", "ClientConn", "Proxy"]
 
 class ClientConn(asyncio.Protocol):
     __slots__ = (
-        "chunked", "closed", "connection", "current", "drop", "head_left", "headers", "idle", "in_head",
+        "chunked", "closed", "current", "drop", "fwd_host", "fwd_lines", "head_left", "headers", "idle",
         "length", "parser", "paused", "peer", "preview", "proxy", "queue", "receiving", "started",
-        "transport", "upgrade", "url", "want", "wanted", "write_paused", "xff", "xff_line",
+        "transport", "unusual", "url", "want", "wanted", "write_paused", "xff", "xff_line",
     )
 
     def __init__(self, proxy: Proxy, *, preview: bool = False) -> None:
@@ -50,17 +63,17 @@ class ClientConn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer = b"unknown"
         self.xff_line = b"X-Forwarded-For: unknown\r\n"
+        self.fwd_host = NO_HOST  # the Host the kept forwarding lines are for
+        self.fwd_lines = b""
         self.closed = False
         self.idle = 0  # sweeps since the client last sent anything
         self.paused = 0
         self.write_paused = False
         self.head_left = proxy.max_head  # head bytes still allowed; < 0: take no more bytes
-        self.in_head = False  # a request head has begun and is not complete
         self.current: Exchange | Answer | None = None
         self.receiving: Exchange | Answer | None = None
         self.queue: deque[Exchange | Answer] = deque()
-        self.on_message_begin()
-        self.in_head = False
+        self.on_message_begin()  # a new connection owes its first head within the deadline
 
     # --- asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -78,11 +91,19 @@ class ClientConn(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.idle = 0
-        if len(data) > self.head_left:
+        size = len(data)
+        if size > self.head_left:
             self._limited(data)
             return
-        self.head_left -= len(data)
-        self._feed(data)
+        self.head_left -= size
+        try:  # _feed, inlined for the usual case
+            self.parser.feed_data(data)
+        except HttpParserUpgrade as exc:
+            self._upgraded(data, int(exc.args[0]))
+        except HttpParserCallbackError as exc:
+            self._internal_error(exc.__context__ or exc)
+        except HttpParserError:
+            self._refuse(400, "malformed request")
 
     def _feed(self, data: bytes) -> None:
         try:
@@ -130,7 +151,6 @@ class ClientConn(asyncio.Protocol):
     # --- httptools callbacks
     def on_message_begin(self) -> None:
         self.started = perf_counter()  # uvloop's clock ticks in milliseconds
-        self.in_head = True
         self.url = b""
         self.headers: list[bytes] = []  # name, b": ", value, CRLF, ... joined once
         plan = self.proxy.plan
@@ -140,37 +160,73 @@ class ClientConn(asyncio.Protocol):
         self.xff: bytes | None = None
         self.length: bytes | None = None
         self.chunked = False
-        self.connection: bytes | None = None
-        self.upgrade: bytes | None = None
+        self.unusual = plan.buffering  # True: this request takes the general path
 
     def on_url(self, url: bytes) -> None:
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
         lname = name.lower()
-        if lname in self.drop:  # hop-by-hop, or the flags header, which only the proxy sets
-            if lname == b"x-forwarded-for":
-                self.xff = value
-            elif lname == b"content-length":
+        if lname in self.drop:  # hop-by-hop, forwarding, or the flags header only the proxy sets
+            if lname == b"content-length":
                 self.length = value
             elif lname == b"transfer-encoding":
                 self.chunked = b"chunked" in value.lower()
-            elif lname == b"connection":
-                self.connection = value
-            elif lname == b"upgrade":
-                self.upgrade = value
+            elif lname == b"x-forwarded-for":
+                self.xff = value
+                self.unusual = True
+            else:  # Connection, Upgrade, X-Forwarded-Proto/-Host...: read by _general
+                self.wanted[lname] = value
+                self.unusual = True
             return
         self.headers += (name, b": ", value, b"\r\n")
         if lname in self.want:
             self.wanted[lname] = value
 
     def on_headers_complete(self) -> None:
+        """Route the request and build the head the instance gets (the usual case inlined)."""
         self.head_left = NOT_IN_HEAD
-        self.in_head = False
-        try:
-            exchange = self._exchange()
-        except Exception as exc:  # a bug in routing: answered 502 and counted, never 400
+        exchange: Exchange | Answer
+        try:  # a bug in routing is answered 502 and counted, never 400
+            proxy = self.proxy
+            plan = proxy.plan
+            parser = self.parser
+            headers = b"".join(self.headers)
+            method: bytes = parser.get_method()
+            keep_alive: bool = parser.should_keep_alive()
+            if len(self.headers) > proxy.max_header_items:  # the size was checked as bytes came in
+                exchange = self._answer(431, "too many header lines")
+            elif method == b"CONNECT":
+                exchange = self._answer(405, "CONNECT is not proxied")
+            else:
+                flags = proxy.flagging
+                if flags is None:
+                    pool = plan.preview if self.preview else plan.route_keyed(self.wanted)[0]
+                    cohort = None
+                else:
+                    pool, key = plan.route_keyed(self.wanted)
+                    if self.preview:
+                        pool = plan.preview
+                    cache = flags.cache
+                    cohort = cache.get(key) if key is not None and cache is not None else None
+                    if cohort is None:
+                        cohort = flags.cohort(key, self.peer)
+                    headers += cohort.line
+                if self.unusual or not keep_alive or self.wanted.get(b"host") != self.fwd_host:
+                    exchange = self._general(method, headers, pool, keep_alive, cohort)
+                else:
+                    if self.chunked:
+                        framing = b"Transfer-Encoding: chunked\r\n"
+                    elif self.length is not None:
+                        framing = b"Content-Length: %s\r\n" % self.length
+                    else:
+                        framing = b""
+                    head = b"%s %s HTTP/1.1\r\n%s%s%s\r\n" % (
+                        method, self.url, headers, self.fwd_lines, framing)
+                    exchange = Exchange(self, plan, pool, method, head, keep_alive, cohort)
+        except Exception as exc:
             exchange = self._answer(502, "router error", error=exc)
+        self.started = 0.0  # no head in progress
         self.receiving = exchange
         if self.current is None:
             self.current = exchange
@@ -179,69 +235,62 @@ class ClientConn(asyncio.Protocol):
             self.queue.append(exchange)
             self.pause(BP_PIPELINE)
 
-    def _exchange(self) -> Exchange | Answer:
-        proxy = self.proxy
-        plan = proxy.plan
+    def _general(
+        self, method: bytes, headers: bytes, pool: PoolPlan | None, keep_alive: bool, cohort: Cohort | None
+    ) -> Exchange:
+        """The exchange of a request off the usual path (see the module doc)."""
         parser = self.parser
-        headers = b"".join(self.headers)
-        if len(headers) + len(self.url) > proxy.max_head or len(self.headers) > proxy.max_header_items:
-            return self._answer(431, "request head over the limits")
-        method: bytes = parser.get_method()
-        if method == b"CONNECT":
-            return self._answer(405, "CONNECT is not proxied")
-        keep_alive = bool(parser.should_keep_alive())
-        http10 = (not keep_alive or self.connection is not None) and parser.get_http_version() == "1.0"
-        upgrade = self._upgrade_lines() if self.upgrade is not None and not http10 else b""
-        flags = proxy.flagging
-        if flags is None:
-            pool = plan.preview if self.preview else plan.route_keyed(self.wanted)[0]
-            cohort = None
-        else:
-            pool, key = plan.route_keyed(self.wanted)
-            if self.preview:
-                pool = plan.preview
-            cache = flags.cache
-            cohort = cache.get(key) if key is not None and cache is not None else None
-            if cohort is None:
-                cohort = flags.cohort(key, self.peer)
-            headers += cohort.line
-        head = self._head(method, headers, upgrade)
-        exchange = Exchange(self, plan, pool, method, head, keep_alive=keep_alive, cohort=cohort)
-        if http10 or upgrade:
-            exchange.http10 = http10
-            exchange.upgrade = bool(upgrade)
-            exchange.keep_alive = keep_alive and not upgrade  # a declined upgrade ends the connection
-        return exchange
-
-    def _upgrade_lines(self) -> bytes:
-        """The upgrade to forward: any protocol the client offers but `h2c`, which is dropped
-        (the request is then served as HTTP/1.1, as RFC 9113 lets a server do)."""
-        upgrade = self.upgrade or b""
-        connection = (self.connection or b"").lower()
-        if b"upgrade" not in connection or upgrade.strip().lower() == b"h2c":
-            return b""
-        return b"Connection: Upgrade\r\nUpgrade: %s\r\n" % upgrade
-
-    def _head(self, method: bytes, headers: bytes, upgrade: bytes) -> bytes:
-        xff = self.xff_line
-        if self.xff is not None:
-            xff = b"X-Forwarded-For: %s, %s\r\n" % (self.xff, self.peer)
         wanted = self.wanted
-        host = wanted.get(b"host")
-        if host is None:  # an HTTP/1.0 client: instances speaking HTTP/1.1 want a Host
-            host = self.proxy.host_of(self.preview)
-            xff += b"Host: %s\r\n" % host
-        if b"x-forwarded-proto" not in wanted:
-            xff += PROTO_LINE
-        if b"x-forwarded-host" not in wanted:
-            xff += b"X-Forwarded-Host: %s\r\n" % host
+        http10 = (not keep_alive or b"connection" in wanted) and parser.get_http_version() == "1.0"
+        upgrade = b"" if http10 else self._upgrade_lines()
         if self.chunked:
             framing = b"Transfer-Encoding: chunked\r\n"
         elif self.length is not None:
             framing = b"Content-Length: %s\r\n" % self.length
         else:
             framing = b""
-        return b"%s %s HTTP/1.1\r\n%s%s%s%s\r\n" % (method, self.url, headers, xff, upgrade, framing)
+        head = b"%s %s HTTP/1.1\r\n%s%s%s%s\r\n" % (
+            method, self.url, headers, self._forwarded(), upgrade, framing)
+        plan = self.proxy.plan
+        limit = self.proxy.buffer_limit
+        buffer = None
+        if limit is not None and (self.chunked or self.length not in (None, b"0")):
+            buffer = -1 if declared(self.length) > limit else limit
+        if not (http10 or upgrade or buffer is not None):
+            return Exchange(self, plan, pool, method, head, keep_alive, cohort)
+        return SpecialExchange(self, plan, pool, method, head, keep_alive, cohort,
+                               http10=http10, upgrade=bool(upgrade), buffer=buffer)
+
+    def _upgrade_lines(self) -> bytes:
+        """The upgrade to forward: any protocol the client offers but `h2c`, which is dropped
+        (the request is then served as HTTP/1.1, as RFC 9113 lets a server do)."""
+        upgrade = self.wanted.get(b"upgrade")
+        connection = self.wanted.get(b"connection", b"").lower()
+        if upgrade is None or b"upgrade" not in connection or upgrade.strip().lower() == b"h2c":
+            return b""
+        return b"Connection: Upgrade\r\nUpgrade: %s\r\n" % upgrade
+
+    def _forwarded(self) -> bytes:
+        """X-Forwarded-For (extended), -Proto and -Host lines, and a Host where there was none.
+
+        A client's own X-Forwarded-Proto and -Host are kept if the table trusts them. The
+        lines for a client that sent none of them depend only on its address and Host, so
+        they are kept for the connection's next requests.
+        """
+        wanted = self.wanted
+        host = wanted.get(b"host")
+        lines = self.xff_line if self.xff is None else b"X-Forwarded-For: %s, %s\r\n" % (self.xff, self.peer)
+        if host is None:  # an HTTP/1.0 client: instances speaking HTTP/1.1 want a Host
+            host = self.proxy.host_of(self.preview)
+            lines += b"Host: %s\r\n" % host
+        trusted = self.proxy.plan.table.trust_forwarded
+        proto = wanted.get(b"x-forwarded-proto") if trusted else None
+        lines += PROTO_LINE if proto is None else b"X-Forwarded-Proto: %s\r\n" % proto
+        forwarded_host = (wanted.get(b"x-forwarded-host") if trusted else None) or host
+        lines += b"X-Forwarded-Host: %s\r\n" % forwarded_host
+        if not self.unusual and b"host" in wanted:
+            self.fwd_host, self.fwd_lines = host, lines
+        return lines
 
     def on_body(self, body: bytes) -> None:
         if self.receiving is not None:
@@ -263,7 +312,7 @@ class ClientConn(asyncio.Protocol):
     def _refuse(self, status: int, reason: str) -> None:
         """Answer `status` after the responses already due, then close; read nothing more."""
         self.head_left = -1
-        self.in_head = False
+        self.started = 0.0
         answer = self._answer(status, reason)
         if self.current is None:
             self._refuse_now(answer)
@@ -274,6 +323,7 @@ class ClientConn(asyncio.Protocol):
     def _internal_error(self, error: BaseException) -> None:
         """An exception in our own parser callbacks: 502 (or a cut, if an answer has begun)."""
         self.head_left = -1
+        self.started = 0.0
         self.queue.clear()
         current = self.current
         if current is None:
@@ -289,8 +339,8 @@ class ClientConn(asyncio.Protocol):
         """The parser stopped after a request offering an upgrade (or a CONNECT)."""
         exchange = self.receiving
         rest = data[offset:]
-        if isinstance(exchange, Exchange) and exchange.upgrade:
-            exchange.early = rest  # bytes the client sent before the instance said yes
+        if isinstance(exchange, SpecialExchange) and exchange.upgrade is not None:
+            exchange.upgrade = rest  # bytes the client sent before the instance said yes
             self.head_left = -1
             self.pause(BP_UPGRADE)
             return
@@ -332,6 +382,7 @@ class ClientConn(asyncio.Protocol):
 
     def head_timeout(self) -> None:
         """The head in progress took longer than `timeouts.header`."""
+        self.started = 0.0
         if self.current is None:
             self._refuse(408, "request head not received in time")
         else:

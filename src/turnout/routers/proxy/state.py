@@ -47,10 +47,11 @@ HOP_BY_HOP = frozenset(
         b"content-length",
         b"x-forwarded-for",
         b"http2-settings",
+        b"x-forwarded-proto",  # re-emitted by the client connection, trusted or not
+        b"x-forwarded-host",
     }
 )
-FORWARDED = frozenset({b"x-forwarded-proto", b"x-forwarded-host"})  # replaced unless trusted
-ALWAYS_WANTED = frozenset({b"host", *FORWARDED})  # read from every request head
+ALWAYS_WANTED = frozenset({b"host"})  # read from every request head
 SWEEPS_PER_TIMEOUT = 5
 MIN_SWEEP = 0.05
 LOG_BURST = 20
@@ -118,7 +119,8 @@ class Proxy:
         """Put `table` in effect: compile first, then replace one reference."""
         plan = Plan.compile(table)
         plan.wanted = plan.wanted | ALWAYS_WANTED
-        plan.drop = self._drop if table.trust_forwarded else self._drop | FORWARDED
+        plan.drop = self._drop
+        plan.buffering = table.buffer_requests is not None
         limits = table.limits
         self.max_head = limits.max_header_size
         self.max_header_items = 4 * limits.max_headers  # name, ": ", value, CRLF per header
@@ -139,8 +141,7 @@ class Proxy:
         self._drop = HOP_BY_HOP | {flags.lheader}
         self.flags = flags
         self.flagging = flags if flags.names else None
-        plan = self.plan
-        plan.drop = self._drop if plan.table.trust_forwarded else self._drop | FORWARDED
+        self.plan.drop = self._drop
 
     # --- connections
     def connections(self) -> int:
@@ -175,7 +176,7 @@ class Proxy:
         for client in list(self.clients):
             client.idle += 1
             current = client.current
-            if client.in_head and now - client.started > ticks.header:
+            if client.started and now - client.started > ticks.header:
                 client.head_timeout()
             elif current is None:
                 if client.idle > ticks.idle:

@@ -63,19 +63,11 @@ class UpstreamConn(asyncio.Protocol):
         self.read_paused = False
         self.quiet = 0  # sweeps without a byte from the instance (see `proxy.state`)
         self.rewriter: Http10Response | None = None
-        self.attach(None, False, None)
+        self.attach(None, False)
 
-    def attach(self, sink: Sink | None, head: bool, http10: Http10Sink | None) -> None:
-        """Serve the exchange `sink` (one whose request is HEAD if `head`); `http10` is given
-        for an HTTP/1.0 client, whose response is then re-framed for it."""
-        if http10 is not None:
-            self.rewriter = Http10Response(self, http10)
-            self.parser = HttpResponseParser(self.rewriter)
-        elif self.rewriter is not None:
-            self.rewriter = None
-            self.parser = HttpResponseParser(self)
-        self.sink = sink
-        self.quiet = 0
+    def attach(self, sink: Sink | None, head: bool) -> None:
+        """Serve the exchange `sink` (one whose request is HEAD if `head`)."""
+        self.sink = sink  # `quiet` is 0: the previous answer's last bytes reset it
         self.head = head
         self.got_bytes = False
         self.done = False
@@ -83,6 +75,16 @@ class UpstreamConn(asyncio.Protocol):
         self.keep_alive = True
         self.head_bytes = b""  # bytes up to the chunk that completed the final head
         self.interim = 0  # 1xx responses before the final one
+
+    def rewrite(self, sink: Http10Sink) -> None:
+        """Re-frame the coming response for an HTTP/1.0 client (see `proxy.http10`)."""
+        self.rewriter = Http10Response(self, sink)
+        self.parser = HttpResponseParser(self.rewriter)
+
+    def plain(self) -> None:
+        """Back to forwarding responses as they are, after a re-framed one."""
+        self.rewriter = None
+        self.parser = HttpResponseParser(self)
 
     def _framed(self) -> bool:
         """Whether the final response head announced its length (else the close ends it).
@@ -127,7 +129,6 @@ class UpstreamConn(asyncio.Protocol):
         self.quiet = 0
         if not self.status:
             self.head_bytes += data
-        rewriter = self.rewriter
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as exc:
@@ -135,11 +136,6 @@ class UpstreamConn(asyncio.Protocol):
             return
         except HttpParserError:
             self.close()  # connection_lost reports it to the sink
-            return
-        if rewriter is not None:  # it wrote what the client gets
-            if self.done:
-                self.sink = None
-                sink.response_done(self)
             return
         if self.done:
             self.sink = None
