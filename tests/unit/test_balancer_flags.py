@@ -31,18 +31,30 @@ def doc(*features: dict[str, Any], segments: list[dict[str, Any]] | None = None)
 
 def test_settings_keep_evaluate_and_header_when_left_out() -> None:
     current = {**empty_settings(), "evaluate": ["a"], "header": "X-F"}
-    settings, compiled = parse_settings(json.dumps({"state": doc(rollout("a"))}).encode(), current)
-    assert (settings["evaluate"], settings["header"]) == (["a"], "X-F")
+    body = {"state": doc(rollout("a")), "revision": 4}
+    settings, compiled = parse_settings(json.dumps(body).encode(), current)
+    assert (settings["evaluate"], settings["header"], settings["revision"]) == (["a"], "X-F", 4)
     assert "a" in compiled
 
 
-@pytest.mark.parametrize("body", [
-    b"", b"[]", b'{"state": {}}', b'{"state": {"features": []}, "header": "Cookie"}',
-    b'{"state": {"features": []}, "evaluate": [1]}', b'{"state": {"features": []}, "x": 1}',
+@pytest.mark.parametrize(("body", "field"), [
+    (b"", "JSON"), (b"[]", "object"), (b'{"state": {}, "revision": 0}', "state"),
+    (b'{"state": {"features": []}, "revision": 0, "header": "Cookie"}', "header"),
+    (b'{"state": {"features": []}, "revision": 0, "evaluate": [1]}', "evaluate"),
+    (b'{"state": {"features": []}, "revision": 0, "x": 1}', "unknown"),
+    (b'{"state": {"features": []}}', "revision: required"),
+    (b'{"state": {"features": []}, "revision": 1.5}', "revision"),
+    (b'{"state": {"features": [], "meta": {"revision": 3}}, "revision": 2}', "meta.revision"),
 ])
-def test_bad_settings_are_refused(body: bytes) -> None:
-    with pytest.raises(SettingsError):
+def test_bad_settings_are_refused(body: bytes, field: str) -> None:
+    with pytest.raises(SettingsError, match=field):
         parse_settings(body, empty_settings())
+
+
+def test_a_saved_file_without_a_revision_reads_as_revision_zero() -> None:
+    saved = json.dumps({"state": doc(rollout("a")), "evaluate": ["a"]}).encode()
+    settings, _ = parse_settings(saved, empty_settings(), revision_required=False)
+    assert settings["revision"] == 0
 
 
 def test_results_are_cached_only_when_they_depend_on_the_key_alone() -> None:
