@@ -230,6 +230,8 @@ def test_segment_validation() -> None:
         validate_segment({"id": 0, "name": "", "constraints": [constraint("NUM_EQ", value="x")]})
     paths = {p.split(": ")[0] for p in caught.value.problems}
     assert paths == {"id", "name", "constraints.0.value"}
+    with pytest.raises(FlagError, match=r"constraints\.0\.value: STR_CONTAINS reads a list"):
+        validate_segment({"name": "beta", "constraints": [constraint("STR_CONTAINS", value="b")]})
 
 
 @pytest.mark.parametrize("c", [
