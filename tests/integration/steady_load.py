@@ -5,7 +5,6 @@ line with the counts and the latency percentiles of a constant-rate load (`turno
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 
