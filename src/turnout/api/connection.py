@@ -5,16 +5,20 @@ conditional, encoding, If-Match), and answers them strictly in order, so pipelin
 keep-alive requests work. What it holds for a client is bounded (`turnout.api.limits`):
 
 - **Heads.** httptools keeps a header line whole until it ends, however long, before it
-  reports it. So while a head is incomplete the parser is fed only what the head may
-  still hold: a head that has used up `max_head` bytes without ending is answered 431,
-  and so is a complete one found too long or with too many lines by the callbacks. A
-  head that begins inside a slice, behind a pipelined request, is measured by its
-  callbacks (complete lines) until the slice ends, so an unfinished line may pass the
-  limit by what that slice held: at most 512 bytes, or 64 KiB right after a body.
+  reports it. So the parser is fed in slices no longer than what the current head may
+  still hold, and a head that has used up `max_head` bytes without ending is answered
+  431 (so is one with more than `max_headers` lines, counted by the callbacks). A slice
+  ends where the head in it ends (`\r\n\r\n`) or its `Content-Length` body does, so
+  each pipelined request's head starts a slice of its own and is measured exactly.
+  Only after a chunked body, or a head end split between two reads, may the next head
+  begin inside a slice; it is then measured from the next slice, so it may pass the
+  limit by at most that slice (`max_head`, at least 4 KiB). Sizes are counted per slice
+  rather than per header line in the callbacks, which run for every request.
 - **Pipelining.** At most `max_pipelined` parsed requests wait behind the one being
-  answered. Beyond that the rest of what arrived stays unparsed and reading pauses, so
-  the kernel's buffers and then TCP push back on the client; while the client does not
-  read its answers (the transport paused writing) no further request is answered.
+  answered (a small read, under 1 KiB, is parsed whole and may add a few more). Beyond
+  that the rest of what arrived stays unparsed and reading pauses, so the kernel's
+  buffers and then TCP push back on the client; while the client does not read its
+  answers (the transport paused writing) no further request is answered.
 - **Bodies.** A `Content-Length` over `max_body`, or a chunked body growing past it, is
   answered 413 without reading the rest.
 - **Time.** `check(now)` is called by the server's sweep a few times per timeout (one
@@ -45,9 +49,7 @@ from turnout.api.http import Handler, Request, Response, Stream, problems, rende
 from turnout.api.limits import DEFAULT, Limits
 
 IDLE, HEAD, BODY = 0, 1, 2
-HEAD_SLICE = 16 * 1024  # bytes fed to the parser at a time while reading a head
-BODY_SLICE = 64 * 1024  # ... while reading a body
-QUEUED_SLICE = 512  # ... while requests wait, so the queue overshoots its bound by little
+MIN_SLICE = 4096  # bytes fed to the parser at a time: max_head, but at least this
 WHOLE_READ = 1024  # a read this small, on a connection with nothing waiting, is parsed whole
 LINGER_S = 2.0
 STREAM_BACKLOG = 1024 * 1024  # bytes of events an SSE client may leave unread
@@ -83,6 +85,8 @@ class Connection(asyncio.Protocol):
         self._write_paused = False
         self._refusal: Response | None = None
         self._whole = min(WHOLE_READ, limits.max_head)  # a read this small is parsed at once
+        self._slice = max(MIN_SLICE, limits.max_head)
+        self._max_headers = limits.max_headers
         self._clock = self._loop.time()  # read once per event, not once per callback
         self._since = self._clock  # when the connection last made progress (see `check`)
         # the request being parsed
@@ -90,11 +94,11 @@ class Connection(asyncio.Protocol):
         self._messages = 0
         self._head_started = 0.0
         self._head_fed = 0  # bytes of the current head given to the parser
-        self._head_seen = 0  # bytes of header names and values reported by the callbacks
         self._headers = 0
         self._url = b""
         self._body: list[bytes] = []
         self._size = 0
+        self._length = -1  # the body's Content-Length, -1 when it has none
         self._auth: str | None = None
         self._inm: bytes | None = None
         self._if_match: str | None = None
@@ -127,7 +131,14 @@ class Connection(asyncio.Protocol):
         if self._unfed:
             self._unfed += data
         elif not self._pending and self._phase == IDLE and len(data) <= self._whole:
-            self._parse(data)  # the usual case: a request or two in one small read
+            messages = self._messages  # the usual case: a request or two in one small read
+            try:
+                self._parser.feed_data(data)
+            except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+                self._parse_error(exc)
+            else:
+                if self._phase == HEAD:
+                    self._count_head(len(data), IDLE, messages)
             self._answer_pending()
             return
         else:
@@ -155,10 +166,11 @@ class Connection(asyncio.Protocol):
         self._messages += 1
         self._phase = HEAD
         self._head_started = self._clock
-        self._head_fed = self._head_seen = self._headers = 0
+        self._head_fed = self._headers = 0
         self._url = b""
         self._body = []
         self._size = 0
+        self._length = -1
         self._auth = self._inm = self._if_match = None
         self._gzip = False
 
@@ -166,7 +178,6 @@ class Connection(asyncio.Protocol):
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_seen += len(name) + len(value)  # checked when the head ends (or is cut)
         self._headers += 1
         lower = name.lower()
         if lower == b"authorization":
@@ -180,24 +191,15 @@ class Connection(asyncio.Protocol):
         elif lower == b"content-length":
             length = value.strip()
             limit = self._limits.max_body
-            if length.isdigit() and (len(length) > 18 or int(length) > limit):
-                self._refuse(413, f"body: larger than {limit} bytes")
+            if length.isdigit():
+                if len(length) > 18 or int(length) > limit:
+                    self._refuse(413, f"body: larger than {limit} bytes")
+                self._length = int(length)
 
     def on_headers_complete(self) -> None:
         self._phase = BODY
-        self._since = self._clock
-        if self._headers > self._limits.max_headers or self._head_size() > self._limits.max_head:
-            self._refuse(431, self._too_large())
-
-    def _head_size(self) -> int:
-        """The head so far as the callbacks saw it (request line, complete header lines)."""
-        return len(self._url) + 16 + self._head_seen + 4 * self._headers
-
-    def _too_large(self) -> str:
-        limits = self._limits
-        if self._headers > limits.max_headers:
-            return f"headers: more than {limits.max_headers}"
-        return f"headers: longer than {limits.max_head} bytes"
+        if self._headers > self._max_headers:
+            self._refuse(431, f"headers: more than {self._max_headers}")
 
     def on_body(self, body: bytes) -> None:
         self._size += len(body)
@@ -207,7 +209,7 @@ class Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self._phase = IDLE
-        self._head_fed = self._head_seen = 0
+        self._head_fed = 0
         parser = self._parser
         self._pending.append(Request(
             parser.get_method().decode("latin-1"), self._url, authorization=self._auth,
@@ -233,12 +235,9 @@ class Connection(asyncio.Protocol):
 
     def _feed(self) -> None:
         """Give the parser what it may take now, a slice at a time (see the module docstring)."""
-        data, limits, pending = self._unfed, self._limits, self._pending
-        while data and not self._stopped and len(pending) < limits.max_pipelined:
-            room = limits.max_head - self._head_fed
-            size = BODY_SLICE if self._phase == BODY else min(room, HEAD_SLICE)
-            if pending:
-                size = min(size, QUEUED_SLICE)
+        data, pending, most = self._unfed, self._pending, self._limits.max_pipelined
+        while data and not self._stopped and len(pending) < most:
+            size = self._next_slice(data)
             if len(data) > size:
                 piece, data = data[:size], data[size:]
             else:
@@ -246,17 +245,31 @@ class Connection(asyncio.Protocol):
             self._parse(piece)
         self._unfed = b"" if self._stopped else data
 
+    def _next_slice(self, data: bytes) -> int:
+        """How much to feed now: to the end of the head or body in sight, within the limit."""
+        if self._phase == BODY:
+            if self._length >= 0:
+                return max(1, min(self._slice, self._length - self._size))
+            return self._slice
+        room = min(self._limits.max_head - self._head_fed, self._slice)
+        end = data.find(b"\r\n\r\n", 0, room)
+        return room if end < 0 else end + 4
+
     def _parse(self, piece: bytes) -> None:
         phase, messages = self._phase, self._messages
         try:
             self._parser.feed_data(piece)
-        except httptools.HttpParserUpgrade:
-            self._unsupported_upgrade()
-        except httptools.HttpParserError:
-            self._fail(self._refusal or problems(400, ["request: malformed HTTP"]))
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            self._parse_error(exc)
         else:
             if self._phase == HEAD:
                 self._count_head(len(piece), phase, messages)
+
+    def _parse_error(self, exc: Exception) -> None:
+        if isinstance(exc, httptools.HttpParserUpgrade):
+            self._unsupported_upgrade()
+        else:
+            self._fail(self._refusal or problems(400, ["request: malformed HTTP"]))
 
     def _count_head(self, fed: int, phase: int, messages: int) -> None:
         """After a piece that ends inside a head: how much of the head the parser holds."""
@@ -264,13 +277,13 @@ class Connection(asyncio.Protocol):
             self._head_fed += fed  # the whole piece belongs to this head
         elif phase == IDLE and self._messages == messages + 1:
             self._head_fed = fed  # so does a piece that began it
-        else:  # begun after another request in the same piece: what the callbacks saw
-            self._head_fed = self._head_size()
+        else:  # begun behind another request in the same piece: not measured (see above)
+            self._head_fed = len(self._url)
         limits = self._limits
-        if max(self._head_fed, self._head_size()) >= limits.max_head:
+        if self._head_fed >= limits.max_head:
             self._fail(problems(431, [f"headers: longer than {limits.max_head} bytes"]))
         elif self._headers > limits.max_headers:
-            self._fail(problems(431, [self._too_large()]))
+            self._fail(problems(431, [f"headers: more than {limits.max_headers}"]))
 
     def _unsupported_upgrade(self) -> None:
         """An Upgrade (h2c, websocket) or CONNECT: answered as plain HTTP/1.1, then closed."""
@@ -303,8 +316,8 @@ class Connection(asyncio.Protocol):
     # answering
     def _answer_pending(self) -> None:
         transport = self._transport
-        while (self._pending and self._worker is None and not self._streaming
-               and not self._write_paused and transport is not None and not transport.is_closing()):
+        # nothing waits while streaming, closing or closed: those clear the queue
+        while self._pending and self._worker is None and not self._write_paused:
             request = self._pending.popleft()
             if isinstance(request, Response):
                 self._linger(request)
@@ -390,8 +403,8 @@ class Connection(asyncio.Protocol):
                 self._fail(problems(408, [f"request: head not complete after "
                                           f"{limits.header_timeout:g} s"]))
                 self._pump()
-        elif self._phase == BODY:
-            if now - self._since > limits.idle_timeout:
+        elif self._phase == BODY:  # since: the last piece of body, or the head's start
+            if now - max(self._since, self._head_started) > limits.idle_timeout:
                 self._fail(problems(408, [f"body: nothing received for {limits.idle_timeout:g} s"]))
                 self._pump()
         elif now - self._since > (limits.idle_timeout if self._messages else limits.header_timeout):
