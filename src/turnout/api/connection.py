@@ -236,24 +236,23 @@ class Connection(asyncio.Protocol):
     def _feed(self) -> None:
         """Give the parser what it may take now, a slice at a time (see the module docstring)."""
         data, pending, most = self._unfed, self._pending, self._limits.max_pipelined
-        while data and not self._stopped and len(pending) < most:
-            size = self._next_slice(data)
-            if len(data) > size:
-                piece, data = data[:size], data[size:]
-            else:
-                piece, data = data, b""
+        pos, end = 0, len(data)
+        while pos < end and not self._stopped and len(pending) < most:
+            size = self._next_slice(data, pos)
+            piece = data if pos == 0 and size >= end else data[pos:pos + size]
+            pos += len(piece)
             self._parse(piece)
-        self._unfed = b"" if self._stopped else data
+        self._unfed = b"" if self._stopped else data[pos:]
 
-    def _next_slice(self, data: bytes) -> int:
-        """How much to feed now: to the end of the head or body in sight, within the limit."""
+    def _next_slice(self, data: bytes, pos: int) -> int:
+        """How much to feed from `pos`: to the end of the head or body in sight, within limits."""
         if self._phase == BODY:
             if self._length >= 0:
                 return max(1, min(self._slice, self._length - self._size))
             return self._slice
         room = min(self._limits.max_head - self._head_fed, self._slice)
-        end = data.find(b"\r\n\r\n", 0, room)
-        return room if end < 0 else end + 4
+        end = data.find(b"\r\n\r\n", pos, pos + room)
+        return room if end < 0 else end + 4 - pos
 
     def _parse(self, piece: bytes) -> None:
         phase, messages = self._phase, self._messages
