@@ -44,6 +44,9 @@ BP_PIPELINE = 4  # client reading paused: requests are queued behind the current
 BP_UPGRADE = 8  # client reading paused: an upgrade waits for the instance's answer
 NOT_IN_HEAD = 1 << 62  # `head_left` while no request head is being read
 NO_HOST = b"\x00"  # `fwd_host` before any forwarding lines were kept (no Host equals it)
+# A closed connection's parser: dropping the live one breaks the protocol <-> parser cycle, so
+# the connection is freed at once by reference counting, not by a later collection.
+CLOSED = HttpRequestParser(object())
 PROTO_LINE = b"X-Forwarded-Proto: http\r\n"
 
 __all__ = ["HOP_BY_HOP", "ClientConn", "Proxy"]
@@ -135,8 +138,10 @@ class ClientConn(asyncio.Protocol):
         self.proxy.forget(self)
         if self.current is not None:
             self.current.abort()
-        self.current = None
+        self.current = self.receiving = None
         self.queue.clear()
+        self.parser = CLOSED
+        self.transport = None
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -376,9 +381,11 @@ class ClientConn(asyncio.Protocol):
     def tunnelled(self) -> None:
         """Both connections now belong to a tunnel: this protocol gets no more callbacks."""
         self.closed = True
-        self.current = None
+        self.current = self.receiving = None
         self.queue.clear()
         self.proxy.clients.discard(self)
+        self.parser = CLOSED
+        self.transport = None
 
     def head_timeout(self) -> None:
         """The head in progress took longer than `timeouts.header`."""

@@ -23,6 +23,7 @@ from turnout.routers.proxy.http10 import Http10Response, Http10Sink
 
 MAX_IDLE_PER_BACKEND = 64
 NO_BODY_STATUSES = frozenset({204, 304})
+CLOSED = HttpResponseParser(object())  # a closed connection's parser (see `connection_lost`)
 FRAMING = re.compile(rb"\r\n(?:content-length|transfer-encoding)[ \t]*:", re.IGNORECASE)
 
 
@@ -155,6 +156,9 @@ class UpstreamConn(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.pool.forget(self)
+        self.transport = None  # no cycle left for a collection to find: freed at once
+        self.rewriter = None
+        self.parser = CLOSED
         sink, self.sink = self.sink, None
         if sink is None or self.done:
             return
