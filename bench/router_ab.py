@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import httpx
-
 from bench.router_bench import PROXY_CORE, cpu_seconds, free_port, run_wrk, start_upstream, wait_port
 
 HERE = Path(__file__).resolve().parent
@@ -107,7 +106,8 @@ def main() -> None:
         shutil.rmtree(worktree, ignore_errors=True)
     medians = {name: statistics.median(values) for name, values in runs.items()}
     pairs = [n / o for o, n in zip(runs["old"], runs["new"], strict=True)]
-    summary = {"ratio_of_medians": medians["new"] / medians["old"], "median_pair_ratio": statistics.median(pairs)}
+    summary = {"ratio_of_medians": medians["new"] / medians["old"],
+               "median_pair_ratio": statistics.median(pairs)}
     print(f"median old {medians['old']:.2f} us/req, new {medians['new']:.2f} us/req; "
           f"new/old {summary['ratio_of_medians']:.3f} (median of pairs {summary['median_pair_ratio']:.3f})")
     out = HERE / "results" / "router_ab.json"

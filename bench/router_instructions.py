@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import httpx
-
 from bench.router_ab import TABLE
 from bench.router_bench import start_upstream
 
