@@ -111,6 +111,15 @@ class _UpstreamConn(asyncio.Protocol):
                 self._write(b"%x\r\n%s\r\n" % (len(piece), piece))
             self._write(b"0\r\n\r\n")
             return
+        if path == "/drip":  # server-sent events: one every `s` seconds, `n` of them
+            self._head(b"Content-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n")
+            loop = asyncio.get_running_loop()
+            count, gap = int(query["n"]), float(query["s"])
+            for i in range(count):
+                event = b"data: %d\n\n" % i
+                loop.call_later(i * gap, self._write, b"%x\r\n%s\r\n" % (len(event), event))
+            loop.call_later(count * gap, self._write, b"0\r\n\r\n")
+            return
         if path == "/headers":
             body = b"".join(b"%s: %s\n" % h for h in self.headers)
         elif path == "/digest":

@@ -6,6 +6,7 @@ small servers in the test process (see `test_proxy`), WebSocket ones from the `w
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator
 
@@ -115,6 +116,26 @@ async def test_curl_http10_gets_the_whole_streamed_body(proxy: Running, ups: lis
     out, err = await curl.communicate()
     assert curl.returncode == 0, err
     assert out == b"x" * 655360
+
+
+async def test_server_sent_events_arrive_as_sent_and_count_their_start_as_latency(
+    proxy: Running, ups: list[Upstream]
+) -> None:
+    await proxy.router.apply(RoutingTable(generation=1, pools=(pool("old", 100, ups[0]),)))
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(proxy.url))
+    started = time.monotonic()
+    writer.write(b"GET /drip?n=5&s=0.25 HTTP/1.1\r\nHost: x\r\n\r\n")
+    arrivals = []
+    buffer = b""
+    while len(arrivals) < 5:
+        buffer += await asyncio.wait_for(reader.read(4096), 3)
+        while b"\n\n" in buffer:
+            _, buffer = buffer.split(b"\n\n", 1)
+            arrivals.append(time.monotonic() - started)
+    writer.close()
+    assert all(0.2 <= b - a <= 0.35 for a, b in itertools.pairwise(arrivals)), arrivals  # progressively
+    counters = (await proxy.router.stats()).revisions["old"]
+    assert counters.requests == 1 and counters.quantile(0.99) <= 0.1  # not the 1 s the stream lasted
 
 
 # --- forwarding headers

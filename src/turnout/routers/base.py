@@ -22,7 +22,8 @@ class Counters(BaseModel):
     the router), else in `connection_errors` (the instance could not be reached or heard
     from: a 502 or 504 the router answered, or a response cut short). `router_responses`
     breaks down by status the answers the router made itself (400, 408, 413, 431, 502, 503,
-    504), whatever they count as; `latency` holds only answers from instances.
+    504), whatever they count as; `latency` holds only answers from instances, each timed to
+    its first byte (a streamed answer such as server-sent events is as slow as its start).
     """
 
     model_config = ConfigDict(extra="forbid")

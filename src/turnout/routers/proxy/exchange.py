@@ -42,7 +42,7 @@ class Exchange:
     """A request from `client` on its way to a backend of `pool` and the answer back."""
 
     __slots__ = (
-        "backend", "chunked", "client", "complete", "counters", "deferred", "finished", "keep_alive",
+        "backend", "chunked", "client", "complete", "counters", "deferred", "finished", "first", "keep_alive",
         "method", "pending", "pending_size", "plan", "pool", "proxy", "responded", "sent", "sent_size",
         "started", "task", "tried", "upstream",
     )
@@ -91,6 +91,7 @@ class Exchange:
         self.finished = False  # the response is over (or failed)
         self.responded = False  # some response byte reached the client
         self.deferred = False  # the body is awaited before any backend is called (SpecialExchange)
+        self.first = 0.0  # when the first bytes of a response that came in several reads went out
 
     # --- starting and connecting
     def start(self) -> None:
@@ -192,6 +193,8 @@ class Exchange:
 
     # --- the response (Sink for UpstreamConn)
     def response_data(self, data: bytes) -> None:
+        if not self.first:  # a streamed answer's latency is its first byte's, not its last's
+            self.first = perf_counter()
         self.responded = True
         self.client.write(data)
 
@@ -217,7 +220,7 @@ class Exchange:
         counters = self.counters  # counters.response, inlined
         if conn.status >= 500:
             counters.responses_5xx += 1
-        counters.latency[bisect_left(LATENCY_BOUNDS, perf_counter() - self.started)] += 1
+        counters.latency[bisect_left(LATENCY_BOUNDS, (self.first or perf_counter()) - self.started)] += 1
         self.client.exchange_done(self, not keep_alive)
 
     def upstream_lost(self, conn: UpstreamConn) -> None:

@@ -101,6 +101,8 @@ class SpecialExchange(Exchange):
             conn.rewrite(self)
 
     def rewritten(self, data: bytes) -> None:
+        if not self.first:
+            self.first = perf_counter()
         self.responded = True
         self.client.write(data)
 
