@@ -2,7 +2,8 @@
 
 The same endpoints as `flask_app`: `X-Version` on every answer, `/healthz`, a chunked
 `/download`, an `/upload` that answers length and SHA-256, and `/events` (server-sent
-events `interval_ms` apart, each stamped with when it was sent).
+events `interval_ms` apart, each stamped with when it was sent); and `/ws`, a WebSocket
+that answers every text message with `<version>:<message>`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import payload
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request, Response, WebSocket, WebSocketDisconnect
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
 VERSION = os.environ.get("TURNOUT_VERSION", "dev")
@@ -70,3 +71,14 @@ async def events(count: str | None = None, interval_ms: str | None = None) -> St
             yield payload.event(i, VERSION)
 
     return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+@app.websocket("/ws")
+async def echo(socket: WebSocket) -> None:
+    await socket.accept()
+    try:
+        while True:
+            message = await socket.receive_text()
+            await socket.send_text(f"{VERSION}:{message}")
+    except WebSocketDisconnect:
+        pass

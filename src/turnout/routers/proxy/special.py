@@ -117,9 +117,20 @@ class SpecialExchange(Exchange):
             super().response_end(data, conn)
 
     def response_done(self, conn: UpstreamConn) -> None:
-        if self.http10:
-            conn.plain()
-        super().response_done(conn)
+        if not self.http10:
+            super().response_done(conn)
+            return
+        # Exchange.response_done, but the client's connection is kept as `Http10Response`
+        # announced to it, whatever the instance does with its own.
+        conn.plain()
+        self._detach()
+        self.finished = True
+        if conn.keep_alive and self.complete:
+            self.proxy.conns.release(conn)
+        else:
+            conn.close()
+        self.counters.response(conn.status, (self.first or perf_counter()) - self.started)
+        self.client.exchange_done(self, False)
 
     # --- upgrades
     def upgraded(self, data: bytes, conn: UpstreamConn) -> None:
