@@ -621,3 +621,17 @@ async def test_feature_toggle_abort_during_the_ramp_switches_the_flag_off(world:
     done = await finish(task)
     assert done.phase == "aborted"
     assert not flag_on(world, "alice")
+
+
+async def test_every_table_carries_the_specs_limits_timeouts_and_forwarding(world: World) -> None:
+    routing = {"drain_timeout": "10s", "limits": {"max_header_size": "16KiB", "max_connections": 50},
+               "timeouts": {"header": "3s", "response": "45s"}, "buffer_requests": "2MiB",
+               "trust_forwarded": False}
+    world.spec = Spec.model_validate({**SPEC, "routing": routing})
+    await first_release(world)
+    done = await world.deploy("v2", kind="canary", steps=[{"weight": 50}, {"weight": 100}])
+    assert done.phase == "succeeded", done.message
+    for table in world.router.tables:
+        assert table.limits.max_header_size == 16 * 1024 and table.limits.max_connections == 50
+        assert (table.timeouts.header, table.timeouts.response, table.timeouts.idle) == (3.0, 45.0, 75.0)
+        assert table.buffer_requests == 2 * 1024 * 1024 and table.trust_forwarded is False

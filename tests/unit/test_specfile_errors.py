@@ -101,6 +101,16 @@ CASES = [
      6, "strategy.steps.0.pause", "got 'a while'"),
     ("wrong type for a section", "service: a\nrun: {command: [x]}\nhealth: fast\n",
      3, "health", "expected a mapping of fields, got 'fast'"),
+    ("header timeout 0", "service: a\nrun: {command: [x]}\nrouting:\n  timeouts:\n    header: 0s\n",
+     5, "routing.timeouts.header", "must be more than 0"),
+    ("bad size", "service: a\nrun: {command: [x]}\nrouting:\n  limits:\n    max_header_size: huge\n",
+     5, "routing.limits.max_header_size", "expected a size such as 64KiB"),
+    ("header limit too small", "service: a\nrun: {command: [x]}\nrouting:\n  limits:\n"
+     "    max_header_size: 100\n", 5, "routing.limits.max_header_size", "at least 1024"),
+    ("unknown timeout", "service: a\nrun: {command: [x]}\nrouting:\n  timeouts:\n    read: 5s\n",
+     5, "routing.timeouts.read", "unknown field"),
+    ("bad buffering", "service: a\nrun: {command: [x]}\nrouting:\n  buffer_requests: lots\n",
+     4, "routing.buffer_requests", "expected a size"),
 ]
 
 
