@@ -13,6 +13,7 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 
+import httpx
 import pytest
 import yaml
 from websockets.asyncio.client import connect
@@ -154,3 +155,57 @@ async def test_http10_and_h2c_clients_of_real_apps(service: Service, framework: 
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await h2c.communicate()
     assert h2c.returncode == 0 and out.startswith(b"HTTP/1.1 200") and b"v1" in out, (out, err)
+
+
+async def slow_upload(port: int, size: int, pieces: int, gap: float) -> int:
+    """POST `size` bytes in `pieces` writes `gap` seconds apart; the status answered."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        head = b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+        writer.write(head % size)
+        piece = size // pieces
+        for _ in range(pieces):
+            writer.write(b"u" * piece)
+            await writer.drain()
+            await asyncio.sleep(gap)
+        answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 20)
+        return int(answer.split(b" ", 2)[1])
+    finally:
+        writer.close()
+
+
+async def quick_answers(url: str, seconds: float) -> list[float]:
+    """How long each of a normal client's GETs took, one every 100 ms for `seconds`."""
+    took = []
+    async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            started = time.monotonic()
+            response = await client.get(url)
+            assert response.status_code == 200
+            took.append(time.monotonic() - started)
+            await asyncio.sleep(0.1)
+    return took
+
+
+@pytest.mark.parametrize("buffered", [True, False])
+async def test_buffered_bodies_keep_slow_uploads_off_a_sync_apps_few_workers(
+    service: Service, buffered: bool
+) -> None:
+    command = [*FRAMEWORKS["flask-gunicorn"]]
+    command[command.index("--workers") + 1] = "2"
+    write_spec(service, "flask-gunicorn")
+    spec = yaml.safe_load(service.spec.read_text())
+    spec["run"]["command"] = command
+    spec["instances"] = 1
+    spec["routing"]["buffer_requests"] = "8MiB" if buffered else False
+    service.spec.write_text(yaml.safe_dump(spec, sort_keys=False))
+    check(service.run("deploy", "v1"))
+    uploads = [asyncio.create_task(slow_upload(service.port, 1_000_000, 20, 0.15)) for _ in range(6)]
+    await asyncio.sleep(0.3)
+    took = await quick_answers(service.url, 2.0)
+    assert await asyncio.gather(*uploads) == [200] * 6
+    if buffered:  # the uploads reached the app only once whole: its workers stayed free
+        assert max(took) < 0.5, took
+    else:  # streamed, they held both workers: what buffering is for
+        assert max(took) > 1.0, took
