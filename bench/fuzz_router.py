@@ -167,15 +167,20 @@ async def read_all(reader: asyncio.StreamReader) -> tuple[bytes, bool]:
 # --- the world: instances and the router
 
 
-def instance(kind: str) -> tuple[socket.socket | subprocess.Popen[str], str]:
-    if kind == "hung":
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(4096)
-        return sock, f"127.0.0.1:{sock.getsockname()[1]}"
+def fast_instance() -> tuple[subprocess.Popen[str], str]:
+    """The benchmark upstream (bench/upstream.py), and its address."""
     proc = subprocess.Popen([sys.executable, str(HERE / "upstream.py")], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
-    return proc, f"127.0.0.1:{int(proc.stdout.readline())}"
+    with proc.stdout:
+        return proc, f"127.0.0.1:{int(proc.stdout.readline())}"
+
+
+def hung_instance() -> tuple[socket.socket, str]:
+    """An instance that never answers: the kernel accepts connections that nobody reads."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(4096)
+    return sock, f"127.0.0.1:{sock.getsockname()[1]}"
 
 
 def table(fast: str, hung: str) -> RoutingTable:
@@ -238,8 +243,8 @@ def run(seconds: float, memory_mb: float, batch: int = 200) -> dict[str, object]
     """Fuzz for `seconds`; the summary says whether every check held (`ok`)."""
     loop = uvloop.new_event_loop()
     state = Path(tempfile.mkdtemp(prefix="tfz-"))
-    fast_proc, fast = instance("fast")
-    hung_sock, hung = instance("hung")
+    fast_proc, fast = fast_instance()
+    hung_sock, hung = hung_instance()
     router = BuiltinRouter(state, listen="127.0.0.1:0", preview_listen=None)
     started = time.monotonic()
     summary: dict[str, object] = {}
@@ -276,9 +281,9 @@ def run(seconds: float, memory_mb: float, batch: int = 200) -> dict[str, object]
         loop.run_until_complete(router.stop())
         loop.run_until_complete(router.aclose())
         loop.close()
-        fast_proc.terminate()  # type: ignore[union-attr]
-        fast_proc.wait(10)  # type: ignore[union-attr]
-        hung_sock.close()  # type: ignore[union-attr]
+        fast_proc.terminate()
+        fast_proc.wait(10)
+        hung_sock.close()
         shutil.rmtree(state, ignore_errors=True)
     return summary
 

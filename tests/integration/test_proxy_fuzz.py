@@ -1,0 +1,17 @@
+"""A short run of the router fuzzer (`bench/fuzz_router.py`) in the suite: hypothesis over
+real sockets against a real router. The long run (ten minutes and more) is a benchmark; this
+one keeps the checks (no crash, no hang, no unbounded memory) from rotting.
+"""
+
+from __future__ import annotations
+
+import pytest
+from bench.fuzz_router import run
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_short_fuzz_run_finds_no_crash_hang_or_growth() -> None:
+    summary = run(seconds=30, memory_mb=8, batch=60)
+    assert summary["ok"], summary
+    assert int(summary["connections"]) > 200  # type: ignore[call-overload]
