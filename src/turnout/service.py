@@ -44,6 +44,7 @@ from turnout.flags.store import FlagStore
 from turnout.model import Instance, Revision
 from turnout.platforms.local import LocalPlatform
 from turnout.routers.builtin import BuiltinRouter
+from turnout.routers.table import RoutingTable
 from turnout.spec import Spec
 from turnout.specfile import load_spec
 from turnout.store.db import DeploymentRecord, Store
@@ -429,7 +430,13 @@ class Session:
             if broken else None,
             "router": {"running": table is not None,
                        "traffic": {p.version: round(table.share(p.revision), 1) for p in table.pools}
-                       if table else {}},
+                       if table else {},
+                       # answers the router made itself: per version, and before any routing
+                       "answered": {**{_version_of(table, r): c.router_responses
+                                       for r, c in stats.revisions.items() if c.router_responses},
+                                    **({"unrouted": stats.unrouted.router_responses}
+                                       if stats.unrouted.router_responses else {})}
+                       if stats is not None and table is not None else {}},
             "instances": instances,
         }
 
@@ -475,3 +482,8 @@ def _state_dir(spec_path: Path) -> tuple[Path, Path]:
 
 def _describe_raw(step: dict[str, Any]) -> str:
     return describe(load_plan([step])[0])
+
+
+def _version_of(table: RoutingTable, revision: str) -> str:
+    pool = table.pool(revision)
+    return pool.version if pool is not None else revision

@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from turnout.addresses import join_host_port, split_host_port
 from turnout.routers.table import MIB, Limits, Timeouts
 from turnout.units import Duration, parse_size
 
@@ -468,12 +469,9 @@ class Spec(_Strict):
     def preview_listen(self) -> str:
         if self.routing.preview_listen:
             return self.routing.preview_listen
-        host, port = split_address(self.listen)
-        return f"{host}:{port + 1}"
+        host, port = split_host_port(self.listen)
+        return join_host_port(host, port + 1)
 
 
 def split_address(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"expected host:port such as 127.0.0.1:8080, got {value!r}")
-    return host, int(port)
+    return split_host_port(value)

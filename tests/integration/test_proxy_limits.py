@@ -11,6 +11,7 @@ import asyncio
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -275,3 +276,155 @@ async def test_an_exception_in_routing_is_a_counted_502(
     stats = await router.stats()
     assert stats.unrouted.router_responses == {"502": 1} and stats.unrouted.connection_errors == 1
     assert stats.revisions["old"].requests == 1
+
+
+# --- found in review: every way an exchange could hang or be counted wrong
+
+
+async def test_a_malformed_chunk_in_a_body_refuses_that_request(proxy: Running, ups: list[Upstream]) -> None:
+    await apply(proxy, ups[0], timeouts=Timeouts(body=1.0, response=1.0))
+    broken = (b"POST /digest HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+              b"5\r\nhello\r\nzz\r\n")
+    started = time.monotonic()
+    reply = await exchange(port_of(proxy.url), broken, wait=4.0)
+    assert reply.status == 400 and reply.closed and time.monotonic() - started < 1.0
+    stats = await proxy.router.stats()
+    assert stats.revisions["old"].router_responses == {"400": 1}
+    assert stats.revisions["old"].error_rate == 0.0  # the client's fault, not the instance's
+    assert stats.in_flight["old-0"] == 0
+
+
+async def test_endless_trailers_are_cut_at_the_head_limit(proxy: Running, ups: list[Upstream]) -> None:
+    await apply(proxy, ups[0], limits=Limits(max_header_size=8192))
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(proxy.url))
+    writer.write(b"POST /digest HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 b"5\r\nhello\r\n0\r\nX-Trailer: ")
+    sent = 0
+    try:
+        for _ in range(256):  # up to 16 MiB; cut at 8 KiB
+            writer.write(b"t" * 65536)
+            await asyncio.wait_for(writer.drain(), 3)
+            sent += 65536
+    except (ConnectionError, TimeoutError):
+        pass
+    reply = await read_reply(reader, wait=3.0)
+    writer.close()
+    assert reply.status in (431, None) and reply.closed and sent < 4 * 1024 * 1024
+    assert (await proxy.router.stats()).revisions["old"].router_responses == {"431": 1}
+
+
+async def test_an_instance_that_never_reads_the_body_gets_504(proxy: Running, blackhole: str) -> None:
+    table = RoutingTable(generation=1, timeouts=Timeouts(response=1.0),
+                         pools=(Pool(revision="old", version="old", weight=100,
+                                     backends=(Backend(id="old-0", address=hung_address()),)),))
+    await proxy.router.apply(table)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(proxy.url))
+    size = 64 * 1024 * 1024
+    writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size)
+    answer = asyncio.create_task(read_reply(reader, wait=8.0))
+    try:
+        for _ in range(size // 65536):  # the router stops reading once the instance stops
+            if answer.done():
+                break
+            writer.write(b"p" * 65536)
+            await asyncio.wait_for(writer.drain(), 8)
+    except (ConnectionError, TimeoutError):
+        pass
+    reply = await answer
+    writer.close()
+    assert reply.status == 504 or reply.closed
+    stats = await proxy.router.stats()
+    assert stats.revisions["old"].router_responses == {"504": 1} and stats.in_flight["old-0"] == 0
+
+
+_HUNG: list[socket.socket] = []
+
+
+def hung_address() -> str:
+    """An instance that accepts connections (the kernel does) and never reads them."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    _HUNG.append(sock)
+    return f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+async def test_a_client_that_never_reads_is_cut_after_the_send_timeout(
+    proxy: Running, ups: list[Upstream]
+) -> None:
+    await apply(proxy, ups[0], timeouts=Timeouts(send=1.0))
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(proxy.url))
+    writer.transport.pause_reading()  # never reads: the answer piles up
+    writer.write(b"GET /big?n=67108864 HTTP/1.1\r\nHost: x\r\n\r\n")
+    started = time.monotonic()
+    for held in (1, 0):  # the answer starts, then the stalled client is cut
+        while (await proxy.router.stats()).in_flight.get("old-0") != held:
+            assert time.monotonic() - started < 8, f"in flight never became {held}"
+            await asyncio.sleep(0.1)
+    assert time.monotonic() - started >= 0.9
+    writer.transport.resume_reading()
+    got = await read_reply(reader, wait=3.0)
+    writer.close()
+    assert got.closed and len(got.data) < 67108864
+    counters = (await proxy.router.stats()).revisions["old"]
+    assert counters.router_responses == {"499": 1} and counters.error_rate == 0.0
+
+
+async def test_a_deadline_during_a_connect_is_counted_once(proxy: Running, blackhole: str) -> None:
+    table = RoutingTable(generation=1, timeouts=Timeouts(connect=3.0, body=0.5),
+                         pools=(Pool(revision="old", version="old", weight=100,
+                                     backends=(Backend(id="old-0", address=blackhole),)),))
+    await proxy.router.apply(table)
+    stalled = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n12"
+    reply = await exchange(port_of(proxy.url), stalled, wait=5.0)
+    assert reply.status == 408
+    await asyncio.sleep(3.5)  # past the connect timeout: the abandoned connect adds nothing
+    counters = (await proxy.router.stats()).revisions["old"]
+    assert counters.router_responses == {"408": 1} and counters.connection_errors == 0
+    assert counters.requests == 1
+
+
+async def test_a_buffered_request_that_stalls_is_counted(proxy: Running, ups: list[Upstream]) -> None:
+    await apply(proxy, ups[0], buffer_requests=1024 * 1024, timeouts=Timeouts(body=0.5))
+    stalled = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n12"
+    reply = await exchange(port_of(proxy.url), stalled, wait=3.0)
+    assert reply.status == 408
+    counters = (await proxy.router.stats()).revisions["old"]
+    assert counters.requests == 1 and counters.router_responses == {"408": 1}
+
+
+async def test_a_client_that_gives_up_counts_as_499_with_its_wait(
+    proxy: Running, ups: list[Upstream]
+) -> None:
+    await apply(proxy, ups[0])
+    _, writer = await asyncio.open_connection("127.0.0.1", port_of(proxy.url))
+    writer.write(b"GET /sleep?s=5 HTTP/1.1\r\nHost: x\r\n\r\n")
+    await writer.drain()
+    await asyncio.sleep(0.6)
+    writer.transport.abort()
+    await asyncio.sleep(0.3)
+    counters = (await proxy.router.stats()).revisions["old"]
+    assert counters.router_responses == {"499": 1} and counters.error_rate == 0.0
+    assert counters.quantile(0.99) >= 0.5  # the wait shows in the latency
+    assert (await proxy.router.stats()).in_flight["old-0"] == 0
+
+
+async def test_a_new_connections_first_head_is_due_within_the_header_timeout(
+    proxy: Running, ups: list[Upstream]
+) -> None:
+    await apply(proxy, ups[0], timeouts=Timeouts(header=1.0))
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(proxy.url))
+    started = time.monotonic()
+    await asyncio.sleep(0.7)
+    writer.write(b"GET / HTTP/1.1\r\n")  # begun late: the clock ran from the connection
+    reply = await read_reply(reader, wait=3.0)
+    writer.close()
+    assert reply.status == 408 and time.monotonic() - started < 1.6
+
+
+def test_a_bad_listen_address_is_a_clear_error(tmp_path: Path) -> None:
+    router = tmp_path / "router"
+    argv = [sys.executable, "-m", "turnout", "proxy", "--listen", "nope", "--state-dir", str(router)]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--listen: expected host:port" in result.stderr and not (tmp_path / "router").exists()

@@ -32,6 +32,7 @@ import time
 from collections.abc import Awaitable, Sequence
 from pathlib import Path
 
+from turnout.addresses import split_host_port
 from turnout.api.admin import PREFIX as ADMIN_PREFIX
 from turnout.api.admin import Admin
 from turnout.api.bodies import BodyError, MetricsBook, MetricsReport, Registration, parse
@@ -139,10 +140,10 @@ class App:
 
 def parse_listen(value: str) -> tuple[str, int]:
     """`HOST:PORT` (port 0 picks a free one); UserError otherwise."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise UserError(f"--listen: expected HOST:PORT like {DEFAULT_LISTEN}, got {value!r}")
-    return host.strip("[]"), int(port)
+    try:
+        return split_host_port(value, any_port=True)
+    except ValueError as exc:
+        raise UserError(f"--listen: {exc}") from None
 
 
 async def feed_router(live: Live, gateway: Gateway, spec_dir: Path) -> None:

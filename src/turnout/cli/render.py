@@ -81,6 +81,12 @@ class Printer:
         split = ", ".join(f"{v} {w}%" for v, w in router["traffic"].items()) or "-"
         running = "running" if router["running"] else "stopped"
         self.out.print(f"router   {running}; traffic: {split}", markup=False)
+        answered = router.get("answered") or {}
+        if answered:
+            counts = "; ".join(
+                f"{who} " + ", ".join(f"{n}x{status}" for status, n in sorted(statuses.items()))
+                for who, statuses in answered.items())
+            self.out.print(f"         answered by the router itself: {counts}", markup=False)
         table = Table("instance", "version", "address", "pid", "state", "health", "in flight")
         for inst in data["instances"]:
             health = "healthy" if inst["healthy"] else f"unhealthy: {inst['problem']}"

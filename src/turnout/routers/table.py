@@ -68,26 +68,38 @@ class Limits(_Frozen):
         default=4096, ge=1, le=1_000_000,
         description="open client connections (WebSockets included); more are answered 503 and closed",
     )
+    max_buffered: Size = Field(
+        default=256 * MIB, ge=0,
+        description="request bodies held at once by buffer_requests, all clients together; beyond: 503",
+    )
 
 
 class Timeouts(_Frozen):
-    """How long the router waits for each party before it gives up on it."""
+    """How long the router waits for each party before it gives up on it (at least 100 ms each:
+    the router looks at its connections five times per shortest timeout)."""
 
     header: Duration = Field(
-        default=10.0, gt=0,
-        description="a request's line and headers, from their first byte (408); a trickle cannot extend it",
+        default=10.0, ge=0.1,
+        description="a request's line and headers, from their first byte (from the connection for "
+        "its first request) (408); a trickle cannot extend it",
     )
-    idle: Duration = Field(default=75.0, gt=0, description="a keep-alive connection without a request")
+    idle: Duration = Field(default=75.0, ge=0.1, description="a keep-alive connection without a request")
     body: Duration = Field(
-        default=30.0, gt=0, description="the longest silence of a client while it sends a request body (408)"
+        default=30.0, ge=0.1,
+        description="the longest silence of a client while it sends a request body (408)",
     )
-    connect: Duration = Field(default=5.0, gt=0, description="connecting to an instance (then another; 504)")
+    connect: Duration = Field(
+        default=5.0, ge=0.1, description="connecting to an instance (then another; 504)"
+    )
     response: Duration = Field(
-        default=60.0, gt=0,
-        description="the longest silence of an instance while a response is due or streams (504, or cut)",
+        default=60.0, ge=0.1,
+        description="the longest an instance may neither answer nor take the request body (504, or cut)",
+    )
+    send: Duration = Field(
+        default=60.0, ge=0.1, description="the longest a client may leave its answer unread (cut)"
     )
     tunnel: Duration = Field(
-        default=3600.0, gt=0, description="the longest silence of a WebSocket or other upgraded connection"
+        default=3600.0, ge=0.1, description="the longest silence of a WebSocket or other upgraded connection"
     )
 
 

@@ -83,5 +83,8 @@ class Answer:
     def fail(self, error: BaseException | None = None) -> None:
         self.client.abort()
 
+    def refuse(self, status: int, what: str) -> None:
+        self.client.abort()
+
     def abort(self) -> None:
         pass

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import mmh3
 
+from turnout.addresses import split_host_port
 from turnout.routers.table import BUCKETS, MatchRule, Pool, RoutingTable
 
 COOKIE = b"cookie"
@@ -60,8 +61,7 @@ class _Rule:
 
 
 def split_address(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host.strip("[]") or "127.0.0.1", int(port)
+    return split_host_port(address, any_port=True)
 
 
 def bucket_of(key: bytes | str) -> int:

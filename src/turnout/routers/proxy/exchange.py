@@ -99,7 +99,7 @@ class Exchange:
         self.counters.requests += 1
         backend = self.pool.pick() if self.pool is not None else None
         if backend is None:
-            self._local(503)
+            self._local(503, "no instance to send it to")
             return
         conn = self.proxy.conns.take(backend.address)
         if conn is not None:
@@ -114,23 +114,24 @@ class Exchange:
         assert tried is not None
         timed_out = False  # the last attempt
         while backend is not None:
-            tried.append(backend)
+            if backend not in tried:  # a retry on a fresh connection is not another backend
+                tried.append(backend)
             try:
                 conn = await self.proxy.conns.connect(backend, within=self.proxy.connect_timeout)
             except TimeoutError:
                 timed_out = True
-                backend = self._next_backend(tried)
-                continue
             except OSError:
                 timed_out = False
-                backend = self._next_backend(tried)
-                continue
-            self.task = None
-            if self.finished:
-                self.proxy.conns.release(conn)
             else:
-                self._attach(conn, backend)
-            return
+                self.task = None
+                if self.finished:
+                    self.proxy.conns.release(conn)
+                else:
+                    self._attach(conn, backend)
+                return
+            if self.finished:  # answered meanwhile (a deadline, the client gone)
+                return
+            backend = self._next_backend(tried)
         self.task = None
         self._fail(timed_out=timed_out)
 
@@ -253,34 +254,47 @@ class Exchange:
 
     # --- deadlines (called by the sweep)
     def tick(self, client: ClientConn, ticks: Ticks) -> None:
-        if not self.complete:  # the body still comes: the client must keep sending it
-            if client.paused:
-                client.idle = 0
-            elif client.idle > ticks.body:
+        """One sweep: who is holding this exchange up, and for how long?
+
+        While the body comes, a client silent for `body` gets 408 (not if we paused it). An
+        instance that neither reads what we send nor answers for `response` gets its client
+        504 (or a cut, once the answer has begun); `quiet` counts the sweeps since it last did
+        either. A client that leaves the answer unread for `send` is cut.
+        """
+        conn = self.upstream
+        if not self.complete and not client.paused:
+            if client.idle > ticks.body:
                 self._too_slow(408, "request body not received in time")
             return
         client.idle = 0
-        conn = self.upstream
-        if conn is None:
-            return
         if client.write_paused:
-            conn.quiet = 0
-        else:
+            client.stalled += 1
+            if client.stalled > ticks.send:
+                self._too_slow(0, "the client did not read its answer in time")
+            return
+        client.stalled = 0
+        if conn is not None:
             conn.quiet += 1
             if conn.quiet > ticks.response:
                 self._too_slow(504, "the instance did not answer in time")
 
     def _too_slow(self, status: int, what: str) -> None:
+        """Give up on a deadline: answer `status` (0: the client is at fault, just cut) or cut."""
         conn = self.upstream
         self._detach()
         if conn is not None:
             conn.close()
-        client = self.client
-        client.proxy.note(status, client.peer, what)
-        if self.responded:
+        if not status:  # the client's fault: counted apart, not as the instance's error
+            client = self.client
+            client.proxy.note(499, client.peer, what)
+            self.counters.answered(499)
+            self._cut(counted=False)
+        elif self.responded:
+            client = self.client
+            client.proxy.note(status, client.peer, what)
             self._cut()
         else:
-            self._local(status, close=True)
+            self._local(status, what, close=True)
 
     # --- endings
     def _detach(self) -> None:
@@ -292,23 +306,42 @@ class Exchange:
 
     def _fail(self, *, timed_out: bool = False) -> None:
         """No backend could be reached or heard from: 502, or 504 if the last one timed out."""
-        status = 504 if timed_out else 502
-        client = self.client
-        client.proxy.note(status, client.peer, "no instance could be reached")
-        self._local(status)
+        self._local(504 if timed_out else 502, "no instance could be reached")
 
-    def _cut(self) -> None:
-        """The response had begun: the client connection is cut, counted as an error."""
+    def _cut(self, *, counted: bool = True) -> None:
+        """The client connection is cut: an error of the instance's if `counted`."""
         self.finished = True
-        self.counters.errors += 1
+        if counted:
+            self.counters.errors += 1
         self.client.abort()
 
-    def _local(self, status: int, *, close: bool = False) -> None:
+    def _local(
+        self, status: int, what: str, *, close: bool = False, error: BaseException | None = None
+    ) -> None:
+        """Answer `status` ourselves (counted and logged), instead of an instance."""
         self.finished = True
         self.responded = True
-        self.client.write(CLOSING[status] if close else RESPONSES[status])
+        if self.task is not None:  # a connect still under way is not wanted any more
+            self.task.cancel()
+            self.task = None
+        client = self.client
+        client.proxy.note(status, client.peer, what, error)
+        client.write(CLOSING[status] if close else RESPONSES[status])
         self.counters.answered(status)
-        self.client.exchange_done(self, close)
+        client.exchange_done(self, close)
+
+    def refuse(self, status: int, what: str) -> None:
+        """The client broke its own request mid-body: `status` (or a cut), not the instance's error."""
+        conn = self.upstream
+        self._detach()
+        if conn is not None:
+            conn.close()
+        if self.responded:
+            client = self.client
+            client.proxy.note(status, client.peer, what)
+            self._cut(counted=False)
+        else:
+            self._local(status, what, close=True)
 
     def fail(self, error: BaseException | None = None) -> None:
         """A bug of the router hit this exchange: 502 if nothing was answered yet, else a cut."""
@@ -319,15 +352,22 @@ class Exchange:
             self.task = None
         if conn is not None:
             conn.close()
-        client = self.client
-        client.proxy.note(502, client.peer, "router error", error)
         if self.responded:
+            client = self.client
+            client.proxy.note(502, client.peer, "router error", error)
             self._cut()
         else:
-            self._local(502, close=True)
+            self._local(502, "router error", close=True, error=error)
 
     def abort(self) -> None:
-        """The client went away: drop the backend connection (it cannot be reused)."""
+        """The client went away: drop the backend connection (it cannot be reused).
+
+        Gone before any answer, it counts as a 499 with the time it waited, so that an
+        instance too slow for its clients shows in the latency however they gave up.
+        """
+        if not self.finished and not self.responded and not self.deferred:
+            self.counters.answered(499)
+            self.counters.latency[bisect_left(LATENCY_BOUNDS, perf_counter() - self.started)] += 1
         self.finished = True
         if self.task is not None:
             self.task.cancel()

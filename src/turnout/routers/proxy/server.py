@@ -55,7 +55,7 @@ __all__ = ["HOP_BY_HOP", "ClientConn", "Proxy"]
 class ClientConn(asyncio.Protocol):
     __slots__ = (
         "chunked", "closed", "current", "drop", "fwd_host", "fwd_lines", "head_left", "headers", "idle",
-        "length", "parser", "paused", "peer", "preview", "proxy", "queue", "receiving", "started",
+        "length", "parser", "paused", "peer", "preview", "proxy", "queue", "receiving", "stalled", "started",
         "transport", "unusual", "url", "want", "wanted", "write_paused", "xff", "xff_line",
     )
 
@@ -70,13 +70,15 @@ class ClientConn(asyncio.Protocol):
         self.fwd_lines = b""
         self.closed = False
         self.idle = 0  # sweeps since the client last sent anything
+        self.stalled = 0  # sweeps its answer has waited, unread, in our write buffer
         self.paused = 0
         self.write_paused = False
         self.head_left = proxy.max_head  # head bytes still allowed; < 0: take no more bytes
         self.current: Exchange | Answer | None = None
         self.receiving: Exchange | Answer | None = None
         self.queue: deque[Exchange | Answer] = deque()
-        self.on_message_begin()  # a new connection owes its first head within the deadline
+        self.started = perf_counter()  # a new connection owes its first head within the deadline
+        self.on_message_begin()
 
     # --- asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -155,7 +157,8 @@ class ClientConn(asyncio.Protocol):
 
     # --- httptools callbacks
     def on_message_begin(self) -> None:
-        self.started = perf_counter()  # uvloop's clock ticks in milliseconds
+        if not self.started:  # (a new connection's clock runs from its start)
+            self.started = perf_counter()  # uvloop's clock ticks in milliseconds
         self.url = b""
         self.headers: list[bytes] = []  # name, b": ", value, CRLF, ... joined once
         plan = self.proxy.plan
@@ -192,7 +195,8 @@ class ClientConn(asyncio.Protocol):
         """Route the request and build the head the instance gets (the usual case inlined)."""
         self.head_left = NOT_IN_HEAD
         exchange: Exchange | Answer
-        try:  # a bug in routing is answered 502 and counted, never 400
+        pool: PoolPlan | None = None
+        try:  # a bug in routing is answered 502 and counted (for its revision if known), never 400
             proxy = self.proxy
             plan = proxy.plan
             parser = self.parser
@@ -230,7 +234,7 @@ class ClientConn(asyncio.Protocol):
                         method, self.url, headers, self.fwd_lines, framing)
                     exchange = Exchange(self, plan, pool, method, head, keep_alive, cohort)
         except Exception as exc:
-            exchange = self._answer(502, "router error", error=exc)
+            exchange = self._answer(502, "router error", error=exc, pool=pool)
         self.started = 0.0  # no head in progress
         self.receiving = exchange
         if self.current is None:
@@ -298,8 +302,14 @@ class ClientConn(asyncio.Protocol):
         return lines
 
     def on_body(self, body: bytes) -> None:
+        self.head_left = NOT_IN_HEAD  # body bytes, not a chunk's size line or trailers
         if self.receiving is not None:
             self.receiving.body(body)
+
+    def on_chunk_header(self) -> None:
+        """A chunk's size line: what follows may be the last chunk's trailers, which count
+        against the head limit (they end up in a buffer like headers do) until body bytes come."""
+        self.head_left = self.proxy.max_head
 
     def on_message_complete(self) -> None:
         self.head_left = self.proxy.max_head
@@ -311,13 +321,28 @@ class ClientConn(asyncio.Protocol):
                 exchange.complete = True  # request_complete, inlined for the usual case
 
     # --- answers the router makes itself
-    def _answer(self, status: int, reason: str, *, error: BaseException | None = None) -> Answer:
-        return Answer(self, status, self.proxy.metrics.unrouted, reason, error=error)
+    def _answer(
+        self, status: int, reason: str, *, error: BaseException | None = None, pool: PoolPlan | None = None
+    ) -> Answer:
+        metrics = self.proxy.metrics
+        counters = metrics.revision(pool.revision) if pool is not None else metrics.unrouted
+        return Answer(self, status, counters, reason, error=error)
 
     def _refuse(self, status: int, reason: str) -> None:
-        """Answer `status` after the responses already due, then close; read nothing more."""
+        """Answer `status` after the responses already due, then close; read nothing more.
+
+        When the bytes at fault are the body of the request in progress, that request is
+        the one refused (its instance will get no more of it).
+        """
         self.head_left = -1
         self.started = 0.0
+        receiving = self.receiving
+        if receiving is not None and not receiving.complete:
+            if receiving is self.current:
+                receiving.refuse(status, reason)
+                return
+            if receiving in self.queue:
+                self.queue.remove(receiving)  # never started: the answer takes its place
         answer = self._answer(status, reason)
         if self.current is None:
             self._refuse_now(answer)

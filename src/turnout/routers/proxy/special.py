@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 
 class SpecialExchange(Exchange):
-    __slots__ = ("body_size", "buffer", "http10", "upgrade")
+    __slots__ = ("body_size", "buffer", "held", "http10", "upgrade")
 
     def __init__(  # noqa: PLR0917  # the same arguments as Exchange, then what is special
         self,
@@ -50,6 +50,7 @@ class SpecialExchange(Exchange):
         self.upgrade: bytes | None = b"" if upgrade else None  # then: what the client sent after
         self.buffer = buffer
         self.body_size = 0
+        self.held = 0  # bytes of body held here, counted in the worker's `buffered`
 
     # --- buffering
     def start(self) -> None:
@@ -63,7 +64,7 @@ class SpecialExchange(Exchange):
         assert buffer is not None
         if buffer < 0 or self.body_size > buffer:
             self.counters.requests += 1
-            self._local(413, close=True)
+            self._local(413, "request body over the buffer limit", close=True)
             return True
         if not self.complete:
             self.deferred = True  # request_complete starts it
@@ -84,8 +85,31 @@ class SpecialExchange(Exchange):
         if self.buffer is not None and self.upstream is None:
             self.pending.append(data)  # held whole, without pausing the client
             self.pending_size += len(data)
+            proxy = self.proxy
+            self.held += len(data)
+            proxy.buffered += len(data)
+            if proxy.buffered > proxy.max_buffered:  # all clients together: a bound on memory
+                self._local(503, "the router holds as many request bodies as it may", close=True)
         else:
             super()._send(data)
+
+    def _let_go(self) -> None:
+        """The held body is sent or dropped: the worker holds that much less."""
+        self.proxy.buffered -= self.held
+        self.held = 0
+
+    def _local(
+        self, status: int, what: str, *, close: bool = False, error: BaseException | None = None
+    ) -> None:
+        if self.deferred:  # held for its body and not counted yet: it is now
+            self.deferred = False
+            self.counters.requests += 1
+        self._let_go()
+        super()._local(status, what, close=close, error=error)
+
+    def abort(self) -> None:
+        self._let_go()
+        super().abort()
 
     def request_complete(self) -> None:
         super().request_complete()
@@ -97,6 +121,7 @@ class SpecialExchange(Exchange):
     # --- HTTP/1.0
     def _attach(self, conn: UpstreamConn, backend: BackendRef) -> None:
         super()._attach(conn, backend)
+        self._let_go()
         if self.http10:  # no answer can have come yet: the request was only just written
             conn.rewrite(self)
 

@@ -68,16 +68,19 @@ class Ticks:
     idle: int
     body: int
     response: int
+    send: int
     tunnel: int
 
     @classmethod
     def of(cls, t: Timeouts) -> Ticks:
-        period = max(MIN_SWEEP, min(t.header, t.idle, t.body, t.response, t.tunnel) / SWEEPS_PER_TIMEOUT)
+        shortest = min(t.header, t.idle, t.body, t.response, t.send, t.tunnel)
+        period = max(MIN_SWEEP, shortest / SWEEPS_PER_TIMEOUT)
 
         def sweeps(seconds: float) -> int:
             return max(1, math.ceil(seconds / period))
 
-        return cls(period, t.header, sweeps(t.idle), sweeps(t.body), sweeps(t.response), sweeps(t.tunnel))
+        return cls(period, t.header, sweeps(t.idle), sweeps(t.body), sweeps(t.response), sweeps(t.send),
+                   sweeps(t.tunnel))
 
 
 class Proxy:
@@ -98,6 +101,7 @@ class Proxy:
         self.draining = False
         self.all_closed = asyncio.Event()  # set once draining and no client is left
         self.addresses: dict[str, str] = {}  # listener name -> bound host:port
+        self.buffered = 0  # request body bytes held by buffering exchanges (see `proxy.special`)
         self._hosts: dict[bool, bytes] = {}
         self._log_second = 0.0
         self._logged = 0
@@ -126,6 +130,7 @@ class Proxy:
         self.max_header_items = 4 * limits.max_headers  # name, ": ", value, CRLF per header
         self.max_connections = limits.max_connections
         self.buffer_limit = table.buffer_requests
+        self.max_buffered = limits.max_buffered
         self.connect_timeout = table.timeouts.connect
         ticks = Ticks.of(table.timeouts)
         if ticks.period != self.ticks.period and hasattr(self, "_sweeping"):
@@ -170,24 +175,32 @@ class Proxy:
             self.all_closed.set()
 
     def sweep(self) -> None:
-        """Close or answer every connection past one of its deadlines (see the module doc)."""
+        """Close or answer every connection past one of its deadlines (see the module doc).
+
+        The next sweep is due first, and a failure on one connection cuts that connection
+        only: an error here must never switch the deadlines off.
+        """
         now = perf_counter()
         ticks = self.ticks
+        self._sweeping = self.loop.call_later(ticks.period, self.sweep)
         for client in list(self.clients):
-            client.idle += 1
-            current = client.current
-            if client.started and now - client.started > ticks.header:
-                client.head_timeout()
-            elif current is None:
-                if client.idle > ticks.idle:
-                    client.close()
-            else:
-                current.tick(client, ticks)
+            try:
+                client.idle += 1
+                current = client.current
+                if client.started and now - client.started > ticks.header:
+                    client.head_timeout()
+                elif current is None:
+                    if client.idle > ticks.idle:
+                        client.close()
+                else:
+                    current.tick(client, ticks)
+            except Exception as exc:
+                self.note(502, client.peer, "router error in a deadline", exc)
+                client.abort()
         for tunnel in list(self.tunnels):
             tunnel.idle += 1
             if tunnel.idle > ticks.tunnel:
                 tunnel.close()
-        self._sweeping = self.loop.call_later(ticks.period, self.sweep)
 
     # --- the log
     def note(self, status: int, peer: bytes, what: str, error: BaseException | None = None) -> None:

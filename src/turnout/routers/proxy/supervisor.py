@@ -23,6 +23,7 @@ from pathlib import Path
 from types import FrameType
 
 from turnout import procs
+from turnout.addresses import join_host_port, split_host_port
 
 ADMIN_SOCKET = "admin.sock"
 PID_FILE = "proxy.pid"
@@ -36,11 +37,18 @@ class _State:
     child: subprocess.Popen[bytes] | None = None
 
 
-def _listener(address: str) -> socket.socket:
-    host, _, port = address.rpartition(":")
-    host = host.strip("[]") or "127.0.0.1"
+def _address(value: str) -> tuple[str, int]:
+    """An argparse type: `host:port` (port 0: any free one)."""
+    try:
+        return split_host_port(value, any_port=True)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _listener(address: tuple[str, int]) -> socket.socket:
+    host, port = address
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.create_server((host, int(port)), family=family, backlog=1024)
+    return socket.create_server((host, port), family=family, backlog=1024)
 
 
 def _admin_socket(path: Path) -> socket.socket:
@@ -108,8 +116,8 @@ def _run_workers(state: _State, cmd: list[str], fds: list[int]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="turnout proxy", description="turnout's builtin router")
-    parser.add_argument("--listen", required=True, help="host:port for user traffic")
-    parser.add_argument("--preview-listen", help="host:port serving only the preview revision")
+    parser.add_argument("--listen", required=True, type=_address, help="host:port for user traffic")
+    parser.add_argument("--preview-listen", type=_address, help="host:port serving only the preview revision")
     parser.add_argument("--state-dir", type=Path, required=True, help="table, socket, pid, log")
     args = parser.parse_args(argv)
     state_dir: Path = args.state_dir
@@ -130,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     identity = {"pid": me, "started": procs.start_ticks(me), "boot_id": procs.boot_id()}
     procs.write_json_atomic(pid_path, identity)
     fds = {name: sock.fileno() for name, sock in socks.items()}
-    print(f"proxy: pid {os.getpid()} listening on {args.listen}", file=sys.stderr, flush=True)
+    listening = join_host_port(*args.listen)
+    print(f"proxy: pid {os.getpid()} listening on {listening}", file=sys.stderr, flush=True)
     try:
         _run_workers(state, _worker_command(fds, state_dir), list(fds.values()))
     finally:

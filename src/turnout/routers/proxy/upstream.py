@@ -40,6 +40,8 @@ class Sink(Protocol):
 
     def upgraded(self, data: bytes, conn: UpstreamConn) -> None: ...
 
+    def fail(self, error: BaseException | None = None) -> None: ...
+
     def pause_client(self) -> None: ...
 
     def resume_client(self) -> None: ...
@@ -138,11 +140,15 @@ class UpstreamConn(asyncio.Protocol):
         except HttpParserError:
             self.close()  # connection_lost reports it to the sink
             return
-        if self.done:
-            self.sink = None
-            sink.response_end(data, self)
-        else:
-            sink.response_data(data)
+        try:
+            if self.done:
+                self.sink = None
+                sink.response_end(data, self)
+            else:
+                sink.response_data(data)
+        except Exception as exc:  # a bug of ours: this exchange fails, the worker goes on
+            self.close()
+            sink.fail(exc)
 
     def _upgraded(self, sink: Sink, data: bytes, offset: int) -> None:
         """The parser stopped at the end of a `101` head; the bytes after it are the new protocol's."""
@@ -162,18 +168,22 @@ class UpstreamConn(asyncio.Protocol):
         sink, self.sink = self.sink, None
         if sink is None or self.done:
             return
-        if self.status and not self.head and not self._framed():
-            self.done = True  # a response delimited by the end of the connection
-            self.keep_alive = False
-            sink.response_done(self)
-        else:
-            sink.upstream_lost(self)
+        try:
+            if self.status and not self.head and not self._framed():
+                self.done = True  # a response delimited by the end of the connection
+                self.keep_alive = False
+                sink.response_done(self)
+            else:
+                sink.upstream_lost(self)
+        except Exception as error:  # a bug of ours: this exchange fails, the worker goes on
+            sink.fail(error)
 
     def pause_writing(self) -> None:
         if self.sink is not None:
             self.sink.pause_client()
 
     def resume_writing(self) -> None:
+        self.quiet = 0  # the instance took what we sent: not silent
         if self.sink is not None:
             self.sink.resume_client()
 
