@@ -102,7 +102,7 @@ CASES = [
     ("wrong type for a section", "service: a\nrun: {command: [x]}\nhealth: fast\n",
      3, "health", "expected a mapping of fields, got 'fast'"),
     ("header timeout 0", "service: a\nrun: {command: [x]}\nrouting:\n  timeouts:\n    header: 0s\n",
-     5, "routing.timeouts.header", "must be more than 0"),
+     5, "routing.timeouts.header", "must be at least 0.1"),
     ("bad size", "service: a\nrun: {command: [x]}\nrouting:\n  limits:\n    max_header_size: huge\n",
      5, "routing.limits.max_header_size", "expected a size such as 64KiB"),
     ("header limit too small", "service: a\nrun: {command: [x]}\nrouting:\n  limits:\n"
