@@ -1,4 +1,5 @@
-"""A fast benchmark upstream: uvloop + httptools, one static keep-alive response.
+"""A fast benchmark upstream: uvloop + httptools, one static keep-alive response
+(and 16 MiB for a path starting with /big, for tests of clients that do not read).
 
 Usage: python bench/upstream.py [--port 0]   (prints the bound port on its first line)
 """
@@ -17,9 +18,12 @@ RESPONSE = (
     % (len(BODY), BODY)
 )
 
+BIG = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (16 * 2**20, b"b" * 16 * 2**20)
+
 
 class Static(asyncio.Protocol):
     def __init__(self) -> None:
+        self.big = False
         self.parser = HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
 
@@ -33,9 +37,12 @@ class Static(asyncio.Protocol):
             assert self.transport is not None
             self.transport.close()
 
+    def on_url(self, url: bytes) -> None:
+        self.big = url.startswith(b"/big")
+
     def on_message_complete(self) -> None:
         assert self.transport is not None
-        self.transport.write(RESPONSE)
+        self.transport.write(BIG if self.big else RESPONSE)
         if not self.parser.should_keep_alive():
             self.transport.close()
 

@@ -31,7 +31,7 @@ from turnout.routers.table import Backend, MatchRule, Pool, RoutingTable, Timeou
 pytestmark = pytest.mark.slow
 __all__ = ["state_dir"]
 ROOT = Path(__file__).resolve().parents[2]
-TIMEOUTS = Timeouts(header=2.0, idle=4.0, body=2.0, response=2.0)
+TIMEOUTS = Timeouts(header=2.0, idle=4.0, body=2.0, response=2.0, send=2.0)
 IDLE_CONNECTIONS = 2000
 MEMORY_BUDGET = 10 * 1024 * 1024
 
@@ -199,6 +199,66 @@ async def hung_requests(port: int) -> list[tuple[Reply, float]]:
     return list(await asyncio.gather(*(one() for _ in range(30))))
 
 
+async def broken_chunks(port: int) -> list[Reply]:
+    broken = (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+              b"5\r\nhello\r\nzz\r\n")
+    return list(await asyncio.gather(*(_send_and_read(port, broken, 3.0) for _ in range(20))))
+
+
+async def trailer_floods(port: int) -> list[Reply]:
+    async def one() -> Reply:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"5\r\nhello\r\n0\r\nX-Trailer: ")
+        try:
+            for _ in range(64):  # at most 4 MiB; cut after 32 KiB
+                writer.write(b"t" * 65536)
+                await asyncio.wait_for(writer.drain(), 3)
+        except (ConnectionError, TimeoutError):
+            pass
+        reply = await read_reply(reader, wait=3.0)
+        writer.close()
+        return reply
+
+    return list(await asyncio.gather(*(one() for _ in range(5))))
+
+
+async def hung_uploads(port: int) -> list[tuple[Reply, float]]:
+    """Bodies for an instance that never reads them: 504 once it has been silent too long."""
+    async def one() -> tuple[Reply, float]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        started = time.monotonic()
+        size = 32 * 1024 * 1024
+        writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nX-Hung: yes\r\nContent-Length: %d\r\n\r\n" % size)
+        answer = asyncio.create_task(read_reply(reader, wait=8.0))
+        with contextlib.suppress(ConnectionError, TimeoutError):
+            for _ in range(size // 65536):
+                if answer.done():
+                    break
+                writer.write(b"u" * 65536)
+                await asyncio.wait_for(writer.drain(), 8)
+        reply = await answer
+        writer.close()
+        return reply, time.monotonic() - started
+
+    return list(await asyncio.gather(*(one() for _ in range(5))))
+
+
+async def non_readers(port: int) -> list[Reply]:
+    """Clients that ask for 16 MiB and never read it: cut after the send timeout."""
+    async def one() -> Reply:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.transport.pause_reading()
+        writer.write(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        await asyncio.sleep(TIMEOUTS.send + 2.0)
+        writer.transport.resume_reading()
+        reply = await read_reply(reader, wait=3.0)
+        writer.close()
+        return reply
+
+    return list(await asyncio.gather(*(one() for _ in range(5))))
+
+
 async def watch_memory(pid: int, stop: asyncio.Event, peak: list[int]) -> None:
     while not stop.is_set():
         peak.append(rss(pid))
@@ -223,10 +283,12 @@ async def test_hostile_clients_get_answers_or_cuts_while_normal_clients_are_serv
     watcher = asyncio.create_task(watch_memory(worker, stop, samples))
     normal = asyncio.create_task(steady(port, 9.0))
     await asyncio.sleep(0.5)
-    idle, big, endless, trickled, bad, vanished, hung = await asyncio.gather(
+    answers = await asyncio.gather(
         idle_connections(port), oversized_heads(port), endless_heads(port), trickled_heads(port),
-        malformed_requests(port), vanishing_uploads(port), hung_requests(port),
+        malformed_requests(port), vanishing_uploads(port), hung_requests(port), broken_chunks(port),
+        trailer_floods(port), hung_uploads(port), non_readers(port),
     )
+    idle, big, endless, trickled, bad, vanished, hung, chunks, trailers, uploads, unread = answers
     result = await normal
     stop.set()
     await watcher
@@ -245,14 +307,21 @@ async def test_hostile_clients_get_answers_or_cuts_while_normal_clients_are_serv
     assert all(r.status == 400 and r.closed for r in bad)
     assert all(r.status == 504 and 1.8 <= t <= 3.5 for r, t in hung), [
         (r.status, round(t, 2)) for r, t in hung]
+    assert all(r.status == 400 and r.closed for r in chunks)
+    assert all(r.status in (431, None) and r.closed for r in trailers)
+    assert all((r.status == 504 or r.closed) and t <= 8.0 for r, t in uploads), [
+        (r.status, r.closed, round(t, 2)) for r, t in uploads]
+    assert all(r.closed and len(r.data) < 16 * 2**20 for r in unread)  # cut, not sent whole
 
     after = await admin.stats()
     made = after.unrouted.minus(before.unrouted).router_responses
     assert made.get("408", 0) == IDLE_CONNECTIONS + len(trickled)
     assert made.get("431", 0) == len(big) + len(endless)  # an endless writer may see a reset, not the 431
     assert made.get("400", 0) == len(bad)
-    assert after.revisions["hung"].router_responses.get("504") == len(hung)
-    assert vanished == 50
+    assert after.revisions["hung"].router_responses.get("504") == len(hung) + len(uploads)
+    app = after.revisions["app"].minus(before.revisions["app"]).router_responses
+    assert app.get("400") == len(chunks) and app.get("431") == len(trailers)
+    assert app.get("499") == vanished + len(unread)  # gone, or cut for not reading: the clients' doing
     deadline = time.monotonic() + 5
     while (stats := await admin.stats()).in_flight.get("app-0") or stats.in_flight.get("hung-0"):
         assert time.monotonic() < deadline, stats.in_flight

@@ -43,6 +43,7 @@ from turnout.routers.proxy.state import HOP_BY_HOP, Proxy
 BP_PIPELINE = 4  # client reading paused: requests are queued behind the current one
 BP_UPGRADE = 8  # client reading paused: an upgrade waits for the instance's answer
 NOT_IN_HEAD = 1 << 62  # `head_left` while no request head is being read
+UNBORN = -2  # `head_left` until the first bytes come: the parser is made then (see `_limited`)
 NO_HOST = b"\x00"  # `fwd_host` before any forwarding lines were kept (no Host equals it)
 # A closed connection's parser: dropping the live one breaks the protocol <-> parser cycle, so
 # the connection is freed at once by reference counting, not by a later collection.
@@ -62,7 +63,7 @@ class ClientConn(asyncio.Protocol):
     def __init__(self, proxy: Proxy, *, preview: bool = False) -> None:
         self.proxy = proxy
         self.preview = preview
-        self.parser = HttpRequestParser(self)
+        self.parser = CLOSED  # a connection that never sends costs no parser
         self.transport: asyncio.Transport | None = None
         self.peer = b"unknown"
         self.xff_line = b"X-Forwarded-For: unknown\r\n"
@@ -73,10 +74,10 @@ class ClientConn(asyncio.Protocol):
         self.stalled = 0  # sweeps its answer has waited, unread, in our write buffer
         self.paused = 0
         self.write_paused = False
-        self.head_left = proxy.max_head  # head bytes still allowed; < 0: take no more bytes
+        self.head_left = UNBORN  # head bytes still allowed; -1: take no more bytes
         self.current: Exchange | Answer | None = None
         self.receiving: Exchange | Answer | None = None
-        self.queue: deque[Exchange | Answer] = deque()
+        self.queue: deque[Exchange | Answer] | None = None  # made when a request is pipelined
         self.started = perf_counter()  # a new connection owes its first head within the deadline
         self.on_message_begin()
 
@@ -124,6 +125,11 @@ class ClientConn(asyncio.Protocol):
         """`data` is more than the head in progress may still take: feed what it may take,
         then carry on if the head ended within it, else answer 431."""
         allowed = self.head_left
+        if allowed == UNBORN:  # the first bytes: now the connection needs a parser
+            self.parser = HttpRequestParser(self)
+            self.head_left = self.proxy.max_head
+            self.data_received(data)
+            return
         if allowed < 0:  # the parser takes nothing more: an answer ends this connection
             return
         self.head_left = 0
@@ -141,7 +147,7 @@ class ClientConn(asyncio.Protocol):
         if self.current is not None:
             self.current.abort()
         self.current = self.receiving = None
-        self.queue.clear()
+        self.queue = None
         self.parser = CLOSED
         self.transport = None
 
@@ -241,7 +247,7 @@ class ClientConn(asyncio.Protocol):
             self.current = exchange
             exchange.start()
         else:
-            self.queue.append(exchange)
+            self._queued(exchange)
             self.pause(BP_PIPELINE)
 
     def _general(
@@ -341,25 +347,30 @@ class ClientConn(asyncio.Protocol):
             if receiving is self.current:
                 receiving.refuse(status, reason)
                 return
-            if receiving in self.queue:
+            if self.queue is not None and receiving in self.queue:
                 self.queue.remove(receiving)  # never started: the answer takes its place
         answer = self._answer(status, reason)
         if self.current is None:
             self._refuse_now(answer)
         else:
-            self.queue.append(answer)
+            self._queued(answer)
             self.pause(BP_PIPELINE)
 
     def _internal_error(self, error: BaseException) -> None:
         """An exception in our own parser callbacks: 502 (or a cut, if an answer has begun)."""
         self.head_left = -1
         self.started = 0.0
-        self.queue.clear()
+        self.queue = None
         current = self.current
         if current is None:
             self._refuse_now(self._answer(502, "router error", error=error))
         else:
             current.fail(error)
+
+    def _queued(self, exchange: Exchange | Answer) -> None:
+        if self.queue is None:
+            self.queue = deque()
+        self.queue.append(exchange)
 
     def _refuse_now(self, answer: Answer) -> None:
         self.current = answer
@@ -407,7 +418,7 @@ class ClientConn(asyncio.Protocol):
         """Both connections now belong to a tunnel: this protocol gets no more callbacks."""
         self.closed = True
         self.current = self.receiving = None
-        self.queue.clear()
+        self.queue = None
         self.proxy.clients.discard(self)
         self.parser = CLOSED
         self.transport = None
