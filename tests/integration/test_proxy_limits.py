@@ -313,10 +313,10 @@ async def test_endless_trailers_are_cut_at_the_head_limit(proxy: Running, ups: l
     assert (await proxy.router.stats()).revisions["old"].router_responses == {"431": 1}
 
 
-async def test_an_instance_that_never_reads_the_body_gets_504(proxy: Running, blackhole: str) -> None:
+async def test_an_instance_that_never_reads_the_body_gets_504(proxy: Running, hung: str) -> None:
     table = RoutingTable(generation=1, timeouts=Timeouts(response=1.0),
                          pools=(Pool(revision="old", version="old", weight=100,
-                                     backends=(Backend(id="old-0", address=hung_address()),)),))
+                                     backends=(Backend(id="old-0", address=hung),)),))
     await proxy.router.apply(table)
     reader, writer = await asyncio.open_connection("127.0.0.1", port_of(proxy.url))
     size = 64 * 1024 * 1024
@@ -337,16 +337,13 @@ async def test_an_instance_that_never_reads_the_body_gets_504(proxy: Running, bl
     assert stats.revisions["old"].router_responses == {"504": 1} and stats.in_flight["old-0"] == 0
 
 
-_HUNG: list[socket.socket] = []
-
-
-def hung_address() -> str:
+@pytest.fixture
+def hung() -> Iterator[str]:
     """An instance that accepts connections (the kernel does) and never reads them."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    _HUNG.append(sock)
-    return f"127.0.0.1:{sock.getsockname()[1]}"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        yield f"127.0.0.1:{sock.getsockname()[1]}"
 
 
 async def test_a_client_that_never_reads_is_cut_after_the_send_timeout(
