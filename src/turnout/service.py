@@ -27,7 +27,10 @@ from turnout.clock import Clock, SystemClock
 from turnout.engine.events import Emit, Event, ignore
 from turnout.engine.executor import Executor
 from turnout.engine.health import probe
-from turnout.engine.steps import (
+from turnout.errors import ConflictError, TurnoutError, UserError
+from turnout.flags.store import FlagStore
+from turnout.model import Instance, Revision
+from turnout.plan import (
     Drain,
     Promote,
     Route,
@@ -39,9 +42,6 @@ from turnout.engine.steps import (
     load_plan,
     plan_hash,
 )
-from turnout.errors import ConflictError, TurnoutError, UserError
-from turnout.flags.store import FlagStore
-from turnout.model import Instance, Revision
 from turnout.platforms.local import LocalPlatform
 from turnout.routers.builtin import BuiltinRouter
 from turnout.routers.table import RoutingTable

@@ -20,10 +20,10 @@ import pytest
 from turnout import strategies
 from turnout.engine.events import Event
 from turnout.engine.executor import Executor
-from turnout.engine.steps import Pause, dump_plan, load_plan, plan_hash
 from turnout.flags import FlagState, evaluate
 from turnout.flags.store import FlagStore
 from turnout.model import Revision
+from turnout.plan import Pause, dump_plan, load_plan, plan_hash
 from turnout.spec import Spec, Strategy
 from turnout.store.db import DeploymentRecord, Store
 from turnout.strategies import Fleet

@@ -6,11 +6,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from turnout.engine.steps import (
+from turnout.plan import (
+    Analyse,
+    CohortSubject,
     Drain,
     KeepWarm,
     Pause,
     Promote,
+    RevisionSubject,
     Route,
     RunTests,
     Start,
@@ -152,7 +155,11 @@ def test_canary_grows_its_fleet_with_its_weight_and_keeps_new_first() -> None:
     ]
     pauses = [s for s in steps if isinstance(s, Pause)]
     assert [p.seconds for p in pauses] == [30.0, None]
-    assert all(p.watch == "v2" for p in pauses)
+    assert {(p.watch, p.baseline) for p in pauses} == {
+        (RevisionSubject(revision="v2"), RevisionSubject(revision="v1"))}
+    analyse = next(s for s in steps if isinstance(s, Analyse))
+    assert analyse.subject == RevisionSubject(revision="v2")
+    assert analyse.baseline == RevisionSubject(revision="v1")
     assert isinstance(steps[-1], Stop) and isinstance(steps[-2], Drain)
 
 
@@ -190,7 +197,8 @@ def test_feature_toggle_ships_dark_then_ramps_the_flag() -> None:
         "flag new-checkout: on for 1 user(s), segment beta, 100% of users",
     ]
     pauses = [s for s in steps if isinstance(s, Pause)]
-    assert {p.watch for p in pauses} == {"flag:new-checkout:on"}
+    assert {(p.watch, p.baseline) for p in pauses} == {
+        (CohortSubject(flag="new-checkout"), CohortSubject(flag="new-checkout", on=False))}
 
 
 def test_feature_toggle_first_release_still_ramps() -> None:

@@ -21,12 +21,17 @@ from turnout.clock import Clock
 from turnout.engine import health
 from turnout.engine.events import Emit, Event
 from turnout.engine.flagsteps import flag_definition
-from turnout.engine.steps import (
+from turnout.errors import PlatformError, RouterError, TurnoutError
+from turnout.flags.store import FlagStore
+from turnout.model import Instance, Revision
+from turnout.plan import (
     Analyse,
+    CohortSubject,
     Drain,
     KeepWarm,
     Pause,
     Promote,
+    RevisionSubject,
     Route,
     RoutePool,
     RunTests,
@@ -38,9 +43,6 @@ from turnout.engine.steps import (
     describe,
     load_plan,
 )
-from turnout.errors import PlatformError, RouterError, TurnoutError
-from turnout.flags.store import FlagStore
-from turnout.model import Instance, Revision
 from turnout.platforms.base import Platform
 from turnout.routers.base import Counters, Router
 from turnout.routers.table import Backend, MatchRule, Pool, RoutingTable, UserKey
@@ -344,12 +346,12 @@ class Executor:
 
     # -- pauses and gates ---------------------------------------------------------
 
-    async def _counters(self, watch: str) -> Counters:
-        """The counters of a revision, or of a flag's cohort (`flag:<name>:on`)."""
+    async def _counters(self, watch: RevisionSubject | CohortSubject) -> Counters:
+        """The counters of a revision, or of the users a flag is on (or off) for."""
         stats = await self.router.stats()
-        if watch.startswith("flag:"):
-            return stats.cohorts.get(watch.removeprefix("flag:"), Counters())
-        return stats.revisions.get(watch, Counters())
+        if isinstance(watch, CohortSubject):
+            return stats.cohorts.get(f"{watch.flag}:{'on' if watch.on else 'off'}", Counters())
+        return stats.revisions.get(watch.revision, Counters())
 
     async def set_flag(self, step: SetFlag) -> None:
         """Write the flag's ramp to the flag store and put it in effect at the router."""
@@ -401,7 +403,8 @@ class Executor:
         self.store.update_deployment(deployment.id, phase="progressing", message="")
 
     async def _watch(
-        self, deployment_id: int, end: float | None, watch: str | None, baseline: Counters | None
+        self, deployment_id: int, end: float | None, watch: RevisionSubject | CohortSubject | None,
+        baseline: Counters | None,
     ) -> tuple[Judgement | None, bool]:
         """Wait until `end` (None: until promoted), judging `watch` since `baseline` at every
         gate interval; raise StepFailed on a Failed verdict. Returns (last verdict, promoted)."""
@@ -417,7 +420,8 @@ class Executor:
             verdict = await self._judge(watch, baseline)
         return verdict, False
 
-    async def _judge(self, watch: str | None, baseline: Counters | None) -> Judgement | None:
+    async def _judge(self, watch: RevisionSubject | CohortSubject | None,
+                     baseline: Counters | None) -> Judgement | None:
         """The gate's verdict on `watch` since `baseline` (None when nothing is watched)."""
         if watch is None or baseline is None:
             return None
@@ -429,13 +433,13 @@ class Executor:
 
     async def _analyse(self, deployment: DeploymentRecord, step: Analyse) -> None:
         limits = Thresholds(step.max_error_rate, step.max_p99, step.min_requests)
-        baseline = await self._counters(step.revision)
+        baseline = await self._counters(step.subject)
         end = self.clock.now() + step.seconds
         verdict = judge(Counters(), limits)
         while self.clock.now() < end:
             await self._wait(deployment.id, min(self.spec.strategy.gate.interval, end - self.clock.now()),
                              promote_ends=False)
-            verdict = judge((await self._counters(step.revision)).minus(baseline), limits)
+            verdict = judge((await self._counters(step.subject)).minus(baseline), limits)
             if verdict.verdict is Verdict.FAILED:
                 break
         self._report(verdict)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from turnout.engine.steps import SetFlag
 from turnout.errors import UserError
+from turnout.plan import SetFlag
 
 
 def ramp_strategies(step: SetFlag, segment_ids: dict[str, int]) -> list[dict[str, Any]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from turnout.engine.steps import Step
+from turnout.plan import Step
 from turnout.spec import Strategy
 from turnout.strategies import big_bang, blue_green, canary, feature_toggle, rolling
 from turnout.strategies.base import Fleet, first_release

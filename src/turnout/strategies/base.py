@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from turnout.engine.steps import Promote, Route, RoutePool, Start, Step, WaitHealthy
+from turnout.plan import Promote, Route, RoutePool, Start, Step, WaitHealthy
 
 
 @dataclass(frozen=True)

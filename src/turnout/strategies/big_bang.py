@@ -6,7 +6,7 @@ one, so a failed big bang ends with the previous version serving again.
 
 from __future__ import annotations
 
-from turnout.engine.steps import Drain, Promote, Route, Start, Step, Stop, WaitHealthy
+from turnout.plan import Drain, Promote, Route, Start, Step, Stop, WaitHealthy
 from turnout.spec import Strategy
 from turnout.strategies.base import Fleet, only
 

@@ -6,7 +6,7 @@ Blue leaves traffic in the same table that gives green all of it, and stays runn
 
 from __future__ import annotations
 
-from turnout.engine.steps import (
+from turnout.plan import (
     KeepWarm,
     Pause,
     Promote,

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import math
 
-from turnout.engine.steps import (
+from turnout.plan import (
     Analyse,
     Drain,
     MatchTo,
     Pause,
     Promote,
+    RevisionSubject,
     Route,
     RoutePool,
     Start,
@@ -54,6 +55,7 @@ def plan(fleet: Fleet, params: Strategy) -> list[Step]:
             match=match,
         )
 
+    canary, baseline = RevisionSubject(revision=fleet.target), RevisionSubject(revision=stable)
     grow(1)
     if match:
         steps.append(route(0))
@@ -63,11 +65,11 @@ def plan(fleet: Fleet, params: Strategy) -> list[Step]:
             steps.append(route(item.weight))
         elif item.pause is not None:
             seconds = None if item.pause == "forever" else float(item.pause)
-            steps.append(Pause(seconds=seconds, watch=fleet.target))
+            steps.append(Pause(seconds=seconds, watch=canary, baseline=baseline))
         elif item.analysis is not None:
             a, gate = item.analysis, params.gate
             steps.append(Analyse(
-                revision=fleet.target, seconds=a.duration,
+                subject=canary, baseline=baseline, seconds=a.duration,
                 max_error_rate=gate.max_error_rate if a.max_error_rate is None else a.max_error_rate,
                 max_p99=gate.max_p99 if a.max_p99 is None else a.max_p99,
                 min_requests=gate.min_requests if a.min_requests is None else a.min_requests,

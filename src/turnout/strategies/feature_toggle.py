@@ -9,7 +9,7 @@ the router applies to the very next request.
 
 from __future__ import annotations
 
-from turnout.engine.steps import Analyse, Pause, SetFlag, Step, cohort
+from turnout.plan import Analyse, CohortSubject, Pause, SetFlag, Step
 from turnout.spec import Strategy
 
 
@@ -20,6 +20,7 @@ def plan(ship: list[Step], params: Strategy) -> list[Step]:
     users: list[str] = []
     segments: list[str] = []
     percent = 0
+    cohort, baseline = CohortSubject(flag=flag), CohortSubject(flag=flag, on=False)
 
     def widen() -> SetFlag:
         return SetFlag(flag=flag, enabled=True, users=tuple(users), segments=tuple(segments),
@@ -37,11 +38,11 @@ def plan(ship: list[Step], params: Strategy) -> list[Step]:
             steps.append(widen())
         elif item.pause is not None:
             seconds = None if item.pause == "forever" else float(item.pause)
-            steps.append(Pause(seconds=seconds, watch=cohort(flag)))
+            steps.append(Pause(seconds=seconds, watch=cohort, baseline=baseline))
         elif item.analysis is not None:
             a, gate = item.analysis, params.gate
             steps.append(Analyse(
-                revision=cohort(flag), seconds=a.duration,
+                subject=cohort, baseline=baseline, seconds=a.duration,
                 max_error_rate=gate.max_error_rate if a.max_error_rate is None else a.max_error_rate,
                 max_p99=gate.max_p99 if a.max_p99 is None else a.max_p99,
                 min_requests=gate.min_requests if a.min_requests is None else a.min_requests,

@@ -8,7 +8,7 @@ the DESIGN order: start, wait healthy, route, drain, stop.
 
 from __future__ import annotations
 
-from turnout.engine.steps import Drain, Promote, Route, RoutePool, Start, Step, Stop, WaitHealthy
+from turnout.plan import Drain, Promote, Route, RoutePool, Start, Step, Stop, WaitHealthy
 from turnout.spec import Strategy
 from turnout.strategies.base import Fleet
 

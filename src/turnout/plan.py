@@ -1,24 +1,65 @@
-"""The steps a plan is made of: frozen, serialisable, each safe to run twice.
+"""The plan vocabulary: the steps a plan is made of, which both strategies and the engine import.
 
-A strategy returns a list of these; the executor runs them in order and stores the
-index of the next one after each, so a plan survives the control plane dying. Steps
-name revisions by id and instances by slot, never by address: addresses belong to the
-world the executor re-reads on resume.
+Steps are frozen, serialisable and each safe to run twice. A strategy returns a list of
+them; the executor runs them in order and stores the index of the next one after each,
+so a plan survives the control plane dying. Steps name revisions by id and instances by
+slot, never by address: addresses belong to the world the executor re-reads on resume.
+
+What a gate watches is a typed subject (a revision, or the users a flag is on or off
+for), compared with a baseline subject; plans stored before subjects existed named the
+watched thing with a string (`"v2-abc"`, `"flag:x:on"`) and still load.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from turnout.spec import CommandTest, HttpTest
 
 
 class _Step(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RevisionSubject(_Step):
+    """Every request a revision's instances answered."""
+
+    kind: Literal["revision"] = "revision"
+    revision: str
+
+
+class CohortSubject(_Step):
+    """The requests of users a flag is on (or, with `on=False`, off) for."""
+
+    kind: Literal["cohort"] = "cohort"
+    flag: str
+    on: bool = True
+
+
+Subject = Annotated[RevisionSubject | CohortSubject, Field(discriminator="kind")]
+
+
+def subject_of(old: object) -> object:
+    """A subject from the string older plans stored (`flag:<name>:on` or a revision id)."""
+    if not isinstance(old, str):
+        return old
+    if old.startswith("flag:") and old.count(":") >= 2:
+        flag, _, state = old.removeprefix("flag:").rpartition(":")
+        return CohortSubject(flag=flag, on=state != "off")
+    return RevisionSubject(revision=old)
+
+
+def describe_subject(subject: RevisionSubject | CohortSubject) -> str:
+    match subject:
+        case RevisionSubject(revision=r):
+            return r
+        case CohortSubject(flag=f, on=on):
+            return f"users with flag {f} {'on' if on else 'off'}"
+    return str(subject)  # pragma: no cover
 
 
 class Start(_Step):
@@ -65,22 +106,41 @@ class RunTests(_Step):
 
 
 class Pause(_Step):
-    """Wait `seconds` (None: until `turnout promote`), watching `watch` with the gate if set."""
+    """Wait `seconds` (None: until `turnout promote`), watching `watch` with the gate if set;
+    `baseline` is what it is compared with (the stable revision, the flag's off cohort)."""
 
     kind: Literal["pause"] = "pause"
     seconds: float | None
-    watch: str | None = None
+    watch: Subject | None = None
+    baseline: Subject | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_watch(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("watch"), str):
+            data = {**data, "watch": subject_of(data["watch"])}
+        return data
 
 
 class Analyse(_Step):
-    """Judge `revision` on the router's counters for `seconds`; Inconclusive pauses."""
+    """Judge `subject` against `baseline` on the router's counters for `seconds`;
+    Inconclusive pauses."""
 
     kind: Literal["analyse"] = "analyse"
-    revision: str
+    subject: Subject
+    baseline: Subject | None = None
     seconds: float
     max_error_rate: float
     max_p99: float
     min_requests: int
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_revision(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "revision" in data and "subject" not in data:
+            data = {k: v for k, v in data.items() if k != "revision"} | {
+                "subject": subject_of(data["revision"])}
+        return data
 
 
 class Drain(_Step):
@@ -123,11 +183,6 @@ class SetFlag(_Step):
     percent: int = 0
 
 
-def cohort(flag: str) -> str:
-    """The `watch` name of the users a flag is on for (the router counts them apart)."""
-    return f"flag:{flag}:on"
-
-
 Route.model_rebuild()
 
 Step = Annotated[
@@ -167,8 +222,9 @@ def describe(step: Step) -> str:
             return "pause until `turnout promote`"
         case Pause(seconds=s):
             return f"pause {s:g}s"
-        case Analyse(revision=r, seconds=s):
-            return f"analyse {r} for {s:g}s"
+        case Analyse(subject=subject, baseline=baseline, seconds=s):
+            against = f" against {describe_subject(baseline)}" if baseline else ""
+            return f"analyse {describe_subject(subject)}{against} for {s:g}s"
         case Drain(revision=r, slots=s):
             return f"drain {r} slots {list(s)}"
         case Stop(revision=r, slots=s):
