@@ -2,13 +2,13 @@
 
 Blue-green keeps the previous fleet running, out of traffic, for `rollback_window` so that a
 rollback is a flip. Without a reaper that fleet would run until the next turnout command.
-So when a command leaves a fleet warm, it starts one reaper (own session, output in
-`<state_dir>/logs/reaper.log`) that sleeps until the window ends and then runs the tidy the
+So when a command leaves a fleet warm, it starts one reaper (own session, output in the
+state folder's `logs/reaper.log`) that sleeps until the window ends and then runs the tidy the
 next command would run, under the same deployment lock. The router never calls the
 control plane for this.
 
 There is at most one reaper per state folder: whoever starts one (holding the deployment
-lock) first stops the one before it, named in `<state_dir>/reaper.json` by pid, start time
+lock) first stops the one before it, named in the state folder's `reaper.json` by pid, start time
 and boot id like an instance, so a reused pid is never signalled. `turnout down` stops it.
 The reaper itself is `Session.reap_warm`.
 """
@@ -23,33 +23,31 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from turnout import procs
-
-RECORD = "reaper.json"
-LOG = Path("logs") / "reaper.log"
+from turnout.statedir import StateDir
 
 
-def start(state_dir: Path, spec_path: Path, overrides: Sequence[str]) -> int:
+def start(state: StateDir, spec_path: Path, overrides: Sequence[str]) -> int:
     """Replace the state folder's reaper with a new one for `spec_path`; return its pid.
 
     The caller holds the deployment lock, so the reaper it replaces is not in a tidy.
     Raises OSError when the process cannot be started.
     """
-    stop(state_dir)
+    stop(state)
     argv = [sys.executable, "-m", "turnout", "reap-warm", "--file", str(spec_path)]
     for override in overrides:
         argv += ["--set", override]
     # The reaper is the deployer's own control plane (it may need TURNOUT_DATABASE_URL and
     # the database's credentials), so it keeps the environment; it starts nothing.
-    pid = procs.spawn(argv, cwd=spec_path.parent, env=os.environ, log=state_dir / LOG)
+    pid = procs.spawn(argv, cwd=spec_path.parent, env=os.environ, log=state.reaper_log)
     ticks = procs.start_ticks(pid)
     record = {"pid": pid, "started": ticks, "boot_id": procs.boot_id()}
-    procs.write_json_atomic(state_dir / RECORD, record)
+    procs.write_json_atomic(state.reaper_record, record)
     return pid
 
 
-def stop(state_dir: Path) -> bool:
+def stop(state: StateDir) -> bool:
     """SIGTERM the reaper `reaper.json` names, if that very process still runs."""
-    path = state_dir / RECORD
+    path = state.reaper_record
     try:
         data = json.loads(path.read_text())
         pid, started, boot = int(data["pid"]), float(data["started"]), str(data["boot_id"])

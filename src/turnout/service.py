@@ -47,21 +47,18 @@ from turnout.routers.builtin import BuiltinRouter
 from turnout.routers.table import RoutingTable
 from turnout.spec import Spec
 from turnout.specfile import load_spec
+from turnout.statedir import StateDir
 from turnout.store.db import DeploymentRecord, Store
 from turnout.strategies import Fleet
 
 LOCK_WAIT = 60.0  # how long a command waits for a short one (not a deployment) to release the lock
 
 
-def database_url(state_dir: Path) -> str:
-    return os.environ.get("TURNOUT_DATABASE_URL") or f"sqlite:///{state_dir / 'state.db'}"
-
-
 @dataclass
 class Session:
     spec: Spec
     spec_dir: Path
-    state_dir: Path
+    state: StateDir
     store: Store
     platform: LocalPlatform
     router: BuiltinRouter
@@ -79,12 +76,13 @@ class Session:
         cls, spec_path: Path, overrides: tuple[str, ...] = (), *, emit: Emit = ignore
     ) -> AsyncIterator[Session]:
         spec = load_spec(spec_path, overrides)
-        spec_dir, state_dir = _state_dir(spec_path)
-        store = Store.open(database_url(state_dir))
-        platform = LocalPlatform(spec_dir=spec_dir, state_dir=state_dir)
-        router = BuiltinRouter(state_dir / "router", listen=spec.listen, preview_listen=spec.preview_listen())
+        state = StateDir.for_spec(spec_path).create()
+        spec_dir = state.spec_dir
+        store = Store.open(state.database_url)
+        platform = LocalPlatform(state=state)
+        router = BuiltinRouter(state.router.path, listen=spec.listen, preview_listen=spec.preview_listen())
         async with httpx.AsyncClient(trust_env=False) as http:
-            session = cls(spec, spec_dir, state_dir, store, platform, router, http, emit=emit,
+            session = cls(spec, spec_dir, state, store, platform, router, http, emit=emit,
                           spec_path=spec_dir / spec_path.name, overrides=overrides)
             try:
                 yield session
@@ -104,7 +102,7 @@ class Session:
         A deployment in progress is refused at once. A holder without one is a short command
         (a status-like check, the reaper stopping a warm fleet): it is waited for up to `wait`.
         """
-        fd = os.open(self.state_dir / "deploy.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(self.state.deploy_lock, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             deadline = time.monotonic() + wait
             told = False
@@ -126,7 +124,7 @@ class Session:
 
     def locked(self) -> bool:
         """True while some process holds the deployment lock."""
-        fd = os.open(self.state_dir / "deploy.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(self.state.deploy_lock, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             return not _try_lock(fd)
         finally:
@@ -136,7 +134,7 @@ class Session:
     def flags(self) -> FlagStore:
         """The flag store, in the same database, opened on first use."""
         if self._flags is None:
-            self._flags = FlagStore.open(database_url(self.state_dir))
+            self._flags = FlagStore.open(self.state.database_url)
         return self._flags
 
     def uses_flags(self) -> bool:
@@ -268,10 +266,10 @@ class Session:
         if self.spec_path is None:
             return
         if self._warm_until(after=float("-inf")) is None:
-            reaper.stop(self.state_dir)  # nothing left for it to do (say, a rollback flipped back)
+            reaper.stop(self.state)  # nothing left for it to do (say, a rollback flipped back)
             return
         try:
-            pid = reaper.start(self.state_dir, self.spec_path, self.overrides)
+            pid = reaper.start(self.state, self.spec_path, self.overrides)
         except OSError as exc:
             self.emit(Event("warning", f"cannot start the reaper ({exc}): the next turnout command "
                                        "stops the warm fleet"))
@@ -453,7 +451,7 @@ class Session:
             records = self.store.instances(self.spec.service)
             found: dict[str, Instance] = {r.instance.id: r.instance for r in records}
             found.update({i.id: i for i in await self.platform.instances(self.spec.service)})
-            reaper.stop(self.state_dir)
+            reaper.stop(self.state)
             if (self.router.pid() is not None):
                 await self.router.stop()
             for instance in found.values():
@@ -470,14 +468,6 @@ def _try_lock(fd: int) -> bool:
     except BlockingIOError:
         return False
     return True
-
-
-def _state_dir(spec_path: Path) -> tuple[Path, Path]:
-    """The spec's folder and its `.turnout` state folder, created on first use."""
-    spec_dir = spec_path.resolve().parent
-    state_dir = spec_dir / ".turnout"
-    state_dir.mkdir(parents=True, exist_ok=True)
-    return spec_dir, state_dir
 
 
 def _describe_raw(step: dict[str, Any]) -> str:

@@ -22,6 +22,7 @@ from turnout.errors import PlatformError
 from turnout.model import Instance, Revision
 from turnout.platforms.local import LocalPlatform
 from turnout.spec import CommandTest, Health, Run
+from turnout.statedir import StateDir
 
 PY = sys.executable
 SERVICE = "shop"
@@ -65,7 +66,7 @@ async def eventually(check: Callable[[], bool], *, within: float = 5.0) -> None:
 
 @pytest.fixture
 async def platform(tmp_path: Path) -> AsyncIterator[LocalPlatform]:
-    plat = LocalPlatform(spec_dir=tmp_path, state_dir=tmp_path / ".turnout")
+    plat = LocalPlatform(state=StateDir.beside(tmp_path))
     yield plat
     for instance in await plat.instances(SERVICE):
         await plat.stop(instance, grace=0.5)
@@ -107,7 +108,7 @@ async def test_placeholders_and_env_reach_the_process(platform: LocalPlatform,
 async def test_serves_http_on_the_port_it_was_given(platform: LocalPlatform) -> None:
     rev = revision([PY, "-m", "http.server", "{port}", "--bind", "127.0.0.1"])
     inst = await platform.start(rev, slot=0)
-    record = json.loads((platform.state_dir / "instances" / f"{inst.id}.json").read_text())
+    record = json.loads((platform.state.instances / f"{inst.id}.json").read_text())
     assert record["instance"] == inst.to_json()
     async with httpx.AsyncClient() as client:
         deadline = time.monotonic() + 10
@@ -144,9 +145,10 @@ async def test_process_survives_the_cli_that_started_it(tmp_path: Path) -> None:
         from pathlib import Path
         from turnout.model import Revision
         from turnout.platforms.local import LocalPlatform
+        from turnout.statedir import StateDir
         rev = Revision.model_validate_json(sys.argv[1])
         root = Path({str(tmp_path)!r})
-        plat = LocalPlatform(spec_dir=root, state_dir=root / ".turnout")
+        plat = LocalPlatform(state=StateDir.beside(root))
         inst = asyncio.run(plat.start(rev, slot=0))
         print(json.dumps(inst.to_json()), flush=True)
         time.sleep(60)
@@ -157,7 +159,7 @@ async def test_process_survives_the_cli_that_started_it(tmp_path: Path) -> None:
     try:
         assert cli.stdout is not None
         started = Instance.from_json(json.loads(cli.stdout.readline()))
-        platform = LocalPlatform(spec_dir=tmp_path, state_dir=tmp_path / ".turnout")
+        platform = LocalPlatform(state=StateDir.beside(tmp_path))
         await eventually(lambda: "ready" in platform.tail(started))
         os.killpg(cli.pid, signal.SIGHUP)
         assert cli.wait(timeout=10) == -signal.SIGHUP
@@ -192,7 +194,7 @@ async def test_sigterm_ignored_is_killed_after_grace(platform: LocalPlatform) ->
     elapsed = time.monotonic() - began
     assert 0.6 <= elapsed < 4
     assert not await platform.alive(inst)
-    assert not (platform.state_dir / "instances" / f"{inst.id}.json").exists()
+    assert not (platform.state.instances / f"{inst.id}.json").exists()
 
 
 async def test_stopping_a_gone_instance_is_not_an_error(platform: LocalPlatform) -> None:
@@ -220,7 +222,7 @@ async def test_pid_reuse_guard(platform: LocalPlatform) -> None:
         ticks = int(Path(f"/proc/{stranger.pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
         fake = Instance(service=SERVICE, revision="v1-00000000", version="v1", slot=0,
                         host="127.0.0.1", port=1, pid=stranger.pid, started=float(ticks + 1000))
-        record = platform.state_dir / "instances" / f"{fake.id}.json"
+        record = platform.state.instances / f"{fake.id}.json"
         record.parent.mkdir(parents=True)
         record.write_text(json.dumps({"instance": fake.to_json()}))
         assert not await platform.alive(fake)
@@ -251,7 +253,7 @@ async def test_process_that_exits_at_once_is_not_alive_and_is_reaped(
 
 async def test_record_from_another_boot_is_ignored(platform: LocalPlatform) -> None:
     inst = await platform.start(revision(sleeper()), slot=0)
-    record = platform.state_dir / "instances" / f"{inst.id}.json"
+    record = platform.state.instances / f"{inst.id}.json"
     data = json.loads(record.read_text())
     data["boot_id"] = "not-this-boot"
     record.write_text(json.dumps(data))

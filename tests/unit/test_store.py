@@ -15,7 +15,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from turnout.errors import ConflictError, StoreError
-from turnout.store import Store, default_url
+from turnout.store import Store
 from turnout.store.schema import metadata
 
 PY = sys.executable
@@ -186,13 +186,6 @@ def test_error_after_open_is_a_store_error(tmp_path: Path) -> None:
             raw.execute("DROP TABLE services")
         with pytest.raises(StoreError, match="no such table"):
             store.stable("shop")
-
-
-def test_default_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("TURNOUT_DATABASE_URL", raising=False)
-    assert default_url(tmp_path) == f"sqlite:///{tmp_path.resolve() / '.turnout' / 'state.db'}"
-    monkeypatch.setenv("TURNOUT_DATABASE_URL", "postgresql://u@h/turnout")
-    assert default_url(tmp_path) == "postgresql://u@h/turnout"
 
 
 def test_in_memory_store_works_for_quick_tools() -> None:

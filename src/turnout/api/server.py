@@ -44,6 +44,7 @@ from turnout.api.live import POLL_S, Gateway, Live
 from turnout.api.tokens import Caller, TokenCache, secret_of
 from turnout.errors import TurnoutError, UserError
 from turnout.flags.store import FlagStore
+from turnout.statedir import DATABASE_URL_ENV, StateDir, configured_database_url
 
 log = logging.getLogger("turnout.server")
 
@@ -229,29 +230,26 @@ async def _drain(connections: set[Connection]) -> None:
         await asyncio.sleep(0.02)
 
 
-def spec_folder(spec_file: str | None) -> Path | None:
-    """The folder of the spec file, or None when there is none (flags only, no router)."""
+def state_folder(spec_file: str | None) -> StateDir | None:
+    """The state folder beside the spec file, or None when there is none (flags only, no router)."""
     from turnout.specfile import find_spec
 
     try:
-        return find_spec(Path.cwd(), spec_file).resolve().parent
+        return StateDir.for_spec(find_spec(Path.cwd(), spec_file))
     except UserError:
         if spec_file is not None:
             raise
         return None
 
 
-def database_url(spec_file: str | None) -> str:
+def database_url(state: StateDir | None) -> str:
     """TURNOUT_DATABASE_URL, else the state database beside the spec file."""
-    from turnout.store.db import default_url
-
-    given = os.environ.get("TURNOUT_DATABASE_URL")
-    if given:
-        return given
-    folder = spec_folder(spec_file)
-    if folder is None:
-        raise UserError("no turnout.yaml here: give -f FILE, or set TURNOUT_DATABASE_URL")
-    return default_url(folder)
+    if state is not None:
+        return state.database()
+    given = configured_database_url()
+    if given is None:
+        raise UserError(f"no turnout.yaml here: give -f FILE, or set {DATABASE_URL_ENV}")
+    return given
 
 
 def _allow_open_files(connections: int) -> None:
@@ -293,8 +291,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     limits = from_args(args)
     try:
         host, port = parse_listen(args.listen)
-        store = FlagStore.open(database_url(args.file))
-        spec_dir = spec_folder(args.file)
+        state = state_folder(args.file)
+        store = FlagStore.open(database_url(state))
+        spec_dir = None if state is None else state.spec_dir
     except TurnoutError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -31,8 +31,8 @@ import yaml
 from turnout.errors import RouterError, TurnoutError, UserError
 from turnout.flags.definition import FlagError, validate_flag
 from turnout.flags.store import FlagRecord, FlagStore
-from turnout.service import database_url
 from turnout.specfile import find_spec
+from turnout.statedir import StateDir
 
 FLAG_FILE = click.option("-f", "--file", "flag_file", required=True,
                          type=click.Path(dir_okay=False, path_type=Path),
@@ -44,12 +44,16 @@ class FlagsContext:
     spec_file: str | None
 
     @property
+    def state(self) -> StateDir:
+        return StateDir.for_spec(find_spec(Path.cwd(), self.spec_file))
+
+    @property
     def spec_dir(self) -> Path:
-        return find_spec(Path.cwd(), self.spec_file).resolve().parent
+        return self.state.spec_dir
 
     @contextmanager
     def store(self) -> Iterator[FlagStore]:
-        store = FlagStore.open(database_url(self.spec_dir / ".turnout"))
+        store = FlagStore.open(self.state.database())
         try:
             yield store
         finally:
@@ -84,7 +88,7 @@ def push_state(spec_dir: Path, store: FlagStore) -> bool | None:
     push = cast(Callable[[Path, dict[str, Any]], "bool | None"], module.push_to_router)
     state = store.state()
     revision = state["meta"]["revision"]
-    router = spec_dir / ".turnout" / "router"
+    router = StateDir.beside(spec_dir).router
     try:
         return push(spec_dir, state)
     except TurnoutError as exc:
@@ -94,14 +98,14 @@ def push_state(spec_dir: Path, store: FlagStore) -> bool | None:
         saved = f"the flag store has the change (revision {revision}), but the builtin router at"
         if isinstance(held, int):
             raise RouterError(
-                f"{saved} {router} refused it: {exc}. It keeps evaluating the flags it had: it "
+                f"{saved} {router.path} refused it: {exc}. It keeps evaluating the flags it had: it "
                 "was fed from another state database. Point TURNOUT_DATABASE_URL at that "
                 f"database, or stop the router (`turnout down`) and delete "
-                f"{router / 'flags.json'}; the next `turnout deploy` starts it with this "
+                f"{router.flags}; the next `turnout deploy` starts it with this "
                 "store's flags.") from None
         raise RouterError(
-            f"{saved} {router} did not take it: {exc}. Once the router answers again (its log: "
-            f"{router / 'proxy.log'}), `turnout flags push` sends the store's flags again.") from None
+            f"{saved} {router.path} did not take it: {exc}. Once the router answers again (its log: "
+            f"{router.log}), `turnout flags push` sends the store's flags again.") from None
 
 
 def read_flag_file(path: Path) -> Any:

@@ -20,9 +20,8 @@ from typing import Any
 import httpx
 
 from turnout.errors import RouterError
+from turnout.statedir import StateDir
 
-ROUTER_DIR = Path(".turnout") / "router"
-ADMIN_SOCKET = "admin.sock"
 CONNECT_SECONDS = 1.0
 REQUEST_SECONDS = 5.0
 
@@ -50,7 +49,7 @@ class RouterHasNewer(RouterError):
 
 def admin_socket(spec_dir: Path) -> Path:
     """Where the builtin router of the spec folder `spec_dir` takes its admin requests."""
-    return spec_dir / ROUTER_DIR / ADMIN_SOCKET
+    return StateDir.beside(spec_dir).router.admin_socket
 
 
 def state_revision(state: dict[str, Any]) -> int:

@@ -1,10 +1,10 @@
 """The `local` platform: instances are processes on this machine.
 
 Each instance is started without a shell in its own session, so it outlives the CLI that
-started it, with its output in `<state_dir>/logs/<service>-<instance id>.log`. Its
+started it, with its output in the state folder's `logs/<service>-<instance id>.log`. Its
 environment is clean: the spec's `run.env`, the variables turnout sets (PORT, TURNOUT_*)
 and only the names `run.inherit_env` lists from turnout's own environment. A JSON
-record per instance in `<state_dir>/instances/` (written atomically) holds its pid, start
+record per instance in the state folder's `instances/` (written atomically) holds its pid, start
 time and boot id: that is how a restarted control plane finds its fleet again, and how it
 tells the very process it started from another that happens to have the same pid.
 """
@@ -22,6 +22,7 @@ from typing import Any
 from turnout import procs
 from turnout.errors import PlatformError
 from turnout.model import Instance, Revision
+from turnout.statedir import StateDir
 
 _POLL = 0.05  # seconds between checks while waiting for a process to exit
 _KILL_WAIT = 5.0  # how long to wait for a SIGKILLed process to disappear
@@ -39,18 +40,18 @@ class _Launch:
 class LocalPlatform:
     """Start, stop and rediscover instances as local processes (see the module docstring)."""
 
-    def __init__(self, *, spec_dir: Path, state_dir: Path, host: str = "127.0.0.1") -> None:
-        self.spec_dir = spec_dir
-        self.state_dir = state_dir
+    def __init__(self, *, state: StateDir, host: str = "127.0.0.1") -> None:
+        self.state = state
+        self.spec_dir = state.spec_dir  # where `run.cwd` is relative to
         self.host = host
 
     # -- paths ---------------------------------------------------------------------------
     def _record_path(self, instance_id: str) -> Path:
-        return self.state_dir / "instances" / f"{instance_id}.json"
+        return self.state.instances / f"{instance_id}.json"
 
     def logs_path(self, instance: Instance) -> Path:
         """Where the instance's stdout and stderr go."""
-        return self.state_dir / "logs" / f"{instance.service}-{instance.id}.log"
+        return self.state.logs / f"{instance.service}-{instance.id}.log"
 
     def tail(self, instance: Instance, lines: int = 20) -> str:
         """The last lines of the instance's log, to show why it failed."""
@@ -111,7 +112,7 @@ class LocalPlatform:
     async def instances(self, service: str) -> list[Instance]:
         """Every live instance of `service` with a record; records of dead ones are deleted."""
         found: list[Instance] = []
-        for path in sorted((self.state_dir / "instances").glob("*.json")):
+        for path in sorted(self.state.instances.glob("*.json")):
             instance = self._read_record(path)
             if instance is None:
                 continue

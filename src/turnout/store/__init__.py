@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from turnout.store.db import Store, default_url
+from turnout.store.db import Store
 from turnout.store.records import DeploymentRecord, Event, InstanceRecord
 from turnout.store.schema import ACTIVE_PHASES, FINAL_PHASES, PHASES
 
@@ -14,5 +14,4 @@ __all__ = [
     "Event",
     "InstanceRecord",
     "Store",
-    "default_url",
 ]

@@ -10,8 +10,6 @@ and a second active deployment of a service as `ConflictError`.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from types import EllipsisType
 from typing import Any, Literal
 
@@ -24,16 +22,7 @@ from turnout.store import schema as t
 from turnout.store.base import Database, converted
 from turnout.store.records import DeploymentRecord, Event, InstanceRecord
 
-__all__ = ["DeploymentRecord", "Event", "InstanceRecord", "Store", "default_url"]
-
-
-
-def default_url(spec_dir: Path) -> str:
-    """`TURNOUT_DATABASE_URL` if set, else SQLite at `<spec_dir>/.turnout/state.db`."""
-    given = os.environ.get("TURNOUT_DATABASE_URL")
-    if given:
-        return given
-    return f"sqlite:///{(spec_dir / '.turnout' / 'state.db').resolve()}"
+__all__ = ["DeploymentRecord", "Event", "InstanceRecord", "Store"]
 
 
 class Store(Database):

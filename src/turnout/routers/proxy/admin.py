@@ -26,8 +26,8 @@ from turnout.routers.proxy.files import write_atomic
 from turnout.routers.proxy.flags import SettingsError, older_than, parse_settings, save_settings
 from turnout.routers.proxy.state import Proxy
 from turnout.routers.table import RoutingTable
+from turnout.statedir import RouterFiles
 
-TABLE_FILE = "table.json"
 MAX_BODY = 8 * 1024 * 1024
 REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
            409: b"Conflict", 413: b"Content Too Large", 500: b"Internal Server Error"}
@@ -37,12 +37,12 @@ log = logging.getLogger("turnout.proxy")
 
 def save_table(state_dir: Path, table: RoutingTable) -> None:
     """Write the table so that a crash leaves either the old or the new file, never half."""
-    write_atomic(state_dir / TABLE_FILE, table.model_dump_json(indent=2).encode())
+    write_atomic(RouterFiles(state_dir).table, table.model_dump_json(indent=2).encode())
 
 
 def load_table(state_dir: Path) -> RoutingTable:
     """The persisted table, or an empty one when there is none (or it cannot be read)."""
-    path = state_dir / TABLE_FILE
+    path = RouterFiles(state_dir).table
     try:
         return RoutingTable.model_validate_json(path.read_bytes())
     except FileNotFoundError:

@@ -31,8 +31,8 @@ from typing import Any
 from turnout.flags import FlagState, evaluate
 from turnout.routers.proxy.files import write_atomic
 from turnout.routers.proxy.metrics import RevisionCounters
+from turnout.statedir import RouterFiles
 
-FLAGS_FILE = "flags.json"
 DEFAULT_HEADER = "X-Turnout-Flags"
 CACHE_MAX = 65_536
 # a header name (RFC 9110 token) and a flag name that fits `name=on, name=off` unambiguously
@@ -251,12 +251,12 @@ class FlagPlan:
 
 
 def save_settings(state_dir: Path, settings: Mapping[str, Any]) -> None:
-    write_atomic(state_dir / FLAGS_FILE, json.dumps(settings).encode())
+    write_atomic(RouterFiles(state_dir).flags, json.dumps(settings).encode())
 
 
 def load_settings(state_dir: Path) -> tuple[dict[str, Any], FlagState]:
     """The persisted settings, or empty ones when there are none (or they cannot be read)."""
-    path = state_dir / FLAGS_FILE
+    path = RouterFiles(state_dir).flags
     empty = empty_settings()
     try:
         return parse_settings(path.read_bytes(), empty, revision_required=False)

@@ -24,8 +24,8 @@ from typing import Any
 
 from turnout.routers.base import LATENCY_BOUNDS, Counters, RouterStats
 from turnout.routers.proxy.files import write_atomic
+from turnout.statedir import RouterFiles
 
-COUNTERS_FILE = "counters.json"
 # router-made answers that mean the instance could not be reached or heard from
 UNREACHED = frozenset({502, 504})
 
@@ -155,11 +155,11 @@ class Metrics:
             "combos": [[list(keys), revision, c.dump()] for (keys, revision), c in self.combos.items()],
             "unrouted": self.unrouted.dump(),
         }
-        write_atomic(state_dir / COUNTERS_FILE, json.dumps(data).encode(), durable=False)
+        write_atomic(RouterFiles(state_dir).counters, json.dumps(data).encode(), durable=False)
 
     def load(self, state_dir: Path) -> None:
         """Start from the counters a previous worker saved (nothing if there are none)."""
-        path = state_dir / COUNTERS_FILE
+        path = RouterFiles(state_dir).counters
         try:
             data = json.loads(path.read_bytes())
             revisions = {str(k): RevisionCounters.load(v) for k, v in data["revisions"].items()}

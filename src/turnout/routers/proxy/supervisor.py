@@ -24,9 +24,8 @@ from types import FrameType
 
 from turnout import procs
 from turnout.addresses import join_host_port, split_host_port
+from turnout.statedir import RouterFiles, make_private
 
-ADMIN_SOCKET = "admin.sock"
-PID_FILE = "proxy.pid"
 STOP_SECONDS = 8
 YOUNG_SECONDS = 5.0
 MAX_BACKOFF = 5.0
@@ -121,9 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", type=Path, required=True, help="table, socket, pid, log")
     args = parser.parse_args(argv)
     state_dir: Path = args.state_dir
-    state_dir.mkdir(parents=True, exist_ok=True)
-    admin_path = state_dir / ADMIN_SOCKET
-    pid_path = state_dir / PID_FILE
+    files = RouterFiles(state_dir)
+    make_private(state_dir)
+    admin_path = files.admin_socket
+    pid_path = files.pid_file
     try:
         socks = {"listen": _listener(args.listen)}
         if args.preview_listen:
