@@ -95,6 +95,39 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _kind_shorthand(value: object) -> object:
+    """`router: builtin` is short for `router: {kind: builtin}` (so for `platform`)."""
+    return {"kind": value} if isinstance(value, str) else value
+
+
+def _kind_schema(description: str) -> WithJsonSchema:
+    kind = {"type": "string", "description": description}
+    return WithJsonSchema(
+        {"anyOf": [kind, {"type": "object", "properties": {"kind": kind},
+                          "additionalProperties": False}]},
+        mode="validation",
+    )
+
+
+class RouterChoice(_Strict):
+    """Which router carries users' requests. The kinds are those `turnout.wiring` knows; it
+    refuses an unknown one, and a spec that needs what the chosen router cannot do."""
+
+    kind: str = Field(default="builtin", description="builtin: turnout's own proxy process")
+
+
+class PlatformChoice(_Strict):
+    """Where instances run. The kinds are those `turnout.wiring` knows."""
+
+    kind: str = Field(default="local", description="local: processes on this machine")
+
+
+RouterField = Annotated[RouterChoice, BeforeValidator(_kind_shorthand),
+                        _kind_schema("builtin: turnout's own proxy process")]
+PlatformField = Annotated[PlatformChoice, BeforeValidator(_kind_shorthand),
+                          _kind_schema("local: processes on this machine")]
+
+
 # What instances and test commands take from the deployer's environment unless the spec says
 # otherwise: enough to find programs and speak the user's locale, and no tokens or credentials.
 INHERIT_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ")
@@ -457,8 +490,12 @@ class Spec(_Strict):
     health: Health = Field(default_factory=Health)
     routing: Routing = Field(default_factory=Routing)
     strategy: Strategy = Field(default_factory=Strategy)
-    router: Literal["builtin"] = "builtin"
-    platform: Literal["local"] = "local"
+    router: RouterField = Field(
+        default_factory=RouterChoice, description="the router: `builtin`, or {kind: ...}"
+    )
+    platform: PlatformField = Field(
+        default_factory=PlatformChoice, description="where instances run: `local`, or {kind: ...}"
+    )
 
     @field_validator("listen")
     @classmethod

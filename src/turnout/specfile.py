@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import difflib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
@@ -104,7 +104,13 @@ def find_spec(start: Path | None = None, explicit: str | None = None) -> Path:
     return path
 
 
-def load_spec(path: Path, overrides: Sequence[str] = ()) -> Spec:
+# A check from outside the models (say, the wiring's: router kinds and what each can do):
+# the problems it finds in a spec that is otherwise valid, each at the field path it is about.
+SpecCheck = Callable[[Spec], Iterable[tuple[FieldPath, str]]]
+
+
+def load_spec(path: Path, overrides: Sequence[str] = (), *,
+              checks: Sequence[SpecCheck] = ()) -> Spec:
     """Read, override and validate a spec file; every problem in it raises one SpecError."""
     name = str(path)
     try:
@@ -119,10 +125,11 @@ def load_spec(path: Path, overrides: Sequence[str] = ()) -> Spec:
         raise SpecError([f"{name}: not UTF-8 text (bad byte at offset {exc.start})"]) from None
     except OSError as exc:
         raise SpecError([f"{name}: cannot be read: {exc.strerror or exc}"]) from None
-    return parse_spec(text, name, overrides)
+    return parse_spec(text, name, overrides, checks=checks)
 
 
-def parse_spec(text: str, name: str = SPEC_NAME, overrides: Sequence[str] = ()) -> Spec:
+def parse_spec(text: str, name: str = SPEC_NAME, overrides: Sequence[str] = (), *,
+               checks: Sequence[SpecCheck] = ()) -> Spec:
     """Like `load_spec` for text already in hand; `name` labels the problems."""
     problems = Problems(Origin(f"{name}:1", (0, 1)))
     data = _read_yaml(text, name, problems)
@@ -134,6 +141,10 @@ def parse_spec(text: str, name: str = SPEC_NAME, overrides: Sequence[str] = ()) 
         _report_validation(exc, data, problems)
         problems.raise_if_any()
         raise SpecError([f"{name}: {exc}"]) from None  # every error above became a problem
+    problems.raise_if_any()
+    for check in checks:
+        for path, message in check(spec):
+            problems.add(path, message)
     problems.raise_if_any()
     return spec
 
