@@ -210,6 +210,27 @@ def test_events_in_order(store: Store) -> None:
     assert store.events(12345) == []
 
 
+def test_events_keep_their_data(store: Store) -> None:
+    dep = deploy(store)
+    evidence = {"canary": {"requests": 120, "error_rate": 0.0}, "baseline": None}
+    store.add_event(dep.id, step=2, kind="traffic", message="traffic: v2 10%",
+                    data={"weights": {"v2": 10, "v1": 90}})
+    store.add_event(dep.id, step=3, kind="gate", message="Successful: fine",
+                    data={"verdict": "Successful", "evidence": evidence})
+    store.add_event(dep.id, step=3, kind="gate", message="Failed: errors",
+                    data={"verdict": "Failed", "evidence": {}})
+    store.add_event(dep.id, step=4, kind="info", message="no data")
+    got = store.events(dep.id)
+    assert [e.data for e in got] == [{"weights": {"v2": 10, "v1": 90}},
+                                     {"verdict": "Successful", "evidence": evidence},
+                                     {"verdict": "Failed", "evidence": {}}, {}]
+    assert [e.id for e in got] == sorted(e.id for e in got) and len({e.id for e in got}) == 4
+    assert [e.message for e in store.events(dep.id, kind="gate")] == ["Successful: fine", "Failed: errors"]
+    last = store.last_event(dep.id, "gate")
+    assert last is not None and (last.step, last.data["verdict"]) == (3, "Failed")
+    assert store.last_event(dep.id, "phase") is None
+
+
 def test_event_for_unknown_deployment_is_a_store_error(store: Store) -> None:
     with pytest.raises(StoreError):
         store.add_event(12345, step=0, kind="step", message="orphan")

@@ -10,10 +10,15 @@ and a second active deployment of a service as `ConflictError`.
 
 from __future__ import annotations
 
+import dataclasses
+import enum
+import math
+from collections.abc import Mapping
 from types import EllipsisType
 from typing import Any, Literal
 
 import sqlalchemy as sa
+from pydantic import BaseModel
 from sqlalchemy.exc import IntegrityError
 
 from turnout.errors import ConflictError, StoreError
@@ -191,27 +196,38 @@ class Store(Database):
             return [_record(row) for row in conn.execute(query)]
 
     @converted
-    def add_event(self, deployment_id: int, *, step: int, kind: str, message: str) -> None:
+    def add_event(
+        self, deployment_id: int, *, step: int, kind: str, message: str,
+        data: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Store one event of the deployment with its data, in one committed write.
+
+        `data` is kept as JSON: tuples become lists, keys strings, enums their value, models
+        and dataclasses their fields, a non-finite float its text ("inf"), anything else its
+        `str`, so no data is refused.
+        """
         with self._write() as conn:
             conn.execute(
                 t.events.insert().values(
                     deployment_id=deployment_id, at=self._now(), step=step, kind=kind,
-                    message=message,
+                    message=message, data=_plain(dict(data or {})),
                 )
             )
 
     @converted
-    def events(self, deployment_id: int) -> list[Event]:
-        """The deployment's events in the order they were added."""
-        e = t.events.c
-        query = (
-            sa.select(e.at, e.step, e.kind, e.message)
-            .where(e.deployment_id == deployment_id)
-            .order_by(e.id)
-        )
+    def events(self, deployment_id: int, *, kind: str | None = None) -> list[Event]:
+        """The deployment's events (only those of `kind`, if given) in the order they were added."""
+        query = _events_query(deployment_id, kind).order_by(t.events.c.id)
         with self._read() as conn:
-            return [Event(at=r.at, step=r.step, kind=r.kind, message=r.message)
-                    for r in conn.execute(query)]
+            return [_event(row) for row in conn.execute(query)]
+
+    @converted
+    def last_event(self, deployment_id: int, kind: str) -> Event | None:
+        """The deployment's latest event of `kind` (say, its latest gate decision)."""
+        query = _events_query(deployment_id, kind).order_by(t.events.c.id.desc()).limit(1)
+        with self._read() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else _event(row)
 
     # -- instances -----------------------------------------------------------------------
     @converted
@@ -271,6 +287,38 @@ def _upsert(
     done = conn.execute(table.update().where(key == key_value).values(**values))
     if done.rowcount == 0:
         conn.execute(table.insert().values({key.name: key_value, **values}))
+
+
+def _events_query(deployment_id: int, kind: str | None) -> sa.Select[Any]:
+    e = t.events.c
+    query = sa.select(e.id, e.at, e.step, e.kind, e.message, e.data).where(
+        e.deployment_id == deployment_id
+    )
+    return query if kind is None else query.where(e.kind == kind)
+
+
+def _event(row: sa.Row[Any]) -> Event:
+    data = row.data if isinstance(row.data, dict) else {}  # null: stored before migration 0004
+    return Event(id=row.id, at=row.at, step=row.step, kind=row.kind, message=row.message, data=data)
+
+
+def _plain(value: Any) -> Any:
+    """`value` as plain JSON (see `Store.add_event`)."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_plain(item) for item in value]
+    if isinstance(value, enum.Enum):
+        return _plain(value.value)
+    if isinstance(value, BaseModel):
+        return _plain(value.model_dump(mode="json"))
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _plain(dataclasses.asdict(value))
+    return str(value)
 
 
 def _record(row: sa.Row[Any]) -> DeploymentRecord:

@@ -6,7 +6,7 @@ the API can keep and compare them freely.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from turnout.model import Instance
@@ -43,12 +43,19 @@ class DeploymentRecord:
 
 @dataclass(frozen=True)
 class Event:
-    """One line of a deployment's story, shown by `turnout status` and the dashboard."""
+    """One line of a deployment's story as stored: what the engine said, and its data
+    (traffic shares, a gate's verdict and evidence, a phase); `{}` when it had none.
 
+    `id` grows with every event of any deployment, so "events after id N" is a stable cursor.
+    `step` is the plan step it belongs to (-1 before the first).
+    """
+
+    id: int
     at: float
     step: int
     kind: str
     message: str
+    data: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

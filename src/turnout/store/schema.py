@@ -90,6 +90,7 @@ events = sa.Table(
     sa.Column("step", sa.Integer, nullable=False),
     sa.Column("kind", sa.String(32), nullable=False),
     sa.Column("message", sa.Text, nullable=False),
+    sa.Column("data", sa.JSON, nullable=True),  # migration 0004; null on events stored before it
 )
 
 instances = sa.Table(

@@ -8,20 +8,19 @@ runs inside the CLI, whose log setup must not be replaced.
 
 from __future__ import annotations
 
-import os
-
 import sqlalchemy as sa
 from alembic import context
 
+from turnout.statedir import DATABASE_URL_ENV, configured_database_url
 from turnout.store.schema import metadata
 
 config = context.config
 
 
 def _url() -> str:
-    url = config.get_main_option("sqlalchemy.url") or os.environ.get("TURNOUT_DATABASE_URL")
+    url = config.get_main_option("sqlalchemy.url") or configured_database_url()
     if not url:
-        raise RuntimeError("set sqlalchemy.url or TURNOUT_DATABASE_URL")
+        raise RuntimeError(f"set sqlalchemy.url or {DATABASE_URL_ENV}")
     return url
 
 
