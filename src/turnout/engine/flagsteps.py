@@ -10,11 +10,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from turnout.errors import UserError
-from turnout.plan import SetFlag
+from turnout.engine.control import StepFailed
+from turnout.engine.events import Event, Record
+from turnout.errors import RouterError, UserError
+from turnout.flags.store import FlagStore
+from turnout.plan import SetFlag, describe
+from turnout.routers.base import Router
+from turnout.spec import Spec
 
 
-def ramp_strategies(step: SetFlag, segment_ids: dict[str, int]) -> list[dict[str, Any]]:
+def ramp_strategies(
+    step: SetFlag, segment_ids: dict[str, int], sticky: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """The strategies of the ramp so far; `sticky` (stickiness and groupId) is what the flag's
+    percentage already used, kept so that raising it keeps every user it had."""
+    sticky = sticky or {"stickiness": "default", "groupId": step.flag}
     strategies: list[dict[str, Any]] = []
     if step.users:
         strategies.append({"name": "userWithId", "parameters": {"userIds": ",".join(step.users)}})
@@ -29,7 +39,7 @@ def ramp_strategies(step: SetFlag, segment_ids: dict[str, int]) -> list[dict[str
     if step.percent:
         strategies.append({
             "name": "flexibleRollout",
-            "parameters": {"rollout": str(step.percent), "stickiness": "default", "groupId": step.flag},
+            "parameters": {"rollout": str(step.percent), **sticky},
         })
     return strategies
 
@@ -43,8 +53,49 @@ def flag_definition(
     nobody = [{"name": "flexibleRollout",
                "parameters": {"rollout": "0", "stickiness": "default", "groupId": step.flag}}]
     if step.enabled:
-        definition["strategies"] = ramp_strategies(step, segment_ids) or nobody
+        definition["strategies"] = ramp_strategies(step, segment_ids, _sticky(existing)) or nobody
     else:  # off: the rollout stays as it was, ready to be looked at
         definition["strategies"] = definition.get("strategies") or nobody
     definition["enabled"] = step.enabled
     return definition
+
+
+def _sticky(existing: dict[str, Any] | None) -> dict[str, str] | None:
+    """The stickiness and groupId of the flag's sticky percentage (a flexibleRollout without
+    segments), if it has one: a user counted in at 10% with them is still in at 50%."""
+    for strategy in (existing or {}).get("strategies") or []:
+        params = strategy.get("parameters") or {}
+        percentage = strategy.get("name") == "flexibleRollout" and not strategy.get("segments")
+        if percentage and "groupId" in params:
+            stickiness = str(params.get("stickiness") or "default")
+            return {"stickiness": stickiness, "groupId": str(params["groupId"])}
+    return None
+
+
+class FlagWriter:
+    """Runs `SetFlag` steps: the definition goes to the flag store, the store's state (with its
+    revision) to the router, which applies it to the very next request."""
+
+    def __init__(self, *, spec: Spec, flags: FlagStore | None, router: Router, record: Record) -> None:
+        self.spec, self.flags, self.router, self.record = spec, flags, router, record
+
+    async def set(self, step: SetFlag) -> None:
+        if self.flags is None:
+            raise StepFailed("no flag store is configured")
+        existing = self.flags.flag(step.flag)
+        segments = {str(s["name"]): int(s["id"]) for s in self.flags.segments()}
+        definition = flag_definition(step, existing.definition if existing else None, segments)
+        who = f"turnout deploy ({self.spec.service})"
+        if existing is None:
+            self.flags.create(definition, who=who)
+        else:
+            self.flags.update(step.flag, definition, who=who)
+        evaluate = list(dict.fromkeys([*self.spec.routing.flags, step.flag]))
+        state = self.flags.state()  # its meta.revision is read in the same transaction
+        try:
+            await self.router.set_flags(state, evaluate=evaluate, header=self.spec.routing.flags_header,
+                                        revision=state["meta"]["revision"])
+        except RouterError as exc:
+            raise StepFailed(f"router: {exc}") from exc
+        self.record(Event("flag", describe(step),
+                          data={"flag": step.flag, "enabled": step.enabled, "percent": step.percent}))

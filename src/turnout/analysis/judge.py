@@ -1,0 +1,108 @@
+"""Judges: a decision on the canary's traffic, compared with the baseline's.
+
+Measuring and judging are two seams (as argo-rollouts keeps metric providers apart from
+analysis): a `MetricSource` (`turnout.analysis.sources`) turns readings into `Window`s of
+traffic, one per subject; a `Judge` takes the canary's window, the baseline's (the stable
+revision serving at the same time, or a flag's `off` cohort) and the step's `Criteria`, and
+returns a `Decision` with its evidence. The engine does not know which judge runs: the
+session passes one in.
+
+Four verdicts, as DESIGN has them: Successful continues, Failed rolls back, Inconclusive (too
+little traffic to tell) holds for a human and never promotes, Error (the judge could not
+judge) is treated like Inconclusive.
+
+`ThresholdJudge` is the first judge: fixed thresholds on the canary's error rate and p99,
+with the baseline's numbers in the evidence for a human to compare.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from turnout.plan import Subject
+from turnout.routers.base import Counters
+
+
+class Verdict(enum.Enum):
+    SUCCESSFUL = "Successful"
+    FAILED = "Failed"
+    INCONCLUSIVE = "Inconclusive"
+    ERROR = "Error"
+
+
+@dataclass(frozen=True)
+class Criteria:
+    """What a step asks of the canary (from the strategy's `gate` or an `analysis` step)."""
+
+    max_error_rate: float
+    max_p99: float
+    min_requests: int
+
+
+@dataclass(frozen=True)
+class Window:
+    """The traffic of one subject between two readings, `seconds` apart."""
+
+    subject: Subject
+    counters: Counters
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A judge's answer: the verdict, why, and the numbers it was drawn from."""
+
+    verdict: Verdict
+    reason: str
+    evidence: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> bool:
+        return self.verdict is Verdict.FAILED
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict is Verdict.SUCCESSFUL
+
+
+class Judge(Protocol):
+    def judge(self, canary: Window, baseline: Window | None, criteria: Criteria) -> Decision:
+        """Decide on `canary` (with `baseline` beside it when there is one); never raises."""
+        ...
+
+
+def summary(window: Window) -> dict[str, object]:
+    """A window's numbers as evidence: requests, failures, error rate, p99 (seconds)."""
+    c = window.counters
+    return {"requests": c.requests, "failures": c.responses_5xx + c.connection_errors,
+            "error_rate": round(c.error_rate, 6), "p99": c.quantile(0.99),
+            "seconds": round(window.seconds, 3)}
+
+
+class ThresholdJudge:
+    """Fixed thresholds on the canary alone; the baseline is reported, not compared."""
+
+    def judge(self, canary: Window, baseline: Window | None, criteria: Criteria) -> Decision:
+        c = canary.counters
+        rate, p99 = c.error_rate, c.quantile(0.99)
+        errors = c.responses_5xx + c.connection_errors
+        evidence: dict[str, object] = {"canary": summary(canary)}
+        if baseline is not None:
+            evidence["baseline"] = summary(baseline)
+        evidence["criteria"] = {"max_error_rate": criteria.max_error_rate, "max_p99": criteria.max_p99,
+                                "min_requests": criteria.min_requests}
+        # Too many errors to pass even once `min_requests` is reached: fail without waiting.
+        if errors > criteria.max_error_rate * max(c.requests, criteria.min_requests):
+            reason = (f"error rate {rate:.1%} over {c.requests} requests exceeds "
+                      f"{criteria.max_error_rate:.1%}")
+            return Decision(Verdict.FAILED, reason, evidence)
+        if c.requests < max(1, criteria.min_requests):
+            reason = f"{c.requests} requests, fewer than the {criteria.min_requests} needed to judge"
+            return Decision(Verdict.INCONCLUSIVE, reason, evidence)
+        if p99 > criteria.max_p99:
+            reason = f"p99 latency up to {p99 * 1000:.0f} ms exceeds {criteria.max_p99 * 1000:.0f} ms"
+            return Decision(Verdict.FAILED, reason, evidence)
+        reason = f"{c.requests} requests, error rate {rate:.2%}, p99 <= {p99 * 1000:.0f} ms"
+        return Decision(Verdict.SUCCESSFUL, reason, evidence)

@@ -1,0 +1,215 @@
+"""The fleet as it really is: which instances run, per revision and slot, and what acts on them.
+
+Steps name instances by revision and slot; `RunningFleet` keeps the instances that really
+run (re-read from the store and the platform by `refresh`, so a resumed plan acts on the
+world, not on memory) and does the work of the steps that start, check, route to, drain
+and stop them. A routing table is built here from a `Route` step and the instances that
+run, with the spec's limits and timeouts, and applied through the `Router` seam.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import httpx
+
+from turnout.clock import Clock
+from turnout.engine import health
+from turnout.engine.control import Control, StepFailed, together
+from turnout.engine.events import Event, Record
+from turnout.errors import PlatformError, RouterError, TurnoutError
+from turnout.model import Instance, Revision
+from turnout.plan import Route, RunTests
+from turnout.platforms.base import Platform
+from turnout.routers.base import Router
+from turnout.routers.table import Backend, MatchRule, Pool, RoutingTable, UserKey
+from turnout.spec import Spec
+from turnout.store.db import Store
+
+
+class RunningFleet:
+    def __init__(
+        self, *, spec: Spec, store: Store, platform: Platform, router: Router, http: httpx.AsyncClient,
+        clock: Clock, record: Record,
+    ) -> None:
+        self.spec, self.store, self.platform, self.router = spec, store, platform, router
+        self.http, self.clock, self.record = http, clock, record
+        self.running: dict[str, dict[int, Instance]] = {}
+
+    # --- what runs
+    async def refresh(self) -> None:
+        """Re-read which instances really run; forget the records of the dead."""
+        self.running = {}
+        for record in self.store.instances(self.spec.service):
+            instance = record.instance
+            if await self.platform.alive(instance):
+                self.running.setdefault(instance.revision, {})[instance.slot] = instance
+            else:
+                self.store.remove_instance(instance.id)
+
+    def slots(self, revision: str) -> tuple[int, ...]:
+        return tuple(sorted(self.running.get(revision, {})))
+
+    def exactly(self, revision: str, slots: tuple[int, ...]) -> list[Instance]:
+        """The instances of these slots; StepFailed if one does not run."""
+        running = self.running.get(revision, {})
+        missing = [slot for slot in slots if slot not in running]
+        if missing:
+            raise StepFailed(f"{revision} slots {missing} are not running")
+        return [running[slot] for slot in slots]
+
+    def present(self, revision: str, slots: tuple[int, ...]) -> list[Instance]:
+        """The instances of these slots that run (a resumed stop finds fewer)."""
+        running = self.running.get(revision, {})
+        return [running[slot] for slot in slots if slot in running]
+
+    def revision(self, revision_id: str) -> Revision:
+        revision = self.store.revision(revision_id)
+        if revision is None:
+            raise StepFailed(f"revision {revision_id} is not in the store")
+        return revision
+
+    # --- starting and checking
+    async def start(self, revision_id: str, slots: tuple[int, ...]) -> None:
+        revision = self.revision(revision_id)
+        running = self.running.setdefault(revision_id, {})
+        for slot in slots:
+            if slot in running:
+                continue  # resumed: it was started before the interruption and still runs
+            try:
+                instance = await self.platform.start(revision, slot=slot)
+            except PlatformError as exc:
+                raise StepFailed(str(exc)) from exc
+            self.store.put_instance(instance, state="starting")
+            running[slot] = instance
+            self.record(Event("info", f"started {instance.id} on {instance.address} (pid {instance.pid})"))
+
+    async def wait_healthy(self, revision_id: str, slots: tuple[int, ...]) -> None:
+        """Every instance of the batch healthy; the first to fail fails the batch at once."""
+        revision = self.revision(revision_id)
+        instances = self.exactly(revision_id, slots)
+
+        async def check(instance: Instance) -> None:
+            try:
+                await health.wait_healthy(self.http, self.platform, instance, revision.health, self.clock)
+            except health.CheckFailed as exc:
+                tail = await self._tail(instance)
+                raise StepFailed(str(exc) + (f"\n  log: {tail}" if tail else "")) from exc
+
+        await together(check(i) for i in instances)
+        for instance in instances:
+            self.store.set_instance_state(instance.id, "ready")
+
+    async def _tail(self, instance: Instance) -> str:
+        """The last lines of an instance's log, if the platform keeps one."""
+        tail = getattr(self.platform, "tail", None)
+        if tail is None:
+            return ""
+        text = tail(instance, lines=5)
+        if inspect.isawaitable(text):
+            text = await text
+        return str(text).strip()
+
+    async def run_tests(self, step: RunTests) -> None:
+        preview = f"http://{self.spec.preview_listen()}"
+        revision = self.revision(step.revision)
+        for test in step.tests:
+            await health.run_test(self.http, test, preview, revision=revision)
+            self.record(Event("info", f"test passed: {test.model_dump(exclude_defaults=True)}"))
+
+    # --- routing
+    def table_settings(self) -> dict[str, Any]:
+        """What every table carries from the spec besides pools: limits, timeouts, forwarding."""
+        routing = self.spec.routing
+        return {"limits": routing.limits, "timeouts": routing.timeouts,
+                "buffer_requests": routing.buffer_requests, "trust_forwarded": routing.trust_forwarded}
+
+    def table_for(self, step: Route, generation: int) -> RoutingTable:
+        pools = [
+            Pool(revision=p.revision, version=self.revision(p.revision).version, weight=p.weight,
+                 backends=_backends(self.exactly(p.revision, p.slots)))
+            for p in step.pools
+        ]
+        listed = {p.revision for p in pools}
+        extra = [m.revision for m in step.match] + ([step.preview] if step.preview else [])
+        for revision in dict.fromkeys(r for r in extra if r not in listed):
+            running = [i for _, i in sorted(self.running.get(revision, {}).items())]
+            pools.append(Pool(revision=revision, version=self.revision(revision).version, weight=0,
+                              backends=_backends(running)))
+        rules = tuple(MatchRule(**m.model_dump()) for m in step.match)
+        key = self.spec.routing.user_key
+        return RoutingTable(
+            generation=generation, pools=tuple(pools), rules=rules,
+            user_key=UserKey(header=key.header, cookie=key.cookie), preview=step.preview,
+            **self.table_settings(),
+        )
+
+    async def next_generation(self) -> int:
+        current = await self.router.table()
+        return (current.generation if current else 0) + 1
+
+    async def route(self, step: Route) -> None:
+        """Apply the table `step` describes, built from the instances that really run."""
+        table = self.table_for(step, await self.next_generation())
+        try:
+            await self.router.apply(table)
+        except RouterError as exc:
+            raise StepFailed(f"router: {exc}") from exc
+        split = ", ".join(f"{p.version} {table.share(p.revision):.0f}%" for p in table.pools if p.weight)
+        self.record(Event("traffic", f"traffic: {split or 'none'}",
+                          data={"generation": table.generation, "weights": table.weights(),
+                                "shares": {p.version: round(table.share(p.revision), 1)
+                                           for p in table.pools if p.weight}}))
+
+    async def route_nowhere(self) -> None:
+        """A table that sends no traffic anywhere (a first release went back)."""
+        table = RoutingTable(generation=await self.next_generation(), **self.table_settings())
+        await self.router.apply(table)
+        self.record(Event("traffic", "traffic: none", data={"weights": {}, "shares": {}}))
+
+    async def serving(self) -> str:
+        """What the router's table sends traffic to now, and how much of it runs: for humans."""
+        try:
+            table = await self.router.table()
+            await self.refresh()
+        except TurnoutError as exc:
+            return f"what serves now is unknown: {exc}"
+        pools = [p for p in table.pools if p.weight] if table is not None else []
+        if table is None or not pools:
+            return "now serving: nothing (the router's table sends no traffic anywhere)"
+        parts = []
+        for pool in pools:
+            ids = {i.id for i in self.running.get(pool.revision, {}).values()}
+            alive = sum(1 for b in pool.backends if b.id in ids)
+            parts.append(f"{pool.version} {table.share(pool.revision):.0f}% "
+                         f"({alive} of {len(pool.backends)} instances running)")
+        return "now serving: " + ", ".join(parts)
+
+    # --- retiring
+    async def drain(self, instances: list[Instance], control: Control | None = None) -> None:
+        """Wait until the router has no request in flight to each (at most the drain timeout)."""
+        deadline = self.clock.now() + self.spec.routing.drain_timeout
+        for instance in instances:
+            self.store.set_instance_state(instance.id, "draining")
+            while not await self.router.drained(instance.id):
+                if self.clock.now() >= deadline:
+                    self.record(Event("warning", f"{instance.id} still busy after the drain timeout"))
+                    return
+                if control is not None:
+                    control.check()
+                await self.clock.sleep(0.05)
+
+    async def stop(self, instances: list[Instance]) -> None:
+        async def stop_one(instance: Instance) -> None:
+            revision = self.store.revision(instance.revision)
+            grace = revision.run.grace if revision else 10.0
+            await self.platform.stop(instance, grace=grace)
+            self.store.remove_instance(instance.id)
+            self.running.get(instance.revision, {}).pop(instance.slot, None)
+
+        await together(stop_one(i) for i in instances)
+
+
+def _backends(instances: list[Instance]) -> tuple[Backend, ...]:
+    return tuple(Backend(id=i.id, address=i.address) for i in instances)
