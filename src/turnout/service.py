@@ -43,12 +43,21 @@ from turnout.plan import (
     plan_hash,
 )
 from turnout.platforms.local import LocalPlatform
+from turnout.routers.base import RouterStats
 from turnout.routers.builtin import BuiltinRouter
-from turnout.routers.table import RoutingTable
 from turnout.spec import Spec
 from turnout.specfile import load_spec
 from turnout.statedir import StateDir
-from turnout.store.db import DeploymentRecord, Store
+from turnout.status import (
+    DeploymentStatus,
+    InstanceStatus,
+    Stable,
+    Status,
+    rollback_failed,
+    router_status,
+)
+from turnout.store.db import DeploymentRecord, InstanceRecord, Store
+from turnout.store.records import Event as StoredEvent
 from turnout.strategies import Fleet
 
 LOCK_WAIT = 60.0  # how long a command waits for a short one (not a deployment) to release the lock
@@ -389,57 +398,55 @@ class Session:
 
     # -- status, history, down ----------------------------------------------------
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self) -> Status:
+        """The stable revision, the deployment in progress (with its latest stored gate
+        decision), the router's split and each instance's health (see `turnout.status`)."""
         service = self.spec.service
         stable = self.store.stable(service)
-        active = self.store.active_deployment(service)
+        revision = self.store.revision(stable) if stable else None
         table = await self.router.table() if (self.router.pid() is not None) else None
         stats = await self.router.stats() if table is not None else None
-        instances = []
-        for record in self.store.instances(service):
-            inst = record.instance
-            alive = await self.platform.alive(inst)
-            revision = self.store.revision(inst.revision)
-            problem = await probe(self.http, inst, revision.health) if alive and revision else "not running"
-            instances.append({
-                "id": inst.id, "version": inst.version, "revision": inst.revision,
-                "address": inst.address, "pid": inst.pid, "state": record.state,
-                "healthy": problem is None, "problem": problem,
-                "in_flight": stats.in_flight.get(inst.id, 0) if stats else 0,
-            })
-        deployment = None
-        if active is not None:
-            plan = active.plan
-            deployment = {
-                "id": active.id, "version": active.version, "strategy": active.strategy,
-                "phase": active.phase, "step": active.step, "steps": len(plan),
-                "interrupted": not self.locked(), "message": active.message,
-                "current": _describe_raw(plan[active.step]) if active.step < len(plan) else None,
-            }
-        revision = self.store.revision(stable) if stable else None
         latest = self.store.history(service, limit=1)
-        broken = latest[0] if latest and latest[0].phase == "rollback-failed" else None
-        return {
-            "service": service,
-            "listen": self.spec.listen,
-            "stable": {"revision": stable, "version": revision.version if revision else None},
-            "deployment": deployment,
-            "rollback_failed": {"id": broken.id, "version": broken.version, "message": broken.message}
-            if broken else None,
-            "router": {"running": table is not None,
-                       "traffic": {p.version: round(table.share(p.revision), 1) for p in table.pools}
-                       if table else {},
-                       # answers the router made itself: per version, and before any routing
-                       "answered": {**{_version_of(table, r): c.router_responses
-                                       for r, c in stats.revisions.items() if c.router_responses},
-                                    **({"unrouted": stats.unrouted.router_responses}
-                                       if stats.unrouted.router_responses else {})}
-                       if stats is not None and table is not None else {}},
-            "instances": instances,
-        }
+        return Status(
+            service=service,
+            listen=self.spec.listen,
+            stable=Stable(revision=stable, version=revision.version if revision else None),
+            deployment=self._deployment_status(),
+            rollback_failed=rollback_failed(latest[0] if latest else None),
+            router=router_status(table, stats),
+            instances=[await self._instance_status(r, stats) for r in self.store.instances(service)],
+        )
+
+    def _deployment_status(self) -> DeploymentStatus | None:
+        active = self.store.active_deployment(self.spec.service)
+        if active is None:
+            return None
+        plan = active.plan
+        current = _describe_raw(plan[active.step]) if active.step < len(plan) else None
+        return DeploymentStatus.of(active, interrupted=not self.locked(), current=current,
+                                   gate=self.store.last_event(active.id, "gate"))
+
+    async def _instance_status(self, record: InstanceRecord, stats: RouterStats | None) -> InstanceStatus:
+        inst = record.instance
+        revision = self.store.revision(inst.revision)
+        alive = await self.platform.alive(inst)
+        problem = await probe(self.http, inst, revision.health) if alive and revision else "not running"
+        return InstanceStatus(
+            id=inst.id, version=inst.version, revision=inst.revision, address=inst.address,
+            pid=inst.pid, state=record.state, healthy=problem is None, problem=problem,
+            in_flight=stats.in_flight.get(inst.id, 0) if stats else 0,
+        )
 
     def history(self, limit: int = 20) -> list[DeploymentRecord]:
         return self.store.history(self.spec.service, limit=limit)
+
+    def events(self, deployment_id: int) -> tuple[DeploymentRecord, list[StoredEvent]]:
+        """One deployment of this service and every event stored with it, oldest first."""
+        record = self.store.deployment(deployment_id)
+        if record is None or record.service != self.spec.service:
+            raise UserError(f"--events: no deployment #{deployment_id} of {self.spec.service} "
+                            "(`turnout history` lists them)")
+        return record, self.store.events(deployment_id)
 
     async def down(self) -> int:
         """Stop every instance and the router; forget the stable revision."""
@@ -472,8 +479,3 @@ def _try_lock(fd: int) -> bool:
 
 def _describe_raw(step: dict[str, Any]) -> str:
     return describe(load_plan([step])[0])
-
-
-def _version_of(table: RoutingTable, revision: str) -> str:
-    pool = table.pool(revision)
-    return pool.version if pool is not None else revision

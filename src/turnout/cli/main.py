@@ -24,7 +24,9 @@ from turnout.cli.render import Printer
 from turnout.errors import TurnoutError, UserError
 from turnout.service import Session
 from turnout.specfile import find_spec, spec_json_schema
+from turnout.status import Status
 from turnout.store.db import DeploymentRecord
+from turnout.store.records import Event as StoredEvent
 from turnout.strategies import PLANNERS
 
 T = TypeVar("T")
@@ -126,15 +128,11 @@ def status(spec_file: str | None, as_json: bool) -> None:
     """Stable revision, deployment in progress, traffic split, instances and health."""
     path = _spec_path(spec_file)
 
-    async def work() -> dict[str, Any]:
+    async def work() -> Status:
         async with Session.open(path) as session:
             return await session.status()
 
-    data = run_async(work)
-    if as_json:
-        click.echo(json.dumps(data, indent=2))
-    else:
-        Printer().status(data)
+    Printer(as_json=as_json).status(run_async(work))
 
 
 def _simple(action: str) -> Callable[..., None]:
@@ -183,16 +181,25 @@ def rollback(version: str | None, spec_file: str | None) -> None:
 @FILE_OPTION
 @click.option("--json", "as_json", is_flag=True)
 @click.option("-n", "--limit", default=20, type=click.IntRange(1, 1000))
-def history(spec_file: str | None, as_json: bool, limit: int) -> None:
-    """Past deployments, newest first."""
+@click.option("--events", "deployment_id", type=click.IntRange(min=1), default=None, metavar="ID",
+              help="every stored event of deployment ID (steps, traffic, gate decisions, phases)")
+def history(spec_file: str | None, as_json: bool, limit: int, deployment_id: int | None) -> None:
+    """Past deployments, newest first; or one deployment's events with --events ID."""
     path = _spec_path(spec_file)
+    printer = Printer(as_json=as_json)
+    if deployment_id is not None:
+        async def story() -> tuple[DeploymentRecord, list[StoredEvent]]:
+            async with Session.open(path) as session:
+                return session.events(deployment_id)
+
+        printer.events(*run_async(story))
+        return
 
     async def work() -> list[DeploymentRecord]:
         async with Session.open(path) as session:
             return session.history(limit)
 
-    records = run_async(work)
-    Printer(as_json=as_json).history(records)
+    printer.history(run_async(work))
 
 
 @cli.command()

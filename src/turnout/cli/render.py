@@ -12,7 +12,9 @@ from rich.console import Console
 from rich.table import Table
 
 from turnout.engine.events import Event
+from turnout.status import DeploymentStatus, Status
 from turnout.store.db import DeploymentRecord
+from turnout.store.records import Event as StoredEvent
 
 if TYPE_CHECKING:
     from turnout.demo.runner import DemoRow
@@ -56,43 +58,72 @@ class Printer:
             self.err.print("the previous version could not be brought back: check `turnout status`",
                            style="bold red", markup=False)
 
-    def status(self, data: dict[str, Any]) -> None:
-        stable = data["stable"]
-        self.out.print(f"service  {data['service']}  listening on {data['listen']}", markup=False)
-        self.out.print(f"stable   {stable['version'] or '-'} ({stable['revision'] or 'none'})", markup=False)
-        deployment = data["deployment"]
-        if deployment:
-            state = deployment["phase"]
-            if state == "paused" and deployment["message"]:
-                state = f"paused ({deployment['message']}; `turnout promote` continues)"
-            if deployment["interrupted"]:
-                version = deployment["version"]
-                state = f"INTERRUPTED (`turnout deploy {version}` resumes, `turnout abort` undoes)"
-            self.out.print(
-                f"deploy   #{deployment['id']} {deployment['version']} ({deployment['strategy']}): {state}, "
-                f"step {deployment['step'] + 1}/{deployment['steps']}: {deployment['current'] or 'done'}",
-                markup=False,
-            )
-        broken = data.get("rollback_failed")
-        if broken:
-            self.out.print(f"ALERT    deployment #{broken['id']} of {broken['version']} could not bring the "
-                           f"previous version back: {broken['message']}", style="bold red", markup=False)
-        router = data["router"]
-        split = ", ".join(f"{v} {w}%" for v, w in router["traffic"].items()) or "-"
-        running = "running" if router["running"] else "stopped"
+    def status(self, status: Status) -> None:
+        if self.as_json:
+            print(json.dumps(status.model_dump(mode="json"), indent=2), flush=True)
+            return
+        stable = status.stable
+        self.out.print(f"service  {status.service}  listening on {status.listen}", markup=False)
+        self.out.print(f"stable   {stable.version or '-'} ({stable.revision or 'none'})", markup=False)
+        if status.deployment is not None:
+            self._deployment(status.deployment)
+        broken = status.rollback_failed
+        if broken is not None:
+            self.out.print(f"ALERT    deployment #{broken.id} of {broken.version} could not bring the "
+                           f"previous version back: {broken.message}", style="bold red", markup=False)
+        router = status.router
+        split = ", ".join(f"{v} {w}%" for v, w in router.traffic.items()) or "-"
+        running = "running" if router.running else "stopped"
         self.out.print(f"router   {running}; traffic: {split}", markup=False)
-        answered = router.get("answered") or {}
-        if answered:
+        if router.answered:
             counts = "; ".join(
-                f"{who} " + ", ".join(f"{n}x{status}" for status, n in sorted(statuses.items()))
-                for who, statuses in answered.items())
+                f"{who} " + ", ".join(f"{n}x{code}" for code, n in sorted(codes.items()))
+                for who, codes in router.answered.items())
             self.out.print(f"         answered by the router itself: {counts}", markup=False)
         table = Table("instance", "version", "address", "pid", "state", "health", "in flight")
-        for inst in data["instances"]:
-            health = "healthy" if inst["healthy"] else f"unhealthy: {inst['problem']}"
-            table.add_row(inst["id"], inst["version"], inst["address"], str(inst["pid"]), inst["state"],
-                          health, str(inst["in_flight"]))
+        for inst in status.instances:
+            health = "healthy" if inst.healthy else f"unhealthy: {inst.problem}"
+            table.add_row(inst.id, inst.version, inst.address, str(inst.pid), inst.state, health,
+                          str(inst.in_flight))
         self.out.print(table)
+
+    def _deployment(self, deployment: DeploymentStatus) -> None:
+        state = deployment.phase
+        if state == "paused" and deployment.message:
+            state = f"paused ({deployment.message}; `turnout promote` continues)"
+        if deployment.interrupted:
+            state = (f"INTERRUPTED (`turnout deploy {deployment.version}` resumes, "
+                     "`turnout abort` undoes)")
+        self.out.print(
+            f"deploy   #{deployment.id} {deployment.version} ({deployment.strategy}): {state}, "
+            f"step {deployment.step + 1}/{deployment.steps}: {deployment.current or 'done'}",
+            markup=False,
+        )
+        gate = deployment.gate
+        if gate is not None:
+            ago = max(0.0, time.time() - gate.at)
+            verdict = f"{gate.verdict}: " if gate.verdict else ""
+            style = STYLES.get(gate.verdict.lower(), "cyan") if gate.verdict else "cyan"
+            self.out.print(f"gate     {verdict}{gate.reason} (step {gate.step + 1}, {ago:.0f}s ago)",
+                           style=style, markup=False)
+            if gate.evidence:
+                self.out.print(f"         evidence: {_compact(gate.evidence)}", markup=False)
+
+    def events(self, record: DeploymentRecord, events: list[StoredEvent]) -> None:
+        """One deployment and every event stored with it, oldest first."""
+        if self.as_json:
+            print(json.dumps({"deployment": asdict(record), "events": [asdict(e) for e in events]},
+                             indent=2), flush=True)
+            return
+        line = f"deployment #{record.id} of {record.version} with {record.strategy}: {record.phase}"
+        self.out.print(line + (f" ({record.message})" if record.message else ""), markup=False)
+        for event in events:
+            at = time.strftime("%H:%M:%S", time.localtime(event.at))
+            step = f"[{event.step + 1}]" if event.step >= 0 else "[-]"
+            self.out.print(f"  {at} {step:>5} {event.kind:<9} {event.message}",
+                           style=STYLES.get(event.kind, ""), markup=False)
+            for key, value in event.data.items():
+                self.out.print(f"{'':25}{key}: {_compact(value)}", markup=False)
 
     def history(self, records: list[DeploymentRecord]) -> None:
         if self.as_json:
@@ -113,3 +144,8 @@ class Printer:
                           f"{row.longest_gap_s:.2f}s", str(row.exposed_users), f"{row.duration_s:.1f}s",
                           row.outcome)
         self.out.print(table)
+
+
+def _compact(value: Any) -> str:
+    """A value of an event's data on one line."""
+    return value if isinstance(value, str) else json.dumps(value, separators=(", ", ": "))
