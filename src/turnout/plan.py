@@ -201,7 +201,12 @@ def load_plan(data: list[dict[str, object]]) -> list[Step]:
 
 
 def plan_hash(plan: list[Step]) -> str:
-    text = json.dumps(dump_plan(plan), sort_keys=True)
+    return stored_plan_hash(dump_plan(plan))
+
+
+def stored_plan_hash(data: list[dict[str, object]]) -> str:
+    """The hash of a plan as stored (JSON data), whichever version of turnout stored it."""
+    text = json.dumps(data, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

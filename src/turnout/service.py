@@ -41,12 +41,13 @@ from turnout.plan import (
     dump_plan,
     load_plan,
     plan_hash,
+    stored_plan_hash,
 )
 from turnout.platforms.local import LocalPlatform
 from turnout.routers.base import RouterStats
 from turnout.routers.builtin import BuiltinRouter
-from turnout.spec import Spec
-from turnout.specfile import load_spec
+from turnout.spec import STRATEGIES, Spec
+from turnout.specfile import load_spec, with_kind
 from turnout.statedir import StateDir
 from turnout.status import (
     DeploymentStatus,
@@ -58,7 +59,7 @@ from turnout.status import (
 )
 from turnout.store.db import DeploymentRecord, InstanceRecord, Store
 from turnout.store.records import Event as StoredEvent
-from turnout.strategies import Fleet
+from turnout.strategies import Fleet, started_from
 
 LOCK_WAIT = 60.0  # how long a command waits for a short one (not a deployment) to release the lock
 
@@ -176,19 +177,23 @@ class Session:
     # -- deploy -------------------------------------------------------------------
 
     async def deploy(self, version: str, *, strategy: str | None = None) -> DeploymentRecord | None:
-        """Deploy `version`; None when it already serves all traffic."""
-        spec = self.spec
+        """Deploy `version`; None when it already serves all traffic.
+
+        `strategy` replaces the spec's kind for this deployment (the executor and the flag
+        sync read the changed spec too). An interrupted deployment of the same revision is
+        carried on, unless the spec no longer plans it step for step (UserError, exit 2).
+        """
         if strategy is not None:
-            kinds = tuple(strategies.PLANNERS)
-            if strategy not in kinds:
-                raise UserError(f"--strategy: expected one of {', '.join(kinds)}, got {strategy!r}")
-            spec = spec.model_copy(update={"strategy": spec.strategy.model_copy(update={"kind": strategy})})
+            self.spec = with_kind(self.spec, strategy)
+        spec = self.spec
         revision = Revision.of(spec, version)
         async with self.lock():
+            active = self.store.active_deployment(spec.service)
+            if active is not None and active.target_revision == revision.id:
+                self._refuse_changed_plan(active, spec)  # before anything acts
             await self.router.ensure_running()
             await self.sync_flags()
             executor = self.new_executor()
-            active = self.store.active_deployment(spec.service)
             if active is not None:
                 if active.target_revision == revision.id:
                     self.emit(Event("info", f"resuming deployment #{active.id} at step {active.step + 1}"))
@@ -226,6 +231,44 @@ class Session:
         done = await self.executor.run(record)
         self._reap_warm_later()
         return done
+
+    def _refuse_changed_plan(self, record: DeploymentRecord, spec: Spec) -> None:
+        """Refuse to carry `record` on (UserError: exit 2, nothing done) if its stored plan
+        does not match its hash, or if `spec` no longer makes that plan from the fleet the
+        deployment started from. A rollback's plan was not made by a strategy: only its hash
+        is checked."""
+        what = f"deployment #{record.id} of {record.version}"
+        todo = (f"run `turnout abort` to go back to the previous version, or deploy {record.version} "
+                f"with the spec it began with (strategy {record.strategy})")
+        if stored_plan_hash(record.plan) != record.plan_hash:
+            raise UserError(f"{what} cannot resume: its stored plan does not match its hash; {todo}")
+        if record.strategy not in STRATEGIES:
+            return
+        if spec.strategy.kind != record.strategy:
+            raise UserError(f"{what} cannot resume: it began with strategy {record.strategy} and "
+                            f"the spec now says {spec.strategy.kind}; {todo}")
+        try:
+            steps = load_plan(record.plan)
+        except ValueError as exc:  # a plan this version cannot read
+            raise UserError(f"{what} cannot resume: its stored plan is unreadable ({exc}); {todo}") from None
+        fleet = started_from(steps, target=record.target_revision, previous=record.previous_revision,
+                             instances=spec.instances)
+        again = strategies.plan(fleet, spec.strategy)
+        if plan_hash(again) != record.plan_hash:
+            raise UserError(f"{what} cannot resume: the spec changed since it began and now plans "
+                            f"it otherwise ({len(steps)} steps stored, {len(again)} now); {todo}")
+
+    def _spec_to_carry_on(self, record: DeploymentRecord) -> Spec:
+        """The spec a deployment is carried on with when no command names a strategy: this
+        one, with the deployment's kind (it may have begun with `--strategy`)."""
+        if record.strategy not in STRATEGIES or record.strategy == self.spec.strategy.kind:
+            return self.spec
+        try:
+            return with_kind(self.spec, record.strategy)
+        except UserError as exc:
+            raise UserError(f"deployment #{record.id} of {record.version} cannot resume: it began with "
+                            f"strategy {record.strategy}, which the spec cannot plan now ({exc}); run "
+                            "`turnout abort`, or deploy it again with the spec it began with") from None
 
     async def _resume(self, record: DeploymentRecord) -> DeploymentRecord:
         record = self.store.update_deployment(record.id, owner_pid=os.getpid(), phase="progressing")
@@ -326,6 +369,9 @@ class Session:
 
     async def promote(self) -> DeploymentRecord:
         active = self._active()
+        if not self.locked():  # it is carried on here: refuse a changed plan before asking
+            self.spec = self._spec_to_carry_on(active)
+            self._refuse_changed_plan(active, self.spec)
         self.store.request(active.id, "promote")
         if self.locked():
             self.emit(Event("info", f"promote requested for deployment #{active.id}"))

@@ -17,14 +17,22 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
 from turnout.errors import SpecError, UserError
-from turnout.spec import Health, Spec, Strategy, split_address
-from turnout.spectext import FieldPath, describe_error, dotted, format_duration, plain_spec, show
+from turnout.spec import STRATEGIES, Health, Spec, fields_read, split_address
+from turnout.spectext import (
+    FieldPath,
+    describe_error,
+    dotted,
+    format_duration,
+    models_at,
+    plain_spec,
+    show,
+)
 from turnout.units import parse_duration
 
 SPEC_NAME = "turnout.yaml"
@@ -40,6 +48,7 @@ __all__ = [
     "load_spec",
     "parse_spec",
     "spec_json_schema",
+    "with_kind",
 ]
 
 
@@ -252,7 +261,33 @@ class _NodeReader:
         return result
 
 
-# -- --set KEY=VALUE ----------------------------------------------------------------
+# -- --set KEY=VALUE and --strategy KIND --------------------------------------------
+
+
+def with_kind(spec: Spec, kind: str, *, checks: Sequence[SpecCheck] = ()) -> Spec:
+    """`spec` deployed with strategy `kind` (`--strategy KIND`): the fields of its strategy
+    that KIND reads are kept, the others dropped; what KIND needs and lacks raises SpecError
+    (as do the problems `checks` find in the new spec)."""
+    if kind == spec.strategy.kind:
+        return spec
+    if kind not in STRATEGIES:
+        raise SpecError([f"--strategy: expected one of {', '.join(STRATEGIES)}, got {kind!r}"])
+    old = spec.strategy
+    read = fields_read(kind, getattr(old, "ship", None)) - {"kind"}
+    strategy = {"kind": kind} | {n: getattr(old, n) for n in old.model_fields_set & read}
+    data = {name: getattr(spec, name) for name in type(spec).model_fields} | {"strategy": strategy}
+    problems = Problems(Origin(f"--strategy {kind}"))
+    try:
+        changed = Spec.model_validate(data)
+    except ValidationError as exc:
+        _report_validation(exc, data, problems)
+        problems.raise_if_any()
+        raise SpecError([f"--strategy {kind}: {exc}"]) from None
+    for check in checks:
+        for path, message in check(changed):
+            problems.add(path, message)
+    problems.raise_if_any()
+    return changed
 
 
 def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
@@ -265,6 +300,8 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
 
 def _apply(data: Mapping[str, Any], overrides: Sequence[str], problems: Problems) -> dict[str, Any]:
     result = copy.deepcopy(dict(data))
+    given: set[str] = set()  # strategy fields named by an override
+    kind_set = False
     for index, text in enumerate(overrides):
         key, sep, raw = text.partition("=")
         key = key.strip()
@@ -285,7 +322,23 @@ def _apply(data: Mapping[str, Any], overrides: Sequence[str], problems: Problems
         error = _assign(result, [p.strip() for p in parts], value, origin, problems)
         if error:
             problems.add((), error, origin)
+        elif parts[0].strip() == "strategy" and len(parts) > 1:
+            given.add(parts[1].strip())
+            kind_set = kind_set or [p.strip() for p in parts] == ["strategy", "kind"]
+    if kind_set:
+        _keep_what_the_kind_reads(result, given)
     return result
+
+
+def _keep_what_the_kind_reads(data: dict[str, Any], given: set[str]) -> None:
+    """After `--set strategy.kind=KIND`: drop the strategy's fields from the file that KIND
+    does not read (those given with --set stay, and are refused if KIND does not read them)."""
+    strategy = data.get("strategy")
+    if not isinstance(strategy, dict) or strategy.get("kind") not in STRATEGIES:
+        return
+    read = fields_read(strategy["kind"], strategy.get("ship"))
+    for name in [n for n in strategy if n not in read and n not in given]:
+        del strategy[name]
 
 
 def _assign(
@@ -403,28 +456,9 @@ def _check_health(data: dict[str, Any], problems: Problems) -> None:
 
 
 def _check_strategy(data: dict[str, Any], problems: Problems) -> None:
-    strategy = _get(data, "strategy")
-    kind = _get(strategy, "kind") or "rolling"
-    if not isinstance(strategy, dict) or kind not in get_args(
-        Strategy.model_fields["kind"].annotation
-    ):
-        return  # an unknown kind is reported by the model
-    steps = strategy.get("steps")
-    if kind == "feature-toggle":
-        if not strategy.get("flag"):
-            problems.add(("strategy", "flag"), "a feature-toggle names its flag, e.g. flag: new-checkout")
-        kind = strategy.get("ship") or "rolling"  # the shipping strategy reads the other fields
-    if kind == "canary" and not steps:
-        problems.add(
-            ("strategy", "steps"),
-            "a canary needs steps, e.g. [{weight: 10}, {pause: 30s}, {weight: 100}]",
-        )
-    for name, owner in (("match", "canary"), ("tests", "blue-green")):
-        if strategy.get(name) and kind != owner:
-            problems.add(
-                ("strategy", name), f"only a {owner} strategy uses {name}; this one is {kind!r}"
-            )
-    _check_users(strategy.get("match"), problems)
+    # Which kind reads which field is the models' rule (`turnout.spec`); a user listed twice
+    # is found here, where the path of the second listing is known.
+    _check_users(_get(data, "strategy", "match"), problems)
 
 
 def _check_users(match: Any, problems: Problems) -> None:
@@ -447,12 +481,22 @@ def _check_users(match: Any, problems: Problems) -> None:
 
 def _report_validation(exc: ValidationError, data: dict[str, Any], problems: Problems) -> None:
     grouped: dict[FieldPath, list[Any]] = {}
-    for error in exc.errors(include_url=False):
-        path = _data_path(error["loc"], data, error["type"])
+    for raw in exc.errors(include_url=False):
+        path, error = _data_path(raw["loc"], data, raw["type"]), raw
+        if raw["type"] == "strategy_kind":
+            path, error = _kind_error(path, raw)
         if not problems.is_broken(path):
             grouped.setdefault(path, []).append(error)
     for path, errors in grouped.items():
         problems.add(path, describe_error(path, errors))
+
+
+def _kind_error(path: FieldPath, error: Any) -> tuple[FieldPath, Any]:
+    """The strategy union found no kind: say so at `kind` (or that it is not a mapping)."""
+    given = error["input"]
+    if not isinstance(given, dict):
+        return path, {**error, "type": "model_type"}
+    return (*path, "kind"), {**error, "type": "literal_error", "input": given.get("kind")}
 
 
 def _has(data: Any, part: str | int) -> bool:
@@ -462,15 +506,20 @@ def _has(data: Any, part: str | int) -> bool:
 
 
 def _data_path(loc: tuple[str | int, ...], data: Any, kind: str) -> FieldPath:
-    """Pydantic's location minus union tags: only the keys and indexes the user wrote."""
+    """Pydantic's location minus union tags: the keys and indexes the user wrote, and last a
+    field left out (missing, or a default its model refused)."""
     path: list[str | int] = []
     for i, part in enumerate(loc):
         if _has(data, part):
             data = data[part]
-        elif not (i == len(loc) - 1 and kind == "missing"):
+        elif not (i == len(loc) - 1 and (kind == "missing" or _is_field(tuple(path), part))):
             continue
         path.append(part)
     return tuple(path)
+
+
+def _is_field(path: FieldPath, part: str | int) -> bool:
+    return isinstance(part, str) and any(part in m.model_fields for m in models_at(path))
 
 
 # -- schema and display -------------------------------------------------------------
@@ -484,7 +533,27 @@ def spec_json_schema() -> dict[str, Any]:
         "description": step.pop("description"),
         "anyOf": [step, {"const": "pause", "description": "wait for `turnout promote`"}],
     }
+    _strategy_schema(schema)
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema, "title": SPEC_NAME}
+
+
+def _strategy_schema(schema: dict[str, Any]) -> None:
+    """One `Strategy` definition: `kind` names the model the other fields follow (rolling
+    when it is left out, so every other kind requires it)."""
+    kinds: list[dict[str, str]] = []
+    for kind, model in STRATEGIES.items():
+        definition = schema["$defs"][model.__name__]
+        if kind != "rolling":
+            definition["required"] = ["kind", *definition.get("required", [])]
+        kinds.append({"$ref": f"#/$defs/{model.__name__}"})
+    schema["$defs"]["Strategy"] = {
+        "description": "How a new version replaces the stable one; each kind has its own fields.",
+        "type": "object",
+        "properties": {"kind": {"enum": list(STRATEGIES), "default": "rolling",
+                                "description": "the strategy; it says which fields follow"}},
+        "oneOf": kinds,
+    }
+    schema["properties"]["strategy"] = {"$ref": "#/$defs/Strategy"}
 
 
 def dump_spec(spec: Spec, *, defaults: bool = True) -> str:

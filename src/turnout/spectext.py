@@ -16,7 +16,7 @@ from typing import Annotated, Any, Union, get_args, get_origin
 from pydantic import BaseModel, BeforeValidator
 from pydantic.fields import FieldInfo
 
-from turnout.spec import Count, Spec
+from turnout.spec import STRATEGIES, Count, FeatureToggle, Spec, owners
 from turnout.units import parse_duration
 
 FieldPath = tuple[str | int, ...]
@@ -68,7 +68,7 @@ def describe_error(path: FieldPath, errors: list[Any]) -> str:
     error = next((e for e in errors if e["type"] == "value_error"), errors[0])
     kind, value, ctx = error["type"], error.get("input"), error.get("ctx") or {}
     if kind == "extra_forbidden":
-        return "unknown field" + _field_hint(path)
+        return _unknown_field(path, tuple(error["loc"]))
     if kind == "missing":
         return "required field is missing"
     message = _message(path, kind, value, ctx, str(error["msg"]))
@@ -111,9 +111,26 @@ def _message(path: FieldPath, kind: str, value: Any, ctx: dict[str, Any], defaul
     return default
 
 
-def _field_hint(path: FieldPath) -> str:
+def _unknown_field(path: FieldPath, loc: tuple[str | int, ...]) -> str:
+    """An unknown field; in a strategy, one that another kind reads says which kind."""
+    kind = _strategy_kind(path, loc)
     name = str(path[-1])
-    known = sorted({f for model in _models_at(path[:-1]) for f in model.model_fields})
+    if kind is not None and path[:-1] == ("strategy",) and owners(name):
+        return f"only a {owners(name)} strategy uses {name}; this one is {kind!r}"
+    return "unknown field" + _field_hint(path, kind)
+
+
+def _strategy_kind(path: FieldPath, loc: tuple[str | int, ...]) -> str | None:
+    """The kind whose model reported an error under `strategy` (pydantic's loc names it)."""
+    if path[:1] == ("strategy",) and len(loc) > 1 and loc[0] == "strategy" and loc[1] in STRATEGIES:
+        return str(loc[1])
+    return None
+
+
+def _field_hint(path: FieldPath, kind: str | None = None) -> str:
+    name = str(path[-1])
+    models = [STRATEGIES[kind]] if kind and path[:-1] == ("strategy",) else models_at(path[:-1])
+    known = sorted({f for model in models for f in model.model_fields})
     close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
     if close:
         return f"; did you mean {close[0]!r}?"
@@ -136,7 +153,7 @@ def _is_model(tp: Any) -> bool:
     return get_origin(tp) is None and isinstance(tp, type) and issubclass(tp, BaseModel)
 
 
-def _models_at(path: FieldPath) -> list[type[BaseModel]]:
+def models_at(path: FieldPath) -> list[type[BaseModel]]:
     """The models that may sit at a path of the spec (several where a union allows)."""
     types: list[Any] = [Spec]
     for part in path:
@@ -160,7 +177,9 @@ def _field_index() -> dict[str, list[str]]:
     while pending:
         where, model = pending.pop(0)
         for name, info in model.model_fields.items():
-            index.setdefault(name, []).append(where or "the top level")
+            places = index.setdefault(name, [])
+            if (where or "the top level") not in places:  # the strategy kinds share fields
+                places.append(where or "the top level")
             for outer in _expand(info.annotation):
                 inner = get_args(outer)[0] if get_origin(outer) is list else outer
                 for candidate in _expand(inner):
@@ -207,11 +226,18 @@ def _is_duration(info: FieldInfo) -> bool:
 
 
 def plain_spec(model: BaseModel, *, defaults: bool = True) -> dict[str, Any]:
-    """A model as plain data in the spec's own notation (durations, counts, percentages)."""
+    """A model as plain data in the spec's own notation (durations, counts, percentages);
+    a strategy's `kind` first, and of a feature toggle only the fields its `ship` reads."""
     out: dict[str, Any] = {}
-    for name, info in type(model).model_fields.items():
+    fields = type(model).model_fields
+    names = model.fields_in_use() if isinstance(model, FeatureToggle) else list(fields)
+    strategy = type(model) in STRATEGIES.values()
+    if strategy:  # the kind says which fields follow, so it leads and is always written
+        names = ["kind", *(n for n in names if n != "kind")]
+    for name in names:
+        info = fields[name]
         value = getattr(model, name)
-        required = info.is_required()
+        required = info.is_required() or (strategy and name == "kind")
         default = None if required else info.get_default(call_default_factory=True)
         if (value is None and default is None and not required) or (
             not defaults and not required and value == default

@@ -24,7 +24,7 @@ from turnout.flags import FlagState, evaluate
 from turnout.flags.store import FlagStore
 from turnout.model import Revision
 from turnout.plan import Pause, dump_plan, load_plan, plan_hash
-from turnout.spec import Spec, Strategy
+from turnout.spec import Spec, parse_strategy
 from turnout.store.db import DeploymentRecord, Store
 from turnout.strategies import Fleet
 from turnout.testing import FakeClock, FakePlatform, FakeRouter, Journal, fake_http, traffic
@@ -72,7 +72,7 @@ class World:
     async def create(self, version: str, **strategy: Any) -> DeploymentRecord:
         """Plan and record a deployment of `version` the way `Session.deploy` does."""
         if strategy:
-            self.spec = self.spec.model_copy(update={"strategy": Strategy.model_validate(strategy)})
+            self.spec = self.spec.model_copy(update={"strategy": parse_strategy(strategy)})
         revision = Revision.of(self.spec, version)
         self.store.save_revision(revision)
         probe = self.executor()

@@ -9,7 +9,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from turnout.spec import CommandTest, Count, HttpTest, Spec
+from turnout.spec import Canary, CommandTest, Count, HttpTest, Rolling, Spec
 from turnout.specfile import dump_spec, format_duration, load_spec, parse_spec, spec_json_schema
 from turnout.units import parse_duration
 
@@ -31,8 +31,6 @@ routing:
   drain_timeout: 45
 strategy:
   kind: canary
-  max_surge: 25%
-  max_unavailable: 1
   steps:
     - weight: 10
     - pause: 30s
@@ -45,6 +43,9 @@ strategy:
     - users: [ann, bob]
     - {header: X-Beta, values: ["yes"]}
 """
+
+
+ROLLING = MINIMAL + "strategy:\n  max_surge: 25%\n  max_unavailable: 1\n"
 
 
 def _load(tmp_path: Path, text: str, overrides: tuple[str, ...] = ()) -> Spec:
@@ -75,15 +76,21 @@ def test_full_spec(tmp_path: Path) -> None:
     assert spec.run.grace == 0.5
     assert spec.health.deadline == 60.0
     assert spec.routing.drain_timeout == 45.0
-    assert spec.strategy.max_surge == Count(value=25, percent=True)
-    assert spec.strategy.max_surge.resolve(4, round_up=True) == 1
-    assert spec.strategy.max_unavailable == Count(value=1)
+    assert isinstance(spec.strategy, Canary)
     steps = spec.strategy.steps
     assert [s.weight for s in steps] == [10, None, None, 50, None, None, 100]
     assert [s.pause for s in steps] == [None, 30.0, None, None, "forever", "forever", None]
     assert steps[2].analysis is not None and steps[2].analysis.duration == 120.0
     assert spec.strategy.match[0].users == ["ann", "bob"]
     assert spec.preview_listen() == "127.0.0.1:9090"
+
+
+def test_rolling_counts(tmp_path: Path) -> None:
+    spec = _load(tmp_path, ROLLING)
+    assert isinstance(spec.strategy, Rolling)
+    assert spec.strategy.max_surge == Count(value=25, percent=True)
+    assert spec.strategy.max_surge.resolve(4, round_up=True) == 1
+    assert spec.strategy.max_unavailable == Count(value=1)
 
 
 @pytest.mark.parametrize(
@@ -170,7 +177,7 @@ def test_dump_reads_back_to_the_same_spec(tmp_path: Path) -> None:
     text = dump_spec(spec)
     assert "grace: 500ms" in text
     assert "deadline: 1m" in text
-    assert "max_surge: 25%" in text
+    assert "max_surge: 25%" in dump_spec(_load(tmp_path, ROLLING))
     assert parse_spec(text, "dump") == spec
     short = dump_spec(spec, defaults=False)
     assert "interval" not in short and "router:" not in short
@@ -191,7 +198,7 @@ def test_json_schema_describes_every_field() -> None:
     duration = run["grace"]
     assert {"type": "number", "minimum": 0} in duration["anyOf"]
     assert "description" in duration
-    surge = schema["$defs"]["Strategy"]["properties"]["max_surge"]
+    surge = schema["$defs"]["Rolling"]["properties"]["max_surge"]
     assert {"type": "integer", "minimum": 0} in surge["anyOf"]
     kinds = schema["$defs"]["Strategy"]["properties"]["kind"]["enum"]
     assert kinds == ["big-bang", "rolling", "blue-green", "canary", "feature-toggle"]

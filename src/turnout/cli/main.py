@@ -90,7 +90,7 @@ def _exit_for(record: DeploymentRecord | None) -> int:
 @FILE_OPTION
 @click.option("--strategy", default=None,
               type=click.Choice(list(PLANNERS)),
-              help="override strategy.kind")
+              help="deploy with this strategy kind; the fields of the spec's strategy it reads are kept")
 @SET_OPTION
 @click.option("--json", "as_json", is_flag=True, help="print events as JSON lines")
 def deploy(version: str, spec_file: str | None, strategy: str | None, overrides: tuple[str, ...],

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from turnout.plan import Promote, Route, RoutePool, Start, Step, WaitHealthy
+from turnout.plan import Drain, KeepWarm, Promote, Route, RoutePool, Start, Step, Stop, WaitHealthy
+from turnout.spec import Strategy
 
 
 @dataclass(frozen=True)
@@ -19,6 +21,23 @@ class Fleet:
     @property
     def new_slots(self) -> tuple[int, ...]:
         return tuple(range(self.instances))
+
+
+def started_from(plan: list[Step], *, target: str, previous: str | None, instances: int) -> Fleet:
+    """The fleet a plan was made from: the stable revision it replaces (`previous`) and the
+    slots of it the plan names (in tables, drains, stops and warm fleets), so that the plan
+    of a deployment can be made again and compared when it resumes."""
+    slots: set[int] = set()
+    for step in plan:
+        if isinstance(step, Route):
+            slots.update(s for pool in step.pools if pool.revision == previous for s in pool.slots)
+        elif isinstance(step, Drain | Stop | KeepWarm) and step.revision == previous:
+            slots.update(step.slots)
+    return Fleet(target=target, instances=instances, stable=previous, stable_slots=tuple(sorted(slots)))
+
+
+Planner = Callable[[Fleet, Strategy], list[Step]]
+"""What the registry holds for each kind: (fleet, the spec's strategy) -> steps."""
 
 
 def first_release(fleet: Fleet) -> list[Step]:

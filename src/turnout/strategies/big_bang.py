@@ -7,11 +7,11 @@ one, so a failed big bang ends with the previous version serving again.
 from __future__ import annotations
 
 from turnout.plan import Drain, Promote, Route, Start, Step, Stop, WaitHealthy
-from turnout.spec import Strategy
+from turnout.spec import BigBang
 from turnout.strategies.base import Fleet, only
 
 
-def plan(fleet: Fleet, params: Strategy) -> list[Step]:
+def plan(fleet: Fleet, params: BigBang) -> list[Step]:
     assert fleet.stable is not None
     old, new = fleet.stable_slots, fleet.new_slots
     return [

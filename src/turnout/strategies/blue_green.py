@@ -17,11 +17,11 @@ from turnout.plan import (
     Step,
     WaitHealthy,
 )
-from turnout.spec import Strategy
+from turnout.spec import BlueGreen
 from turnout.strategies.base import Fleet, only
 
 
-def plan(fleet: Fleet, params: Strategy) -> list[Step]:
+def plan(fleet: Fleet, params: BlueGreen) -> list[Step]:
     assert fleet.stable is not None
     blue, green = fleet.stable_slots, fleet.new_slots
     steps: list[Step] = [

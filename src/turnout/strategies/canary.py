@@ -25,11 +25,11 @@ from turnout.plan import (
     Stop,
     WaitHealthy,
 )
-from turnout.spec import Strategy
+from turnout.spec import Canary
 from turnout.strategies.base import Fleet, only
 
 
-def plan(fleet: Fleet, params: Strategy) -> list[Step]:
+def plan(fleet: Fleet, params: Canary) -> list[Step]:
     assert fleet.stable is not None
     n, stable = fleet.instances, fleet.stable
     match = tuple(

@@ -1,6 +1,7 @@
 """Feature toggle: ship the code dark, then switch the flag on for more and more users.
 
-The shipping strategy (`ship`) puts the new revision out with the flag off; the ramp
+The shipping strategy (`ship`, planned by the registry's planner of that kind, passed in
+so this module needs no registry) puts the new revision out with the flag off; the ramp
 then widens the flag step by step (named users, segments, a sticky percentage), each
 pause watching the flag's cohort at the router with the same gate as a canary. The
 last step switches the flag on for everyone. Going back switches the flag off, which
@@ -10,13 +11,13 @@ the router applies to the very next request.
 from __future__ import annotations
 
 from turnout.plan import Analyse, CohortSubject, Pause, SetFlag, Step
-from turnout.spec import Strategy
+from turnout.spec import FeatureToggle
+from turnout.strategies.base import Fleet, Planner
 
 
-def plan(ship: list[Step], params: Strategy) -> list[Step]:
-    assert params.flag is not None
+def plan(fleet: Fleet, params: FeatureToggle, *, ship: Planner) -> list[Step]:
     flag = params.flag
-    steps: list[Step] = [SetFlag(flag=flag, enabled=False), *ship]
+    steps: list[Step] = [SetFlag(flag=flag, enabled=False), *ship(fleet, params.shipping)]
     users: list[str] = []
     segments: list[str] = []
     percent = 0

@@ -9,11 +9,11 @@ the DESIGN order: start, wait healthy, route, drain, stop.
 from __future__ import annotations
 
 from turnout.plan import Drain, Promote, Route, RoutePool, Start, Step, Stop, WaitHealthy
-from turnout.spec import Strategy
+from turnout.spec import Rolling
 from turnout.strategies.base import Fleet
 
 
-def plan(fleet: Fleet, params: Strategy) -> list[Step]:
+def plan(fleet: Fleet, params: Rolling) -> list[Step]:
     assert fleet.stable is not None
     n = fleet.instances
     surge = params.max_surge.resolve(n, round_up=True)
