@@ -11,13 +11,10 @@ are polled on every call, so exited children are reaped instead of lingering as 
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import signal
 import socket
 import subprocess
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,20 +130,27 @@ def reap() -> None:
 def spawn(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], log: Path) -> int:
     """Start `argv` without a shell in a new session, output appended to `log`; return its pid.
 
-    Raises OSError (FileNotFoundError, PermissionError, ...) when the program cannot run.
+    This is how turnout starts every process that outlives the command starting it: the
+    instances, the builtin router and the reaper. `env` is the child's whole environment.
+    The log is made readable by its owner only (0600, its folder 0700): output may hold
+    what the program was given. Raises OSError (FileNotFoundError, PermissionError, ...)
+    when the program cannot run.
     """
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as out:
+    log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
         child = subprocess.Popen(
             list(argv),
             cwd=cwd,
             env=dict(env),
             stdin=subprocess.DEVNULL,
-            stdout=out,
+            stdout=fd,
             stderr=subprocess.STDOUT,
             start_new_session=True,
             close_fds=True,
         )
+    finally:
+        os.close(fd)
     _CHILDREN[child.pid] = child
     return child.pid
 
@@ -158,22 +162,6 @@ def free_port(host: str) -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
     return port
-
-
-def write_json_atomic(path: Path, data: object) -> None:
-    """Write JSON to a temporary file beside `path`, fsync it, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def tail_file(path: Path, lines: int) -> str:

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from turnout import procs
+from turnout.files import write_atomic
 from turnout.statedir import StateDir
 
 
@@ -41,7 +42,7 @@ def start(state: StateDir, spec_path: Path, overrides: Sequence[str]) -> int:
     pid = procs.spawn(argv, cwd=spec_path.parent, env=os.environ, log=state.reaper_log)
     ticks = procs.start_ticks(pid)
     record = {"pid": pid, "started": ticks, "boot_id": procs.boot_id()}
-    procs.write_json_atomic(state.reaper_record, record)
+    write_atomic(state.reaper_record, json.dumps(record).encode())
     return pid
 
 

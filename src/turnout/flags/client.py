@@ -30,6 +30,7 @@ from typing import Any
 
 import httpx
 
+from turnout.files import write_atomic
 from turnout.flags.evaluate import evaluate, variant
 from turnout.flags.model import Context, Result, VariantResult
 from turnout.flags.state import FlagState
@@ -360,9 +361,7 @@ class FlagClient(_Holder):
         if self._cache is None:
             return
         try:
-            tmp = self._cache.with_name(self._cache.name + ".tmp")
-            tmp.write_text(json.dumps(doc, separators=(",", ":")))
-            os.replace(tmp, self._cache)
+            write_atomic(self._cache, json.dumps(doc, separators=(",", ":")).encode(), durable=False)
         except OSError as exc:
             log.warning("could not write the flag cache %s: %s", self._cache, exc)
 

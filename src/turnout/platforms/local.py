@@ -21,6 +21,7 @@ from typing import Any
 
 from turnout import procs
 from turnout.errors import PlatformError
+from turnout.files import write_atomic
 from turnout.model import Instance, Revision
 from turnout.statedir import StateDir
 
@@ -88,7 +89,7 @@ class LocalPlatform:
             "cwd": str(launch.cwd),
         }
         try:
-            procs.write_json_atomic(self._record_path(instance.id), record)
+            write_atomic(self._record_path(instance.id), json.dumps(record, indent=2).encode())
         except OSError as exc:
             procs.signal_group(pid, started, signal.SIGKILL)
             raise PlatformError(f"cannot write the record of {instance.id}: {exc}") from exc

@@ -50,12 +50,6 @@ def router_env(source: dict[str, str] | None = None) -> dict[str, str]:
     return procs.child_env(names, {}, source=own)
 
 
-def _spawn(argv: list[str], log_path: Path) -> int:
-    """Start `argv` in its own session with output appended to `log_path`; return its pid."""
-    os.close(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
-    return procs.spawn(argv, cwd=log_path.parent, env=router_env(), log=log_path)
-
-
 def _log_tail(path: Path, lines: int = 15) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -205,7 +199,7 @@ class BuiltinRouter:
             argv += ["--preview-listen", self.preview_listen]
         argv += ["--state-dir", str(self.state_dir.resolve())]
         try:
-            pid = _spawn(argv, self.log_path)
+            pid = procs.spawn(argv, cwd=self.log_path.parent, env=router_env(), log=self.log_path)
         except OSError as exc:
             raise RouterError(f"cannot start the builtin router: {exc}") from exc
         started = procs.start_ticks(pid)

@@ -22,7 +22,7 @@ from typing import cast
 from httptools import HttpParserError, HttpRequestParser
 from pydantic import ValidationError
 
-from turnout.routers.proxy.files import write_atomic
+from turnout.files import write_atomic
 from turnout.routers.proxy.flags import SettingsError, older_than, parse_settings, save_settings
 from turnout.routers.proxy.state import Proxy
 from turnout.routers.table import RoutingTable

@@ -28,8 +28,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from turnout.files import write_atomic
 from turnout.flags import FlagState, evaluate
-from turnout.routers.proxy.files import write_atomic
 from turnout.routers.proxy.metrics import RevisionCounters
 from turnout.statedir import RouterFiles
 

@@ -22,8 +22,8 @@ from bisect import bisect_left
 from pathlib import Path
 from typing import Any
 
+from turnout.files import write_atomic
 from turnout.routers.base import LATENCY_BOUNDS, Counters, RouterStats
-from turnout.routers.proxy.files import write_atomic
 from turnout.statedir import RouterFiles
 
 # router-made answers that mean the instance could not be reached or heard from

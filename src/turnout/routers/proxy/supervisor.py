@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -24,6 +25,7 @@ from types import FrameType
 
 from turnout import procs
 from turnout.addresses import join_host_port, split_host_port
+from turnout.files import write_atomic
 from turnout.statedir import RouterFiles, make_private
 
 STOP_SECONDS = 8
@@ -136,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     _install_signals(state)
     me = os.getpid()
     identity = {"pid": me, "started": procs.start_ticks(me), "boot_id": procs.boot_id()}
-    procs.write_json_atomic(pid_path, identity)
+    write_atomic(pid_path, json.dumps(identity).encode())
     fds = {name: sock.fileno() for name, sock in socks.items()}
     listening = join_host_port(*args.listen)
     print(f"proxy: pid {os.getpid()} listening on {listening}", file=sys.stderr, flush=True)
