@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict
 
+from turnout.addresses import join_host_port
 from turnout.spec import Health, Run, Spec
 
 
@@ -55,7 +56,7 @@ class Instance:
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        return join_host_port(self.host, self.port)
 
     @property
     def id(self) -> str:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import uvloop
 
+from turnout.addresses import join_host_port
 from turnout.routers.proxy.admin import AdminConn, load_table
 from turnout.routers.proxy.flags import load_settings
 from turnout.routers.proxy.server import ClientConn
@@ -53,7 +54,7 @@ def _more_files() -> None:
 
 def _address(sock: socket.socket) -> str:
     host, port = sock.getsockname()[:2]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return join_host_port(host, port)
 
 
 async def serve(listen_fd: int, preview_fd: int | None, admin_fd: int, state_dir: Path) -> None:
