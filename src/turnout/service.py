@@ -1,6 +1,7 @@
 """The service layer: what the CLI (and later the API and dashboard) call.
 
-`Session.open()` loads the spec and builds the store, platform and router it names;
+`Session.open()` loads the spec and builds the store, and the platform and router it
+names through `turnout.wiring` (this module holds them only as `Platform` and `Router`);
 deploy, status, promote, abort, rollback, history and down are methods on it. A
 per-service lock (an flock the kernel drops when its holder dies) keeps two deployments
 apart, and a deployment whose holder died is found in the store and resumed or undone.
@@ -22,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from turnout import reaper, strategies
+from turnout import reaper, strategies, wiring
 from turnout.clock import Clock, SystemClock
 from turnout.engine.events import Emit, Event, ignore
 from turnout.engine.executor import Executor
@@ -43,11 +44,10 @@ from turnout.plan import (
     plan_hash,
     stored_plan_hash,
 )
-from turnout.platforms.local import LocalPlatform
-from turnout.routers.base import RouterStats
-from turnout.routers.builtin import BuiltinRouter
+from turnout.platforms.base import Platform
+from turnout.routers.base import Router, RouterStats
 from turnout.spec import STRATEGIES, Spec
-from turnout.specfile import load_spec, with_kind
+from turnout.specfile import with_kind
 from turnout.statedir import StateDir
 from turnout.status import (
     DeploymentStatus,
@@ -70,8 +70,8 @@ class Session:
     spec_dir: Path
     state: StateDir
     store: Store
-    platform: LocalPlatform
-    router: BuiltinRouter
+    platform: Platform
+    router: Router
     http: httpx.AsyncClient
     clock: Clock = field(default_factory=SystemClock)
     emit: Emit = ignore
@@ -85,12 +85,12 @@ class Session:
     async def open(
         cls, spec_path: Path, overrides: tuple[str, ...] = (), *, emit: Emit = ignore
     ) -> AsyncIterator[Session]:
-        spec = load_spec(spec_path, overrides)
+        spec = wiring.load_spec(spec_path, overrides)
         state = StateDir.for_spec(spec_path).create()
         spec_dir = state.spec_dir
         store = Store.open(state.database_url)
-        platform = LocalPlatform(state=state)
-        router = BuiltinRouter(state.router.path, listen=spec.listen, preview_listen=spec.preview_listen())
+        platform = wiring.build_platform(spec, state)
+        router = wiring.build_router(spec, state)
         async with httpx.AsyncClient(trust_env=False) as http:
             session = cls(spec, spec_dir, state, store, platform, router, http, emit=emit,
                           spec_path=spec_dir / spec_path.name, overrides=overrides)
@@ -184,7 +184,7 @@ class Session:
         carried on, unless the spec no longer plans it step for step (UserError, exit 2).
         """
         if strategy is not None:
-            self.spec = with_kind(self.spec, strategy)
+            self.spec = with_kind(self.spec, strategy, checks=(wiring.check,))
         spec = self.spec
         revision = Revision.of(spec, version)
         async with self.lock():
@@ -287,7 +287,7 @@ class Session:
         """Stop what nothing needs: warm fleets past their window and orphaned instances."""
         stable = self.store.stable(self.spec.service)
         now = self.clock.wall()
-        table = await self.router.table() if self.router.pid() is not None else None
+        table = await self.router.table() if (await self.router.describe()).running else None
         routed = table.backend_ids() if table else set()
         records = {r.instance.id: r for r in self.store.instances(self.spec.service)}
 
@@ -450,7 +450,7 @@ class Session:
         service = self.spec.service
         stable = self.store.stable(service)
         revision = self.store.revision(stable) if stable else None
-        table = await self.router.table() if (self.router.pid() is not None) else None
+        table = await self.router.table() if (await self.router.describe()).running else None
         stats = await self.router.stats() if table is not None else None
         latest = self.store.history(service, limit=1)
         return Status(
@@ -505,8 +505,7 @@ class Session:
             found: dict[str, Instance] = {r.instance.id: r.instance for r in records}
             found.update({i.id: i for i in await self.platform.instances(self.spec.service)})
             reaper.stop(self.state)
-            if (self.router.pid() is not None):
-                await self.router.stop()
+            await self.router.stop()
             for instance in found.values():
                 await self.platform.stop(instance, grace=self.spec.run.grace)
                 self.store.remove_instance(instance.id)

@@ -3,11 +3,14 @@
 `FakeClock` makes a ten-minute pause instant; `FakePlatform` "runs" instances as records
 with made-up ports and can be told that a revision fails to start, exits at once or
 answers its health check with 500; `FakeRouter` keeps every table it was given and
-reports counters a test sets per revision (to drive gates). `fake_http` answers HTTP for
-the fake instances through httpx's own `MockTransport`, so the engine's real health
-checks run unchanged. A shared `Journal` records starts, stops and table applies in one
-order, and flags any instance stopped while the table in effect still lists it: the
-DESIGN's "remove from the router first" rule, checked on every test for free.
+reports counters a test sets per revision (to drive gates). Both pass the same contract
+suites as the real adapters (tests/contract): `reopen()` is a restarted control plane
+over the same fake machine, and the router keeps its table and flags across a stop.
+`fake_http` answers HTTP for the fake instances through httpx's own `MockTransport`, so
+the engine's real health checks run unchanged. A shared `Journal` records starts, stops
+and table applies in one order, and flags any instance stopped while the table in effect
+still lists it: the DESIGN's "remove from the router first" rule, checked on every test
+for free.
 
 Wherever a fake takes a set of names, an entry names a revision (its id or its version)
 or one instance (its id, `<revision id>-<slot>`).
@@ -17,16 +20,30 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import copy
 import itertools
+import json
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import httpx
 
 from turnout.errors import PlatformError, RouterError
 from turnout.model import Instance, Revision
-from turnout.routers.base import LATENCY_BOUNDS, Counters, RouterStats
+from turnout.routers.base import (
+    LATENCY_BOUNDS,
+    Capability,
+    Counters,
+    NotSupported,
+    RouterHasNewer,
+    RouterInfo,
+    RouterStats,
+)
+from turnout.routers.proxy.flags import SettingsError, empty_settings, parse_settings
 from turnout.routers.table import RoutingTable
+from turnout.spec import Spec
+from turnout.statedir import StateDir
 
 __all__ = ["FakeClock", "FakePlatform", "FakeRouter", "Journal", "fake_http", "traffic"]
 
@@ -88,7 +105,16 @@ def _named(names: set[str], revision: str, version: str, slot: int | None = None
 
 
 class FakePlatform:
-    """A `Platform` whose instances are records; every start gets a new port and pid."""
+    """A `Platform` whose instances are records; every start gets a new port and pid.
+
+    Like the local platform, starting a slot whose instance still runs returns that
+    instance (a step run twice), and `reopen()` finds the live ones again.
+    """
+
+    @classmethod
+    def build(cls, spec: Spec, state: StateDir) -> FakePlatform:
+        """For `turnout.wiring` registries in tests."""
+        return cls()
 
     def __init__(
         self, *, host: str = "127.0.0.1", first_port: int = 41_000, journal: Journal | None = None
@@ -111,6 +137,9 @@ class FakePlatform:
         await asyncio.sleep(0)
         if _named(self.fail_start, revision.id, revision.version, slot):
             raise PlatformError(f"cannot start {revision.id} slot {slot}: told to fail")
+        existing = self._running.get(f"{revision.id}-{slot}")
+        if existing is not None and self._is_alive(existing):
+            return existing
         pid = next(self._pids)
         instance = Instance(
             service=revision.service, revision=revision.id, version=revision.version, slot=slot,
@@ -137,6 +166,9 @@ class FakePlatform:
     async def instances(self, service: str) -> list[Instance]:
         return [i for i in self.live() if i.service == service]
 
+    async def log_tail(self, instance: Instance, *, lines: int = 20) -> str:
+        return self.tail(instance, lines)
+
     async def aclose(self) -> None:
         self.closed = True
 
@@ -145,6 +177,12 @@ class FakePlatform:
         if instance in self._dead:
             return f"fake {instance.id}: exited with status 1\n"
         return f"fake {instance.id}: listening on {instance.address}\n"
+
+    def reopen(self) -> FakePlatform:
+        """A new control plane on the same fake machine: it sees the same processes."""
+        twin = copy.copy(self)  # shares the running set, the dead set, the journal, the counters
+        twin.closed = False
+        return twin
 
     # -- for tests -----------------------------------------------------------------
     def crash(self, instance: Instance) -> None:
@@ -215,29 +253,79 @@ def _plus(a: Counters, b: Counters) -> Counters:
     )
 
 
+@dataclass
+class _Life:
+    """Whether the fake router's "process" runs, shared by every adapter over it."""
+
+    running: bool
+
+
 class FakeRouter:
     """A `Router` that keeps every applied table and reports counters the test sets.
 
     `count()` adds traffic once; `flow()` adds traffic at every `stats()` reading, like
     live load between two looks of a gate; a name `flag:<flag>:on` counts a flag cohort.
-    Backends in `busy` never drain. `flag_pushes` keeps every `set_flags` call taken and
-    `flag_revisions` their revisions; one older than the last is refused like the proxy does.
+    Backends in `busy` never drain. `flag_pushes` keeps every `set_flags` call taken (with
+    the settings then in effect) and `flag_revisions` their revisions; the flag settings are
+    checked by the proxy's own parser, and one older than the last is refused like the proxy
+    does. It starts running (a router an earlier command started) unless `running=False`;
+    while stopped it answers nothing, like a process that is gone, and keeps its table and
+    flags for its next start. A subclass may declare fewer `capabilities`.
     """
 
-    def __init__(self, *, journal: Journal | None = None) -> None:
+    kind = "fake"
+    capabilities: ClassVar[frozenset[Capability]] = frozenset(Capability)
+
+    @classmethod
+    def build(cls, spec: Spec, state: StateDir) -> FakeRouter:
+        """For `turnout.wiring` registries in tests."""
+        return cls()
+
+    def __init__(self, *, journal: Journal | None = None, running: bool = True) -> None:
         self.journal = journal or Journal()
         self.tables: list[RoutingTable] = []
         self.counters: dict[str, Counters] = {}
         self.flows: dict[str, Counters] = {}
         self.busy: set[str] = set()
         self.fail_apply: str | None = None  # apply raises RouterError with this text
+        self.fail_start: str | None = None  # ensure_running raises RouterError with this text
         self.stats_reads = 0
         self.closed = False
         self.flag_pushes: list[tuple[dict[str, Any], list[str], str]] = []
         self.flag_revisions: list[int] = []
+        self.flag_settings: dict[str, Any] = empty_settings()
+        self._life = _Life(running)
 
+    # -- lifecycle -----------------------------------------------------------------
+    async def ensure_running(self) -> None:
+        await asyncio.sleep(0)
+        if self.fail_start is not None:
+            raise RouterError(self.fail_start)
+        self._life.running = True
+
+    async def stop(self) -> None:
+        await asyncio.sleep(0)
+        self._life.running = False
+
+    async def describe(self) -> RouterInfo:
+        return RouterInfo(kind=self.kind, running=self._life.running,
+                          preview="fake-preview" if Capability.PREVIEW in self.capabilities else None,
+                          details={"tables": str(len(self.tables))})
+
+    def reopen(self) -> FakeRouter:
+        """Another adapter over the same router "process" (a restarted control plane)."""
+        twin = copy.copy(self)  # shares tables, counters, flags and whether it runs
+        twin.closed = False
+        return twin
+
+    def _answering(self) -> None:
+        if not self._life.running:
+            raise RouterError(f"the {self.kind} router is not running")
+
+    # -- Router --------------------------------------------------------------------
     async def apply(self, table: RoutingTable) -> None:
         await asyncio.sleep(0)
+        self._answering()
         if self.fail_apply is not None:
             raise RouterError(self.fail_apply)
         current = self.tables[-1] if self.tables else None
@@ -247,31 +335,50 @@ class FakeRouter:
         self.journal.applied(table)
 
     async def table(self) -> RoutingTable | None:
+        self._answering()
         return self.tables[-1] if self.tables else None
 
     async def stats(self) -> RouterStats:
+        self._answering()
         self.stats_reads += 1
         for revision, flow in self.flows.items():
             self.counters[revision] = _plus(self.counters.get(revision, Counters()), flow)
         table = self.tables[-1] if self.tables else RoutingTable()
+        cohorts = {f"{name}:{side}": Counters() for name in self.flag_settings["evaluate"]
+                   for side in ("on", "off")}
+        cohorts |= {r.removeprefix("flag:"): c.model_copy(deep=True)
+                    for r, c in self.counters.items() if r.startswith("flag:")}
         return RouterStats(
             worker="fake", generation=table.generation,
             revisions={r: c.model_copy(deep=True) for r, c in self.counters.items()
                        if not r.startswith("flag:")},
-            in_flight={b: 1 for b in self.busy},
-            cohorts={r.removeprefix("flag:"): c.model_copy(deep=True) for r, c in self.counters.items()
-                     if r.startswith("flag:")},
+            in_flight={**{b: 0 for b in table.backend_ids()}, **{b: 1 for b in self.busy}},
+            cohorts=cohorts,
         )
 
-    async def set_flags(self, state: dict[str, Any], *, evaluate: list[str], header: str,
-                        revision: int) -> None:
+    async def set_flags(self, state: dict[str, Any], *, revision: int,
+                        evaluate: list[str] | None = None, header: str | None = None) -> None:
         await asyncio.sleep(0)
-        if self.flag_revisions and revision < self.flag_revisions[-1]:
-            raise RouterError(f"flag revision {revision} is older than {self.flag_revisions[-1]}")
-        self.flag_pushes.append((state, evaluate, header))
+        if Capability.FLAGS not in self.capabilities:
+            raise NotSupported(self.kind, Capability.FLAGS)
+        self._answering()
+        sent: dict[str, Any] = {"state": state, "revision": revision}
+        sent |= {k: v for k, v in (("evaluate", evaluate), ("header", header)) if v is not None}
+        try:
+            settings, _ = parse_settings(json.dumps(sent).encode(), self.flag_settings)
+        except SettingsError as exc:
+            raise RouterError(f"the {self.kind} router refused the flags: {exc}") from exc
+        held = int(self.flag_settings["revision"])
+        if revision < held:
+            raise RouterHasNewer(f"flag revision {revision} is older than {held}", held)
+        self.flag_settings = settings
+        self.flag_pushes.append((state, list(settings["evaluate"]), str(settings["header"])))
         self.flag_revisions.append(revision)
 
-    async def drained(self, backend_id: str) -> bool:
+    async def drained(self, backend_id: str) -> bool | None:
+        if Capability.DRAIN not in self.capabilities:
+            return None
+        self._answering()
         return backend_id not in self.busy
 
     async def aclose(self) -> None:

@@ -142,8 +142,8 @@ def test_spec_option_database_url_and_router_push(folder: Path,
     (hook / "sitecustomize.py").write_text(textwrap.dedent("""\
         import json, sys, types
         push = types.ModuleType("turnout.flags.push")
-        def push_to_router(spec_dir, state):
-            (spec_dir / "pushed.json").write_text(json.dumps(state))
+        def push_to_router(spec, state):  # the spec file the command was given
+            (spec.parent / "pushed.json").write_text(json.dumps(state))
         push.push_to_router = push_to_router
         sys.modules["turnout.flags.push"] = push
     """))

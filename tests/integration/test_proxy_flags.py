@@ -283,7 +283,9 @@ async def test_without_evaluated_flags_no_header_is_added(
 
 @pytest.fixture
 def spec_dir() -> Iterator[Path]:
+    """A spec folder: its turnout.yaml names the router that flag pushes go to (builtin)."""
     path = Path(tempfile.mkdtemp(prefix="tf-"))  # short: unix socket paths are limited
+    (path / "turnout.yaml").write_text("service: shop\nrun: {command: [app]}\nrouter: builtin\n")
     yield path
     shutil.rmtree(path, ignore_errors=True)
 

@@ -147,8 +147,9 @@ def parse_listen(value: str) -> tuple[str, int]:
         raise UserError(f"--listen: {exc}") from None
 
 
-async def feed_router(live: Live, gateway: Gateway, spec_dir: Path) -> None:
-    """Push every new revision of the flags to the service's builtin router, if it runs.
+async def feed_router(live: Live, gateway: Gateway, spec: Path) -> None:
+    """Push every new revision of the flags to the router of the spec file `spec`, if it runs
+    and evaluates flags (through the `Router` seam: see `turnout.flags.push`).
 
     Changes reach the server from anywhere (its admin API, the CLI, a deployment); this
     makes the router follow them too, within one poll of the flag store.
@@ -160,7 +161,7 @@ async def feed_router(live: Live, gateway: Gateway, spec_dir: Path) -> None:
         snapshot = live.snapshot
         if snapshot is not None and snapshot.revision != pushed:
             try:
-                await gateway.run(push_to_router, spec_dir, json.loads(snapshot.body))
+                await gateway.run(push_to_router, spec, json.loads(snapshot.body))
                 pushed = snapshot.revision
             except TurnoutError as exc:
                 log.warning("cannot give the router the new flags: %s", exc)
@@ -178,11 +179,11 @@ async def sweep(connections: set[Connection], every: float) -> None:
 
 
 async def serve(store: FlagStore, host: str, port: int, *,
-                stop: asyncio.Event | None = None, spec_dir: Path | None = None,
+                stop: asyncio.Event | None = None, spec: Path | None = None,
                 limits: Limits = DEFAULT) -> None:
     """Serve until `stop` is set (or SIGTERM/SIGINT), then close streams and drain.
 
-    With `spec_dir`, the service's builtin router gets every change of the flags too."""
+    With `spec` (a spec file), the service's router gets every change of the flags too."""
     loop = asyncio.get_running_loop()
     if stop is None:
         stop = asyncio.Event()
@@ -207,8 +208,8 @@ async def serve(store: FlagStore, host: str, port: int, *,
                      asyncio.create_task(sweep(connections, limits.sweep_s)),
                      asyncio.create_task(app.tokens.follow(
                          lambda: gateway.run(store.token_revocations)))]
-        if spec_dir is not None:
-            followers.append(asyncio.create_task(feed_router(app.live, gateway, spec_dir)))
+        if spec is not None:
+            followers.append(asyncio.create_task(feed_router(app.live, gateway, spec)))
         await stop.wait()
         server.close()
         app.live.close_streams()
@@ -230,16 +231,22 @@ async def _drain(connections: set[Connection]) -> None:
         await asyncio.sleep(0.02)
 
 
-def state_folder(spec_file: str | None) -> StateDir | None:
-    """The state folder beside the spec file, or None when there is none (flags only, no router)."""
+def spec_path(spec_file: str | None) -> Path | None:
+    """The spec file (`-f`, else ./turnout.yaml), or None when there is none (flags only)."""
     from turnout.specfile import find_spec
 
     try:
-        return StateDir.for_spec(find_spec(Path.cwd(), spec_file))
+        return find_spec(Path.cwd(), spec_file).resolve()
     except UserError:
         if spec_file is not None:
             raise
         return None
+
+
+def state_folder(spec_file: str | None) -> StateDir | None:
+    """The state folder beside the spec file, or None when there is none (flags only, no router)."""
+    spec = spec_path(spec_file)
+    return None if spec is None else StateDir.for_spec(spec)
 
 
 def database_url(state: StateDir | None) -> str:
@@ -291,15 +298,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     limits = from_args(args)
     try:
         host, port = parse_listen(args.listen)
-        state = state_folder(args.file)
+        spec = spec_path(args.file)
+        state = None if spec is None else StateDir.for_spec(spec)
         store = FlagStore.open(database_url(state))
-        spec_dir = None if state is None else state.spec_dir
     except TurnoutError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     _allow_open_files(limits.max_connections)
     try:
-        _run(serve(store, host, port, spec_dir=spec_dir, limits=limits))
+        _run(serve(store, host, port, spec=spec, limits=limits))
     except OSError as exc:
         print(f"error: cannot listen on {args.listen}: {exc}", file=sys.stderr)
         return 1

@@ -44,12 +44,12 @@ class FlagsContext:
     spec_file: str | None
 
     @property
-    def state(self) -> StateDir:
-        return StateDir.for_spec(find_spec(Path.cwd(), self.spec_file))
+    def spec_path(self) -> Path:
+        return find_spec(Path.cwd(), self.spec_file).resolve()
 
     @property
-    def spec_dir(self) -> Path:
-        return self.state.spec_dir
+    def state(self) -> StateDir:
+        return StateDir.for_spec(self.spec_path)
 
     @contextmanager
     def store(self) -> Iterator[FlagStore]:
@@ -64,7 +64,7 @@ class FlagsContext:
         """The store, for a change; the new state goes to the router afterwards."""
         with self.store() as store:
             yield store
-            push_state(self.spec_dir, store)
+            push_state(self.spec_path, store)
 
 
 def who() -> str:
@@ -74,8 +74,8 @@ def who() -> str:
         return "cli:unknown"
 
 
-def push_state(spec_dir: Path, store: FlagStore) -> bool | None:
-    """Push the store's state to the spec folder's router: whether one took it.
+def push_state(spec: Path, store: FlagStore) -> bool | None:
+    """Push the store's state to the router of the spec file `spec`: whether one took it.
 
     A router holding a newer revision of this same store already has the change (another
     process pushed after it); any other refusal is a RouterError (exit 1) saying that the
@@ -88,9 +88,9 @@ def push_state(spec_dir: Path, store: FlagStore) -> bool | None:
     push = cast(Callable[[Path, dict[str, Any]], "bool | None"], module.push_to_router)
     state = store.state()
     revision = state["meta"]["revision"]
-    router = StateDir.beside(spec_dir).router
+    router = StateDir.for_spec(spec).router
     try:
-        return push(spec_dir, state)
+        return push(spec, state)
     except TurnoutError as exc:
         held = getattr(exc, "revision", None)
         if isinstance(held, int) and held <= store.revision():
@@ -312,7 +312,7 @@ def archive(obj: FlagsContext, name: str) -> None:
 def push(obj: FlagsContext) -> None:
     """Send the store's flags to the service's builtin router again (if it runs)."""
     with obj.store() as store:
-        pushed = push_state(obj.spec_dir, store)
+        pushed = push_state(obj.spec_path, store)
         revision = store.revision()
     if pushed:
         click.echo(f"the builtin router has flag revision {revision} (or newer)")

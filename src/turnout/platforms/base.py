@@ -1,4 +1,10 @@
-"""The `Platform` seam: start, stop and rediscover instances of a revision."""
+"""The `Platform` seam: start, stop and rediscover instances of a revision.
+
+A platform is where instances run (`local`: processes on this machine; `ssh` later:
+units on hosts). Its adapter is built by `turnout.wiring` from the spec, and the service
+and the engine use it only through this protocol. Every method may do I/O, so every one
+is async, the log tail included (a remote platform reads it over the network).
+"""
 
 from __future__ import annotations
 
@@ -21,7 +27,13 @@ class Platform(Protocol):
         ...
 
     async def instances(self, service: str) -> list[Instance]:
-        """Every live instance of the service, found again after a crash."""
+        """Every live instance of the service, found again by a restarted control plane."""
         ...
 
-    async def aclose(self) -> None: ...
+    async def log_tail(self, instance: Instance, *, lines: int = 20) -> str:
+        """The last `lines` lines of the instance's output, to show why it failed ('' if none)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Let go of what the adapter holds; instances keep running on purpose."""
+        ...

@@ -23,6 +23,7 @@ from turnout import procs
 from turnout.errors import PlatformError
 from turnout.files import write_atomic
 from turnout.model import Instance, Revision
+from turnout.spec import Spec
 from turnout.statedir import StateDir
 
 _POLL = 0.05  # seconds between checks while waiting for a process to exit
@@ -40,6 +41,11 @@ class _Launch:
 
 class LocalPlatform:
     """Start, stop and rediscover instances as local processes (see the module docstring)."""
+
+    @classmethod
+    def build(cls, spec: Spec, state: StateDir) -> LocalPlatform:
+        """The spec's platform over its state folder (for `turnout.wiring`)."""
+        return cls(state=state)
 
     def __init__(self, *, state: StateDir, host: str = "127.0.0.1") -> None:
         self.state = state
@@ -124,6 +130,9 @@ class LocalPlatform:
             else:
                 path.unlink(missing_ok=True)
         return found
+
+    async def log_tail(self, instance: Instance, *, lines: int = 20) -> str:
+        return self.tail(instance, lines)
 
     async def aclose(self) -> None:
         """Reap children that have exited; running instances are left running on purpose."""

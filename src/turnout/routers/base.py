@@ -1,11 +1,26 @@
-"""The `Router` seam: apply a table atomically, read it back, count traffic, report drains."""
+"""The `Router` seam: lifecycle, declared capabilities, tables, counters, drains and flags.
+
+A router is one process (or service) that carries users' requests to instances. Its
+adapter is built by `turnout.wiring` from the spec and used only through `Router`:
+`ensure_running` / `stop` / `describe` for its life, `apply` / `table` for the routing
+table (atomic, in effect on return), `stats` and `drained` for what it saw, `set_flags`
+for per-request flag evaluation.
+
+Routers differ in what they can do, so each declares its `capabilities`; the wiring
+refuses a spec that needs one the chosen router lacks before anything starts. A method of
+an optional capability the router lacks does not pretend, in the manner of argo-rollouts'
+`VerifyWeight`: `drained` answers None ("cannot tell": wait the drain timeout) and
+`set_flags` raises `NotSupported`.
+"""
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from turnout.errors import RouterError
 from turnout.routers.table import RoutingTable
 
 # Upper bounds (seconds) of the latency histogram buckets; the last bucket is +Inf.
@@ -91,25 +106,114 @@ class RouterStats(BaseModel):
     unrouted: Counters = Field(default_factory=Counters)
 
 
+class Capability(StrEnum):
+    """What a router may be able to do beyond sending every request to some instance."""
+
+    WEIGHTS = "weights"  # split traffic between revisions by percent, whatever their sizes
+    STICKINESS = "stickiness"  # keep each user on one revision by the user key
+    MATCH = "match"  # send chosen users (header, cookie or user key) to a revision
+    PREVIEW = "preview"  # serve a revision not in traffic on a second address
+    FLAGS = "flags"  # evaluate flags for each request and count their cohorts
+    DRAIN = "drain"  # report the requests in flight to each instance
+
+
+# What a router lacking a capability cannot do, as the refusal of a spec says it.
+CANNOT: dict[Capability, str] = {
+    Capability.WEIGHTS: "split traffic between revisions by weight",
+    Capability.STICKINESS: "keep each user on one revision by the user key",
+    Capability.MATCH: "send chosen users to a revision",
+    Capability.PREVIEW: "serve a revision on a preview address",
+    Capability.FLAGS: "evaluate flags for each request",
+    Capability.DRAIN: "tell when an instance has no request in flight",
+}
+
+
+class NotSupported(RouterError):
+    """The router lacks the optional capability a call needs; it says so instead of pretending."""
+
+    def __init__(self, router: str, capability: Capability) -> None:
+        super().__init__(f"the router {router!r} cannot {CANNOT[capability]} (not supported)")
+        self.router = router
+        self.capability = capability
+
+
+class RouterHasNewer(RouterError):
+    """The router refused a flag state: it holds a newer flag revision, `revision`."""
+
+    def __init__(self, message: str, revision: int) -> None:
+        super().__init__(message)
+        self.revision = revision
+
+
+class RouterInfo(BaseModel):
+    """What a router is and where, for `turnout status` and for error messages."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    kind: str  # the spec's router.kind
+    running: bool
+    listen: str | None = None  # where users connect
+    preview: str | None = None  # where a revision not in traffic is served, if anywhere
+    details: dict[str, str] = Field(default_factory=dict)  # pid, admin address, log, ...
+
+    def __str__(self) -> str:
+        state = "running" if self.running else "not running"
+        where = [f"listen {self.listen}"] if self.listen else []
+        where += [f"{k} {v}" for k, v in self.details.items()]
+        return f"{self.kind} router ({', '.join([state, *where])})"
+
+
 class Router(Protocol):
-    async def apply(self, table: RoutingTable) -> None:
-        """Put `table` in effect atomically; return only once it serves requests."""
+    """The traffic layer, as the service and the engine use it (see the module docstring)."""
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        """What this router can do; fixed for its kind."""
         ...
 
-    async def table(self) -> RoutingTable | None: ...
+    async def ensure_running(self) -> None:
+        """Start the router unless it runs; return once it serves. RouterError if it cannot."""
+        ...
+
+    async def stop(self) -> None:
+        """End the router (its table stays for the next start); a stopped one is no error."""
+        ...
+
+    async def describe(self) -> RouterInfo:
+        """What it is, whether it runs and where; never raises for a router that is down."""
+        ...
+
+    async def apply(self, table: RoutingTable) -> None:
+        """Put `table` in effect atomically; return only once it serves requests.
+
+        A table older (by generation) than the one in effect is refused with RouterError.
+        """
+        ...
+
+    async def table(self) -> RoutingTable | None:
+        """The table in effect; None before any was applied."""
+        ...
 
     async def stats(self) -> RouterStats: ...
 
-    async def drained(self, backend_id: str) -> bool:
-        """True once no request is in flight to that backend."""
+    async def drained(self, backend_id: str) -> bool | None:
+        """True once no request is in flight to that backend; None if the router cannot tell
+        (no `DRAIN` capability: the caller waits its drain timeout)."""
         ...
 
-    async def set_flags(self, state: dict[str, Any], *, evaluate: list[str], header: str,
-                        revision: int) -> None:
+    async def set_flags(self, state: dict[str, Any], *, revision: int,
+                        evaluate: list[str] | None = None, header: str | None = None) -> None:
         """Evaluate `evaluate` (flag names of the Unleash `state` document) for each request's
         user key, forward the results in `header`, and count cohorts apart; in effect on return.
-        `revision` is the flag store's revision of `state`; an older one than the router holds
-        is refused with RouterError."""
+        `evaluate` or `header` left out keep what the router has. `revision` is the flag
+        store's revision of `state`; an older one than the router holds is refused with
+        `RouterHasNewer`. A router without the `FLAGS` capability raises `NotSupported`."""
         ...
 
-    async def aclose(self) -> None: ...
+    async def aclose(self) -> None:
+        """Let go of connections to the router; the router itself keeps running."""
+        ...
+
+
+def lacking(router: Router, capability: Capability) -> bool:
+    """True when `router` does not declare `capability`."""
+    return capability not in router.capabilities

@@ -7,7 +7,8 @@ with a clean environment (`ROUTER_ENV`: no tokens or credentials of the deployer
 `stop` ends it (SIGTERM, then SIGKILL of its process group). The proxy names itself in
 `DIR/proxy.pid` by pid, start time and boot id; a pid whose process started at another
 time (a reused pid) is never signalled. `set_flags` makes the proxy
-evaluate flags per request (see `turnout.routers.proxy.flags`).
+evaluate flags per request (see `turnout.routers.proxy.flags`). It has every capability
+of `turnout.routers.base.Capability`.
 """
 
 from __future__ import annotations
@@ -18,20 +19,18 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import httpx
 from pydantic import ValidationError
 
 from turnout import procs
 from turnout.errors import RouterError
-from turnout.routers.base import RouterStats
+from turnout.routers.base import Capability, RouterHasNewer, RouterInfo, RouterStats
 from turnout.routers.table import RoutingTable
-from turnout.spec import INHERIT_ENV
+from turnout.spec import INHERIT_ENV, Spec
+from turnout.statedir import RouterFiles, StateDir
 
-ADMIN_SOCKET = "admin.sock"
-PID_FILE = "proxy.pid"
-LOG_FILE = "proxy.log"
 START_SECONDS = 10.0
 STOP_SECONDS = 10.0
 REQUEST_SECONDS = 10.0
@@ -60,13 +59,22 @@ def _log_tail(path: Path, lines: int = 15) -> str:
 class BuiltinRouter:
     """The builtin proxy for one state directory."""
 
+    kind = "builtin"
+    capabilities: ClassVar[frozenset[Capability]] = frozenset(Capability)
+
+    @classmethod
+    def build(cls, spec: Spec, state: StateDir) -> BuiltinRouter:
+        """The spec's router, in the state folder's `router/` (for `turnout.wiring`)."""
+        return cls(state.router.path, listen=spec.listen, preview_listen=spec.preview_listen())
+
     def __init__(self, state_dir: Path, *, listen: str, preview_listen: str | None) -> None:
         self.state_dir = state_dir
         self.listen = listen
         self.preview_listen = preview_listen
-        self.socket_path = state_dir / ADMIN_SOCKET
-        self.pid_path = state_dir / PID_FILE
-        self.log_path = state_dir / LOG_FILE
+        files = RouterFiles(state_dir)
+        self.socket_path = files.admin_socket
+        self.pid_path = files.pid_file
+        self.log_path = files.log
         self._client: httpx.AsyncClient | None = None
 
     # --- the admin API
@@ -78,11 +86,22 @@ class BuiltinRouter:
             )
         return self._client
 
-    async def _call(self, method: str, path: str, body: bytes | None = None) -> httpx.Response:
+    async def _send(self, method: str, path: str, body: bytes | None = None, *,
+                    within: float = REQUEST_SECONDS) -> httpx.Response:
         try:
-            response = await self._http().request(method, path, content=body)
+            return await self._http().request(method, path, content=body, timeout=within)
+        except httpx.TimeoutException as exc:
+            raise RouterError(f"builtin router at {self.socket_path} timed out: no answer to "
+                              f"{method} {path} within {within:g}s") from exc
         except httpx.HTTPError as exc:
-            raise RouterError(f"builtin router at {self.socket_path} unreachable: {exc}") from exc
+            raise RouterError(f"builtin router at {self.socket_path} unreachable: "
+                              f"{exc or type(exc).__name__}") from exc
+
+    async def _call(self, method: str, path: str, body: bytes | None = None) -> httpx.Response:
+        return self._ok(await self._send(method, path, body), method, path)
+
+    @staticmethod
+    def _ok(response: httpx.Response, method: str, path: str) -> httpx.Response:
         if response.status_code != 200:
             raise RouterError(
                 f"builtin router refused {method} {path}: {response.status_code} {response.text}"
@@ -107,20 +126,38 @@ class BuiltinRouter:
     async def drained(self, backend_id: str) -> bool:
         return (await self.stats()).in_flight.get(backend_id, 0) == 0
 
-    async def set_flags(self, state: dict[str, Any], *, evaluate: list[str], header: str,
-                        revision: int) -> None:
+    async def set_flags(self, state: dict[str, Any], *, revision: int,
+                        evaluate: list[str] | None = None, header: str | None = None) -> None:
         """Evaluate `evaluate` (flags of the Unleash `state` document) per request's user key,
         forward the results in `header` and count cohorts; in effect (and saved) on return.
+        Either left out keeps the proxy's.
 
-        `revision` is the flag store's revision of `state`: the proxy refuses (409, a
-        RouterError here) one older than the revision in effect, so a slow push never
+        `revision` is the flag store's revision of `state`: the proxy refuses (409,
+        `RouterHasNewer` here) one older than the revision in effect, so a slow push never
         undoes a newer one."""
-        body = json.dumps({"state": state, "revision": revision, "evaluate": evaluate,
-                           "header": header}).encode()
-        in_effect = self._json(await self._call("PUT", "/flags", body))
-        if (in_effect.get("evaluate") != evaluate or in_effect.get("header") != header
-                or in_effect.get("revision") != revision):
+        sent: dict[str, Any] = {"state": state, "revision": revision}
+        if evaluate is not None:
+            sent["evaluate"] = evaluate
+        if header is not None:
+            sent["header"] = header
+        response = await self._send("PUT", "/flags", json.dumps(sent).encode())
+        if response.status_code == 409:
+            held = self._held_revision(response)
+            raise RouterHasNewer(f"builtin router at {self.socket_path} refused the flags (409): "
+                                 f"it holds flag revision {held}, newer than {revision}", held)
+        in_effect = self._json(self._ok(response, "PUT", "/flags"))
+        if any(in_effect.get(key) != value for key, value in sent.items() if key != "state"):
             raise RouterError(f"builtin router took other flag settings than sent: {in_effect}")
+
+    def _held_revision(self, response: httpx.Response) -> int:
+        """The flag revision a 409 says the proxy holds."""
+        try:
+            held = response.json().get("revision")
+        except (ValueError, AttributeError):
+            held = None
+        if isinstance(held, bool) or not isinstance(held, int):
+            raise RouterError(f"builtin router refused the flags: 409 {response.text.strip()}")
+        return held
 
     async def flags(self) -> dict[str, Any]:
         """The flag settings in effect: `{"state", "revision", "evaluate", "header"}`."""
@@ -188,6 +225,24 @@ class BuiltinRouter:
         """The running proxy's pid, or None (no pid file, or its process is gone or another)."""
         found = self._identity()
         return None if found is None else found[0]
+
+    async def describe(self) -> RouterInfo:
+        """Kind, pid, admin socket and log; the addresses it really listens on while it runs."""
+        pid = self.pid()
+        listen, preview = self.listen, self.preview_listen
+        if pid is not None:
+            try:
+                health = self._json(self._ok(await self._send("GET", "/healthz", within=2.0),
+                                             "GET", "/healthz"))
+            except RouterError:
+                pass  # running but not answering: the configured addresses will do
+            else:
+                listen = str(health.get("listen") or listen)
+                preview = str(health.get("preview_listen") or preview) if preview else None
+        details = {"pid": str(pid)} if pid is not None else {}
+        details |= {"admin": str(self.socket_path), "log": str(self.log_path)}
+        return RouterInfo(kind=self.kind, running=pid is not None, listen=listen,
+                          preview=preview, details=details)
 
     async def ensure_running(self) -> None:
         """Start the proxy unless it already answers; raise RouterError if it cannot start."""

@@ -1,0 +1,137 @@
+"""Adapters from the spec: the one module that names a concrete platform or router.
+
+`ROUTERS` and `PLATFORMS` map the spec's `router.kind` and `platform.kind` to adapter
+classes, and `build_router` / `build_platform` make one over a state folder; everything
+else holds a `Router` or a `Platform` (`turnout.routers.base`, `turnout.platforms.base`).
+
+`check` refuses, before anything starts, an unknown kind (listing the known ones) and a
+spec that needs a capability its router lacks, at the field that needs it:
+`turnout.yaml:14: strategy.match: the router 'x' cannot send chosen users to a revision`.
+`load_spec` loads a spec file with that check, so every command that acts on a service
+gets it. `flag_router` finds the router of a spec (file or folder) for flag pushes.
+
+Adding a platform or a router is one module plus one line here: a class with a
+`build(spec, state)` class method (and, for a router, its `capabilities`), added to
+`PLATFORMS` or `ROUTERS` under the kind the spec names it by.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Protocol
+
+from turnout.errors import UserError
+from turnout.platforms.base import Platform
+from turnout.platforms.local import LocalPlatform
+from turnout.routers.base import CANNOT, Capability, Router
+from turnout.routers.builtin import BuiltinRouter
+from turnout.spec import Spec
+from turnout.specfile import SPEC_NAME
+from turnout.specfile import load_spec as _load_spec
+from turnout.spectext import FieldPath
+from turnout.statedir import StateDir
+
+
+class RouterKind(Protocol):
+    """A router adapter class: what it can do, and how it is made from a spec."""
+
+    @property
+    def capabilities(self) -> frozenset[Capability]: ...
+
+    def build(self, spec: Spec, state: StateDir) -> Router: ...
+
+
+class PlatformKind(Protocol):
+    """A platform adapter class: how it is made from a spec."""
+
+    def build(self, spec: Spec, state: StateDir) -> Platform: ...
+
+
+ROUTERS: dict[str, RouterKind] = {
+    "builtin": BuiltinRouter,
+}
+PLATFORMS: dict[str, PlatformKind] = {
+    "local": LocalPlatform,
+}
+
+
+def needs(spec: Spec) -> list[tuple[FieldPath, Capability]]:
+    """The router capabilities the spec asks for, each with the field that asks."""
+    found: list[tuple[FieldPath, Capability]] = []
+    routing = spec.routing
+    if "user_key" in routing.model_fields_set:
+        found.append((("routing", "user_key"), Capability.STICKINESS))
+    if routing.preview_listen is not None:
+        found.append((("routing", "preview_listen"), Capability.PREVIEW))
+    if routing.flags:
+        found.append((("routing", "flags"), Capability.FLAGS))
+    strategy = spec.strategy
+    shipped = strategy.kind
+    if strategy.kind == "feature-toggle":
+        found.append((("strategy", "kind"), Capability.FLAGS))
+        shipped = getattr(strategy, "ship", "rolling")
+    if shipped == "canary":
+        for i, step in enumerate(getattr(strategy, "steps", ())):
+            if getattr(step, "weight", None) not in (None, 0, 100):
+                found.append((("strategy", "steps", i, "weight"), Capability.WEIGHTS))
+                break  # one place is enough to say why
+    if getattr(strategy, "match", None):
+        found.append((("strategy", "match"), Capability.MATCH))
+    if getattr(strategy, "tests", None):
+        found.append((("strategy", "tests"), Capability.PREVIEW))
+    return found
+
+
+def check(spec: Spec) -> list[tuple[FieldPath, str]]:
+    """Unknown kinds and capabilities the chosen router lacks (a `specfile.SpecCheck`)."""
+    problems: list[tuple[FieldPath, str]] = []
+    router = ROUTERS.get(spec.router.kind)
+    if router is None:
+        problems.append((("router", "kind"), _unknown("router", spec.router.kind, ROUTERS)))
+    else:
+        for path, capability in needs(spec):
+            if capability not in router.capabilities:
+                problems.append(
+                    (path, f"the router {spec.router.kind!r} cannot {CANNOT[capability]}")
+                )
+    if spec.platform.kind not in PLATFORMS:
+        problems.append((("platform", "kind"), _unknown("platform", spec.platform.kind, PLATFORMS)))
+    return problems
+
+
+def _unknown(what: str, kind: str, known: Mapping[str, object]) -> str:
+    return f"unknown {what} {kind!r}; known: {', '.join(sorted(known))}"
+
+
+def load_spec(path: Path, overrides: Sequence[str] = ()) -> Spec:
+    """The spec file, validated, with `check`'s problems among its own (one SpecError)."""
+    return _load_spec(path, overrides, checks=(check,))
+
+
+def build_router(spec: Spec, state: StateDir) -> Router:
+    """The spec's router adapter over `state` (nothing is started)."""
+    kind = ROUTERS.get(spec.router.kind)
+    if kind is None:
+        raise UserError(f"router.kind: {_unknown('router', spec.router.kind, ROUTERS)}")
+    return kind.build(spec, state)
+
+
+def build_platform(spec: Spec, state: StateDir) -> Platform:
+    """The spec's platform adapter over `state` (nothing is started)."""
+    kind = PLATFORMS.get(spec.platform.kind)
+    if kind is None:
+        raise UserError(f"platform.kind: {_unknown('platform', spec.platform.kind, PLATFORMS)}")
+    return kind.build(spec, state)
+
+
+def flag_router(where: Path) -> Router | None:
+    """The router of a spec file, or of the `turnout.yaml` in a folder; None without one.
+
+    Raises SpecError when the spec is invalid.
+    """
+    spec_path = where / SPEC_NAME if where.is_dir() else where
+    if not spec_path.is_file():
+        return None
+    spec = load_spec(spec_path)
+    return build_router(spec, StateDir.for_spec(spec_path))

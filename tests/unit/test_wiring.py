@@ -1,0 +1,195 @@
+"""The wiring: adapters by kind, specs refused for what their router cannot do, nothing else.
+
+Routers registered here, in the test, lack capabilities on purpose: a spec that needs one
+is refused at its field (exit 2) before anything is built or started, and a router lacking
+an optional capability says so rather than pretending.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+from turnout import wiring
+from turnout.errors import SpecError
+from turnout.flags.push import push_flags
+from turnout.platforms.local import LocalPlatform
+from turnout.routers.base import Capability, NotSupported
+from turnout.routers.builtin import BuiltinRouter
+from turnout.service import Session
+from turnout.spec import Spec
+from turnout.statedir import StateDir
+from turnout.testing import FakePlatform, FakeRouter
+
+BASE = """\
+service: shop
+run:
+  command: [app, "{port}"]
+"""
+
+NEEDY = BASE + """\
+routing:
+  flags: [checkout]
+strategy:
+  kind: canary
+  steps: [{weight: 10}, {weight: 100}]
+  match: [{header: X-Beta, values: ["1"]}]
+router: bare
+"""
+
+
+class BareRouter(FakeRouter):
+    """A router that can only send every request to some instance."""
+
+    kind = "bare"
+    capabilities: ClassVar[frozenset[Capability]] = frozenset()
+    built: ClassVar[list[FakeRouter]] = []
+
+    @classmethod
+    def build(cls, spec: Spec, state: StateDir) -> FakeRouter:
+        router = cls(running=True)
+        cls.built.append(router)
+        return router
+
+
+class FlagRouter(BareRouter):
+    """A router that evaluates flags and does nothing else optional."""
+
+    kind = "flagging"
+    capabilities = frozenset({Capability.FLAGS})
+
+
+@pytest.fixture(autouse=True)
+def registered(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setitem(wiring.ROUTERS, "bare", BareRouter)
+    monkeypatch.setitem(wiring.ROUTERS, "flagging", FlagRouter)
+    monkeypatch.setitem(wiring.ROUTERS, "fake", FakeRouter)
+    monkeypatch.setitem(wiring.PLATFORMS, "fake", FakePlatform)
+    BareRouter.built = []
+    FlagRouter.built = []
+    yield
+
+
+def spec_file(folder: Path, text: str) -> Path:
+    path = folder / "turnout.yaml"
+    path.write_text(text)
+    return path
+
+
+def refusal(path: Path) -> list[str]:
+    with pytest.raises(SpecError) as caught:
+        wiring.load_spec(path)
+    assert caught.value.exit_code == 2
+    return [line.replace(str(path), "turnout.yaml") for line in caught.value.problems]
+
+
+def test_router_and_platform_are_a_kind_or_its_shorthand(tmp_path: Path) -> None:
+    default = wiring.load_spec(spec_file(tmp_path, BASE))
+    short = wiring.load_spec(spec_file(tmp_path, BASE + "router: builtin\nplatform: local\n"))
+    whole = wiring.load_spec(spec_file(tmp_path, BASE + "router: {kind: builtin}\n"
+                                                        "platform:\n  kind: local\n"))
+    assert default == short == whole
+    assert (default.router.kind, default.platform.kind) == ("builtin", "local")
+    state = StateDir.beside(tmp_path)
+    assert isinstance(wiring.build_router(default, state), BuiltinRouter)
+    assert isinstance(wiring.build_platform(default, state), LocalPlatform)
+    assert not state.path.exists()  # building starts nothing
+
+
+def test_an_unknown_kind_is_refused_listing_the_known_ones(tmp_path: Path) -> None:
+    path = spec_file(tmp_path, BASE + "router: haproxy\nplatform:\n  kind: ssh\n")
+    assert refusal(path) == [
+        "turnout.yaml:4: router.kind: unknown router 'haproxy'; known: bare, builtin, fake, flagging",
+        "turnout.yaml:6: platform.kind: unknown platform 'ssh'; known: fake, local",
+    ]
+
+
+def test_a_spec_needing_what_its_router_lacks_is_refused_at_each_field(tmp_path: Path) -> None:
+    assert refusal(spec_file(tmp_path, NEEDY)) == [
+        "turnout.yaml:5: routing.flags: the router 'bare' cannot evaluate flags for each request",
+        "turnout.yaml:8: strategy.steps.0.weight: the router 'bare' cannot split traffic "
+        "between revisions by weight",
+        "turnout.yaml:9: strategy.match: the router 'bare' cannot send chosen users to a revision",
+    ]
+    assert wiring.load_spec(spec_file(tmp_path, NEEDY.replace("router: bare", "router: builtin")))
+
+
+NEEDS = [
+    ("routing:\n  user_key: {header: X-Account}\n", "routing.user_key", Capability.STICKINESS),
+    ("routing:\n  preview_listen: 127.0.0.1:9999\n", "routing.preview_listen", Capability.PREVIEW),
+    ("strategy:\n  kind: blue-green\n  tests: [{http: /smoke}]\n", "strategy.tests",
+     Capability.PREVIEW),
+    ("strategy:\n  kind: feature-toggle\n  flag: checkout\n", "strategy.kind", Capability.FLAGS),
+    ("strategy:\n  kind: feature-toggle\n  flag: checkout\n  ship: canary\n"
+     "  steps: [{weight: 50}, {weight: 100}]\n", "strategy.steps.0.weight", Capability.WEIGHTS),
+]
+
+
+@pytest.mark.parametrize(("snippet", "field", "capability"), NEEDS,
+                         ids=[f"{n[1]}-{n[2]}" for n in NEEDS])
+def test_each_need_is_named_when_only_that_capability_is_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, snippet: str, field: str,
+    capability: Capability,
+) -> None:
+    lacking = type("Lacking", (BareRouter,), {"capabilities": frozenset(Capability) - {capability}})
+    monkeypatch.setitem(wiring.ROUTERS, "lacking", lacking)
+    problems = refusal(spec_file(tmp_path, BASE + snippet + "router: lacking\n"))
+    assert [p.split(": ", 2)[1] for p in problems] == [field]
+    assert f"the router 'lacking' cannot {wiring.CANNOT[capability]}" in problems[0]
+    assert wiring.load_spec(spec_file(tmp_path, BASE + snippet + "router: bare\n".replace(
+        "bare", "builtin")))
+
+
+async def test_a_refused_spec_builds_and_starts_nothing(tmp_path: Path) -> None:
+    path = spec_file(tmp_path, NEEDY)
+    with pytest.raises(SpecError, match=r"strategy\.match: the router 'bare' cannot"):
+        async with Session.open(path):
+            pass
+    assert BareRouter.built == []
+    assert not (tmp_path / ".turnout").exists()
+
+
+async def test_a_router_lacking_an_optional_capability_says_so() -> None:
+    router = BareRouter(running=True)
+    assert await router.drained("v1-x-0") is None  # cannot tell: the caller waits its timeout
+    with pytest.raises(NotSupported, match="cannot evaluate flags for each request"):
+        await router.set_flags({"features": [], "meta": {"revision": 1}}, revision=1)
+
+
+def flags(revision: int) -> dict[str, object]:
+    return {"version": 2, "segments": [], "meta": {"revision": revision},
+            "features": [{"name": "checkout", "enabled": True,
+                          "strategies": [{"name": "default", "parameters": {}}]}]}
+
+
+async def test_flag_pushes_go_through_the_router_seam(tmp_path: Path) -> None:
+    other = spec_file(tmp_path, BASE + "router: flagging\n").rename(tmp_path / "other.yaml")
+    assert await push_flags(other, flags(3))  # a spec file by its own name
+    assert [r.flag_revisions for r in FlagRouter.built] == [[3]]
+    assert not await push_flags(tmp_path, flags(4))  # no turnout.yaml in the folder
+    spec_file(tmp_path, BASE + "router: bare\n")
+    assert not await push_flags(tmp_path, flags(5))  # its router does not evaluate flags
+    assert [r.flag_pushes for r in BareRouter.built] == [[]]
+    assert all(r.closed for r in [*BareRouter.built, *FlagRouter.built])
+
+
+async def test_a_router_that_is_not_running_gets_no_push(tmp_path: Path) -> None:
+    spec_file(tmp_path, BASE + "router: fake\n")  # FakeRouter.build: a router that runs
+    assert await push_flags(tmp_path, flags(1))
+    spec_file(tmp_path, BASE + "router: builtin\n")  # none started here
+    assert not await push_flags(tmp_path, flags(1))
+
+
+async def test_the_session_drives_adapters_only_through_their_protocols(tmp_path: Path) -> None:
+    path = spec_file(tmp_path, BASE + "router: fake\nplatform: fake\n")
+    async with Session.open(path) as session:
+        assert isinstance(session.router, FakeRouter)
+        assert isinstance(session.platform, FakePlatform)
+        status = await session.status()
+        assert status.router.running is False  # nothing applied yet
+        assert (await session.router.describe()).running
+        assert await session.down() == 0
+        assert not (await session.router.describe()).running
