@@ -10,19 +10,16 @@ and a second active deployment of a service as `ConflictError`.
 
 from __future__ import annotations
 
-import dataclasses
-import enum
-import math
 from collections.abc import Mapping
 from types import EllipsisType
 from typing import Any, Literal
 
 import sqlalchemy as sa
-from pydantic import BaseModel
 from sqlalchemy.exc import IntegrityError
 
 from turnout.errors import ConflictError, StoreError
 from turnout.model import Instance, Revision
+from turnout.store import queries as q
 from turnout.store import schema as t
 from turnout.store.base import Database, converted
 from turnout.store.records import DeploymentRecord, Event, InstanceRecord
@@ -93,7 +90,7 @@ class Store(Database):
     def set_stable(self, service: str, revision_id: str | None) -> None:
         values = {"stable_revision": revision_id, "updated_at": self._now()}
         with self._write() as conn:
-            _upsert(conn, t.services, t.services.c.name, service, values)
+            q.upsert(conn, t.services, t.services.c.name, service, values)
 
     # -- deployments ---------------------------------------------------------------------
     @converted
@@ -116,9 +113,9 @@ class Store(Database):
         now = self._now()
         try:
             with self._write() as conn:
-                active = _active(conn, service)
+                active = q.active_deployment(conn, service)
                 if active is not None:
-                    raise _conflict(active)
+                    raise q.conflict(active)
                 inserted = conn.execute(
                     t.deployments.insert().values(
                         service=service, version=version, target_revision=target_revision,
@@ -130,19 +127,19 @@ class Store(Database):
                 )
                 key = inserted.inserted_primary_key
                 assert key is not None
-                return _deployment(conn, int(key[0]))
+                return q.deployment(conn, int(key[0]))
         except IntegrityError as exc:  # lost a race the index caught
             raise ConflictError(f"another deployment of {service} is in progress") from exc
 
     @converted
     def deployment(self, deployment_id: int) -> DeploymentRecord | None:
         with self._read() as conn:
-            return _find_deployment(conn, deployment_id)
+            return q.find_deployment(conn, deployment_id)
 
     @converted
     def active_deployment(self, service: str) -> DeploymentRecord | None:
         with self._read() as conn:
-            return _active(conn, service)
+            return q.active_deployment(conn, service)
 
     @converted
     def update_deployment(
@@ -169,19 +166,19 @@ class Store(Database):
             values["phase"] = phase
             values["finished_at"] = now if phase in t.FINAL_PHASES else None
         with self._write() as conn:
-            _update_one(conn, deployment_id, values)
-            return _deployment(conn, deployment_id)
+            q.update_one(conn, deployment_id, values)
+            return q.deployment(conn, deployment_id)
 
     @converted
     def request(self, deployment_id: int, action: Literal["abort", "promote"]) -> None:
         """Ask the process running the deployment to abort or promote it."""
         with self._write() as conn:
-            _update_one(conn, deployment_id, {_flag(action): True, "updated_at": self._now()})
+            q.update_one(conn, deployment_id, {q.request_column(action): True, "updated_at": self._now()})
 
     @converted
     def clear_request(self, deployment_id: int, action: Literal["abort", "promote"]) -> None:
         with self._write() as conn:
-            _update_one(conn, deployment_id, {_flag(action): False, "updated_at": self._now()})
+            q.update_one(conn, deployment_id, {q.request_column(action): False, "updated_at": self._now()})
 
     @converted
     def history(self, service: str, limit: int = 20) -> list[DeploymentRecord]:
@@ -193,7 +190,7 @@ class Store(Database):
             .limit(limit)
         )
         with self._read() as conn:
-            return [_record(row) for row in conn.execute(query)]
+            return [q.deployment_record(row) for row in conn.execute(query)]
 
     @converted
     def add_event(
@@ -210,24 +207,24 @@ class Store(Database):
             conn.execute(
                 t.events.insert().values(
                     deployment_id=deployment_id, at=self._now(), step=step, kind=kind,
-                    message=message, data=_plain(dict(data or {})),
+                    message=message, data=q.plain_json(dict(data or {})),
                 )
             )
 
     @converted
     def events(self, deployment_id: int, *, kind: str | None = None) -> list[Event]:
         """The deployment's events (only those of `kind`, if given) in the order they were added."""
-        query = _events_query(deployment_id, kind).order_by(t.events.c.id)
+        query = q.events_query(deployment_id, kind).order_by(t.events.c.id)
         with self._read() as conn:
-            return [_event(row) for row in conn.execute(query)]
+            return [q.event_record(row) for row in conn.execute(query)]
 
     @converted
     def last_event(self, deployment_id: int, kind: str) -> Event | None:
         """The deployment's latest event of `kind` (say, its latest gate decision)."""
-        query = _events_query(deployment_id, kind).order_by(t.events.c.id.desc()).limit(1)
+        query = q.events_query(deployment_id, kind).order_by(t.events.c.id.desc()).limit(1)
         with self._read() as conn:
             row = conn.execute(query).first()
-        return None if row is None else _event(row)
+        return None if row is None else q.event_record(row)
 
     # -- instances -----------------------------------------------------------------------
     @converted
@@ -243,7 +240,7 @@ class Store(Database):
             "warm_until": warm_until,
         }
         with self._write() as conn:
-            _upsert(conn, t.instances, t.instances.c.id, instance.id, values)
+            q.upsert(conn, t.instances, t.instances.c.id, instance.id, values)
 
     @converted
     def set_instance_state(
@@ -277,97 +274,3 @@ class Store(Database):
                 InstanceRecord(Instance.from_json(r.data), state=r.state, warm_until=r.warm_until)
                 for r in conn.execute(query)
             ]
-
-
-# -- queries ---------------------------------------------------------------------------
-def _upsert(
-    conn: sa.Connection, table: sa.Table, key: sa.Column[Any], key_value: str,
-    values: dict[str, Any],
-) -> None:
-    done = conn.execute(table.update().where(key == key_value).values(**values))
-    if done.rowcount == 0:
-        conn.execute(table.insert().values({key.name: key_value, **values}))
-
-
-def _events_query(deployment_id: int, kind: str | None) -> sa.Select[Any]:
-    e = t.events.c
-    query = sa.select(e.id, e.at, e.step, e.kind, e.message, e.data).where(
-        e.deployment_id == deployment_id
-    )
-    return query if kind is None else query.where(e.kind == kind)
-
-
-def _event(row: sa.Row[Any]) -> Event:
-    data = row.data if isinstance(row.data, dict) else {}  # null: stored before migration 0004
-    return Event(id=row.id, at=row.at, step=row.step, kind=row.kind, message=row.message, data=data)
-
-
-def _plain(value: Any) -> Any:
-    """`value` as plain JSON (see `Store.add_event`)."""
-    if value is None or isinstance(value, (str, bool, int)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
-    if isinstance(value, Mapping):
-        return {str(key): _plain(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [_plain(item) for item in value]
-    if isinstance(value, enum.Enum):
-        return _plain(value.value)
-    if isinstance(value, BaseModel):
-        return _plain(value.model_dump(mode="json"))
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _plain(dataclasses.asdict(value))
-    return str(value)
-
-
-def _record(row: sa.Row[Any]) -> DeploymentRecord:
-    data = dict(row._mapping)
-    data["abort_requested"] = bool(data["abort_requested"])
-    data["promote_requested"] = bool(data["promote_requested"])
-    return DeploymentRecord(**data)
-
-
-def _find_deployment(conn: sa.Connection, deployment_id: int) -> DeploymentRecord | None:
-    row = conn.execute(
-        sa.select(t.deployments).where(t.deployments.c.id == deployment_id)
-    ).first()
-    return None if row is None else _record(row)
-
-
-def _deployment(conn: sa.Connection, deployment_id: int) -> DeploymentRecord:
-    found = _find_deployment(conn, deployment_id)
-    if found is None:
-        raise StoreError(f"no deployment {deployment_id}")
-    return found
-
-
-def _active(conn: sa.Connection, service: str) -> DeploymentRecord | None:
-    row = conn.execute(
-        sa.select(t.deployments)
-        .where(t.deployments.c.service == service, t.deployments.c.phase.in_(t.ACTIVE_PHASES))
-        .order_by(t.deployments.c.id.desc())
-    ).first()
-    return None if row is None else _record(row)
-
-
-def _update_one(conn: sa.Connection, deployment_id: int, values: dict[str, Any]) -> None:
-    done = conn.execute(
-        t.deployments.update().where(t.deployments.c.id == deployment_id).values(**values)
-    )
-    if done.rowcount == 0:
-        raise StoreError(f"no deployment {deployment_id}")
-
-
-def _flag(action: str) -> str:
-    if action not in ("abort", "promote"):
-        raise ValueError(f"unknown request {action!r}; expected 'abort' or 'promote'")
-    return f"{action}_requested"
-
-
-def _conflict(active: DeploymentRecord) -> ConflictError:
-    owner = f" (pid {active.owner_pid})" if active.owner_pid else ""
-    return ConflictError(
-        f"deployment {active.id} of {active.service} to {active.version} is {active.phase}"
-        f"{owner}; run `turnout abort` or wait for it to finish"
-    )
