@@ -26,7 +26,7 @@ from turnout.platforms.base import Platform
 from turnout.platforms.local import LocalPlatform
 from turnout.routers.base import CANNOT, Capability, Router
 from turnout.routers.builtin import BuiltinRouter
-from turnout.spec import Spec
+from turnout.spec import BlueGreen, Canary, FeatureToggle, Spec
 from turnout.specfile import SPEC_NAME
 from turnout.specfile import load_spec as _load_spec
 from turnout.spectext import FieldPath
@@ -67,18 +67,15 @@ def needs(spec: Spec) -> list[tuple[FieldPath, Capability]]:
     if routing.flags:
         found.append((("routing", "flags"), Capability.FLAGS))
     strategy = spec.strategy
-    shipped = strategy.kind
-    if strategy.kind == "feature-toggle":
+    if isinstance(strategy, FeatureToggle):
         found.append((("strategy", "kind"), Capability.FLAGS))
-        shipped = getattr(strategy, "ship", "rolling")
-    if shipped == "canary":
-        for i, step in enumerate(getattr(strategy, "steps", ())):
-            if getattr(step, "weight", None) not in (None, 0, 100):
-                found.append((("strategy", "steps", i, "weight"), Capability.WEIGHTS))
-                break  # one place is enough to say why
-    if getattr(strategy, "match", None):
-        found.append((("strategy", "match"), Capability.MATCH))
-    if getattr(strategy, "tests", None):
+    if isinstance(strategy, Canary | FeatureToggle):  # a toggle keeps its ship's fields
+        split = [i for i, step in enumerate(strategy.steps) if step.weight not in (None, 0, 100)]
+        if split:  # one place is enough to say why
+            found.append((("strategy", "steps", split[0], "weight"), Capability.WEIGHTS))
+        if strategy.match:
+            found.append((("strategy", "match"), Capability.MATCH))
+    if isinstance(strategy, BlueGreen | FeatureToggle) and strategy.tests:
         found.append((("strategy", "tests"), Capability.PREVIEW))
     return found
 
