@@ -8,11 +8,13 @@ written by another process (here: the test itself) is what the CLI shows.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
 
 from tests.e2e.conftest import Service, check
+from tests.e2e.test_deploy import wait_for_phase
 from turnout.plan import Pause, Route, RoutePool, Start, dump_plan, plan_hash
 from turnout.statedir import StateDir
 from turnout.status import Status
@@ -98,6 +100,29 @@ def test_status_shows_the_latest_stored_gate_decision(service: Service) -> None:
     assert "gate     Inconclusive: 3 requests < 20 (step 3," in human.stdout
     assert 'evidence: {"canary": {"requests": 3}, "baseline": {"requests": 90}}' in human.stdout
     assert "INTERRUPTED" in human.stdout  # nobody holds the lock: the CLI says so
+
+
+async def test_a_real_gate_decision_is_stored_and_shown_by_another_process(service: Service) -> None:
+    service.write(kind="canary", steps=[{"weight": 50}, {"pause": "1s"}], gate={"interval": "200ms"})
+    check(service.run("deploy", "v1"))
+    deploy = asyncio.create_task(service.arun("deploy", "v2"))  # no traffic: inconclusive, paused
+    try:
+        data = await wait_for_phase(service, "paused")
+        gate = data["deployment"]["gate"]
+        assert gate is not None, data["deployment"]
+        assert gate["verdict"] == "Inconclusive" and gate["reason"].startswith("0 requests"), gate
+        assert gate["evidence"], "the judge's evidence is stored with its decision"
+        deployment = data["deployment"]["id"]
+        story = json.loads(service.run("history", "--events", str(deployment), "--json").stdout)
+        kinds = [e["kind"] for e in story["events"]]
+        assert {"step", "traffic", "gate"} <= set(kinds), kinds
+        traffic = [e for e in story["events"] if e["kind"] == "traffic"]
+        assert traffic[-1]["data"], "a traffic change is stored with its split"
+    finally:
+        check(service.run("abort"))
+        code, out, err = await asyncio.wait_for(deploy, 60)
+    assert code == 3, out + err
+    assert service.status()["deployment"] is None
 
 
 def test_history_events_shows_one_deployment_with_its_data(service: Service) -> None:
