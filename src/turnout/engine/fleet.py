@@ -9,7 +9,6 @@ run, with the spec's limits and timeouts, and applied through the `Router` seam.
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import httpx
@@ -94,24 +93,15 @@ class RunningFleet:
             try:
                 await health.wait_healthy(self.http, self.platform, instance, revision.health, self.clock)
             except health.CheckFailed as exc:
-                tail = await self._tail(instance)
+                tail = (await self.platform.log_tail(instance, lines=5)).strip()
                 raise StepFailed(str(exc) + (f"\n  log: {tail}" if tail else "")) from exc
 
         await together(check(i) for i in instances)
         for instance in instances:
             self.store.set_instance_state(instance.id, "ready")
 
-    async def _tail(self, instance: Instance) -> str:
-        """The last lines of an instance's log, if the platform keeps one."""
-        tail = getattr(self.platform, "tail", None)
-        if tail is None:
-            return ""
-        text = tail(instance, lines=5)
-        if inspect.isawaitable(text):
-            text = await text
-        return str(text).strip()
-
     async def run_tests(self, step: RunTests) -> None:
+        """The blue-green tests, against the spec's preview address."""
         preview = f"http://{self.spec.preview_listen()}"
         revision = self.revision(step.revision)
         for test in step.tests:
@@ -188,13 +178,15 @@ class RunningFleet:
 
     # --- retiring
     async def drain(self, instances: list[Instance], control: Control | None = None) -> None:
-        """Wait until the router has no request in flight to each (at most the drain timeout)."""
+        """Wait until the router has no request in flight to each (at most the drain timeout; the
+        whole of it for a router that cannot tell)."""
         deadline = self.clock.now() + self.spec.routing.drain_timeout
         for instance in instances:
             self.store.set_instance_state(instance.id, "draining")
-            while not await self.router.drained(instance.id):
+            while (drained := await self.router.drained(instance.id)) is not True:
                 if self.clock.now() >= deadline:
-                    self.record(Event("warning", f"{instance.id} still busy after the drain timeout"))
+                    if drained is False:
+                        self.record(Event("warning", f"{instance.id} still busy after the drain timeout"))
                     return
                 if control is not None:
                     control.check()
