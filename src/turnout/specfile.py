@@ -41,10 +41,12 @@ PLACEHOLDERS = ("port", "version", "slot")
 __all__ = [
     "PLACEHOLDERS",
     "SPEC_NAME",
+    "Override",
     "apply_overrides",
     "dump_spec",
     "find_spec",
     "format_duration",
+    "kind_override",
     "load_spec",
     "parse_spec",
     "spec_json_schema",
@@ -298,41 +300,71 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
     return result
 
 
+class Override(str):
+    """A `KEY=VALUE` override that says where it came from in problems: `--strategy canary`
+    is `Override("strategy.kind=canary", label="--strategy canary")`; a plain str is `--set`."""
+
+    label: str | None
+
+    def __new__(cls, text: str, *, label: str | None = None) -> Override:
+        made = super().__new__(cls, text)
+        made.label = label
+        return made
+
+
+def kind_override(kind: str) -> Override:
+    """`--strategy KIND`: put before the `--set` overrides, so that they may add fields KIND reads."""
+    return Override(f"strategy.kind={kind}", label=f"--strategy {kind}")
+
+
 def _apply(data: Mapping[str, Any], overrides: Sequence[str], problems: Problems) -> dict[str, Any]:
     result = copy.deepcopy(dict(data))
+    kind_before = _get(result, "strategy", "kind") or "rolling"
     given: set[str] = set()  # strategy fields named by an override
-    kind_set = False
+    kind_origin = None
     for index, text in enumerate(overrides):
-        key, sep, raw = text.partition("=")
-        key = key.strip()
-        origin = Origin(f"--set {key or text}", (1, index))
-        if not sep or not key:
-            problems.add((), "expected KEY=VALUE such as instances=3", origin)
+        key = text.partition("=")[0].strip()
+        origin = Origin(getattr(text, "label", None) or f"--set {key or text}", (1, index))
+        parsed = _parse_override(text, origin, problems)
+        if parsed is None:
             continue
-        parts = key.split(".")
-        if any(not part.strip() for part in parts):
-            problems.add((), f"KEY {key!r} has an empty part; write it like run.env.NAME", origin)
-            continue
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError as exc:
-            problem = getattr(exc, "problem", None) or exc
-            problems.add((), f"VALUE {raw!r} is not valid YAML: {problem} (quote it)", origin)
-            continue
-        error = _assign(result, [p.strip() for p in parts], value, origin, problems)
+        parts, value = parsed
+        error = _assign(result, parts, value, origin, problems)
         if error:
             problems.add((), error, origin)
-        elif parts[0].strip() == "strategy" and len(parts) > 1:
-            given.add(parts[1].strip())
-            kind_set = kind_set or [p.strip() for p in parts] == ["strategy", "kind"]
-    if kind_set:
+        elif parts[0] == "strategy" and len(parts) > 1:
+            given.add(parts[1])
+            kind_origin = origin if parts == ["strategy", "kind"] else kind_origin
+    if kind_origin is not None and (_get(result, "strategy", "kind") or "rolling") != kind_before:
         _keep_what_the_kind_reads(result, given)
+        problems.origins[("strategy",)] = kind_origin  # what the new kind lacks is its doing
     return result
 
 
+def _parse_override(text: str, origin: Origin, problems: Problems) -> tuple[list[str], Any] | None:
+    """The key's parts and the YAML value of `KEY=VALUE`, or None with the problem added."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        problems.add((), "expected KEY=VALUE such as instances=3", origin)
+        return None
+    parts = key.split(".")
+    if any(not part.strip() for part in parts):
+        problems.add((), f"KEY {key!r} has an empty part; write it like run.env.NAME", origin)
+        return None
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or exc
+        problems.add((), f"VALUE {raw!r} is not valid YAML: {problem} (quote it)", origin)
+        return None
+    return [p.strip() for p in parts], value
+
+
 def _keep_what_the_kind_reads(data: dict[str, Any], given: set[str]) -> None:
-    """After `--set strategy.kind=KIND`: drop the strategy's fields from the file that KIND
-    does not read (those given with --set stay, and are refused if KIND does not read them)."""
+    """After the kind changed (`--strategy KIND`, `--set strategy.kind=KIND`): drop the
+    strategy's fields from the file that KIND does not read (those an override gave stay,
+    and are refused if KIND does not read them)."""
     strategy = data.get("strategy")
     if not isinstance(strategy, dict) or strategy.get("kind") not in STRATEGIES:
         return

@@ -10,7 +10,14 @@ import yaml
 
 from turnout.errors import SpecError
 from turnout.spec import BlueGreen, Canary, FeatureToggle, Rolling
-from turnout.specfile import dump_spec, load_spec, parse_spec, spec_json_schema, with_kind
+from turnout.specfile import (
+    dump_spec,
+    kind_override,
+    load_spec,
+    parse_spec,
+    spec_json_schema,
+    with_kind,
+)
 
 HEAD = "service: a\nrun: {command: [x]}\nstrategy:\n"
 
@@ -129,7 +136,26 @@ def test_set_kind_refuses_what_the_override_itself_gives_and_the_kind_does_not_r
         "--set strategy.tests: strategy.tests: only a blue-green strategy uses tests; this one is 'rolling'"]
     with pytest.raises(SpecError) as caught:
         load_spec(Path("turnout.yaml"), ["strategy.kind=feature-toggle"])
-    assert caught.value.problems == ["turnout.yaml:3: strategy.flag: required field is missing"]
+    assert caught.value.problems == ["--set strategy.kind: strategy.flag: required field is missing"]
+
+
+def test_strategy_option_comes_first_so_that_set_may_add_what_the_kind_needs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("turnout.yaml").write_text(HEAD + "  kind: rolling\n  max_surge: 2\n")
+    toggle = load_spec(Path("turnout.yaml"), [kind_override("feature-toggle"), "strategy.flag=f",
+                                              "strategy.ramp=[{percent: 50}]"]).strategy
+    assert isinstance(toggle, FeatureToggle) and toggle.shipping == Rolling(max_surge=2)
+    assert toggle.ramp[0].percent == 50
+    Path("turnout.yaml").write_text(CANARY)
+    with pytest.raises(SpecError) as caught:
+        load_spec(Path("turnout.yaml"), [kind_override("feature-toggle"), "strategy.ship=big-bang"])
+    assert caught.value.problems == ["--strategy feature-toggle: strategy.flag: required field is missing"]
+    with pytest.raises(SpecError) as caught:
+        load_spec(Path("turnout.yaml"), [kind_override("canary-ish")])
+    assert caught.value.problems[0].startswith(
+        "--strategy canary-ish: strategy.kind: expected 'big-bang', 'rolling'")
 
 
 def test_with_kind_keeps_what_the_new_kind_reads_and_names_what_it_lacks() -> None:

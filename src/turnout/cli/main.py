@@ -23,7 +23,7 @@ from turnout.cli.flags import flags_group
 from turnout.cli.render import Printer
 from turnout.errors import TurnoutError, UserError
 from turnout.service import Session
-from turnout.specfile import find_spec, spec_json_schema
+from turnout.specfile import find_spec, kind_override, spec_json_schema
 from turnout.status import Status
 from turnout.store.db import DeploymentRecord
 from turnout.store.records import Event as StoredEvent
@@ -90,7 +90,8 @@ def _exit_for(record: DeploymentRecord | None) -> int:
 @FILE_OPTION
 @click.option("--strategy", default=None,
               type=click.Choice(list(PLANNERS)),
-              help="deploy with this strategy kind; the fields of the spec's strategy it reads are kept")
+              help="deploy with this strategy kind, keeping the fields of the spec's strategy it reads; "
+                   "--set may add the others")
 @SET_OPTION
 @click.option("--json", "as_json", is_flag=True, help="print events as JSON lines")
 def deploy(version: str, spec_file: str | None, strategy: str | None, overrides: tuple[str, ...],
@@ -100,13 +101,15 @@ def deploy(version: str, spec_file: str | None, strategy: str | None, overrides:
         raise UserError(f"VERSION: expected a label without spaces, got {version!r}")
     path = _spec_path(spec_file)
     printer = Printer(as_json=as_json)
+    if strategy is not None:  # first, so that a --set may give what the new kind needs
+        overrides = (kind_override(strategy), *overrides)
 
     async def work() -> DeploymentRecord | None:
         async with Session.open(path, overrides, emit=printer.event) as session:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, _interrupt(session, printer))
-            return await session.deploy(version, strategy=strategy)
+            return await session.deploy(version)
 
     record = run_async(work)
     printer.outcome(record)
