@@ -304,6 +304,18 @@ def test_an_open_event_stream_outlives_the_idle_timeout(world: World) -> None:
     assert b"event: state" in later and b'"enabled":false' in later
 
 
+def test_a_stream_can_be_the_first_request_of_a_token(world: World) -> None:
+    """A token the server has not cached yet is looked up first: the stream still opens."""
+    fresh = world.store.create_token("new-sdk", "client")
+    with world.connect() as stream:
+        stream.sendall(get("/api/client/stream", fresh))
+        first = b""
+        end = time.monotonic() + 3.0
+        while b"event: state" not in first and time.monotonic() < end:
+            first += stream.recv(65536)
+    assert first.startswith(b"HTTP/1.1 200 OK") and b"event: state" in first, first[:200]
+
+
 # -- tokens --------------------------------------------------------------------------------
 def ask(world: World, path: str, token: str, source: str = "127.0.0.1") -> tuple[int, bytes]:
     with world.connect(source) as sock:

@@ -332,13 +332,16 @@ class Connection(asyncio.Protocol):
                 and not self._unfed and not self._streaming):
             transport.close()
 
-    async def _await(self, request: Request, pending: Awaitable[Response]) -> None:
+    async def _await(self, request: Request, pending: Awaitable[Response | Stream]) -> None:
         try:
             response = await pending
         except Exception as exc:  # a handler bug must not kill the connection silently
             response = problems(500, [f"server: {type(exc).__name__}: {exc}"])
         self._worker = None
         self._clock = self._loop.time()
+        if isinstance(response, Stream):  # a stream whose token had to be looked up first
+            self._start_stream(response)
+            return
         self._answer(request, response)
         self._pump()
 

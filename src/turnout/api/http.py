@@ -99,5 +99,5 @@ class StreamSink(Protocol):
     def closed(self) -> bool: ...
 
 
-Outcome = Response | Awaitable[Response] | Stream
+Outcome = Response | Awaitable["Response | Stream"] | Stream
 Handler = Callable[[Request], Outcome]

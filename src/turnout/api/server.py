@@ -97,14 +97,12 @@ class App:
             self.failures.failed(request.client)
         return self._route(request, caller)
 
-    async def _after_lookup(self, request: Request, secret: str) -> Response:
+    async def _after_lookup(self, request: Request, secret: str) -> Response | Stream:
         caller = await self.tokens.lookup(secret)
         if caller is None:
             self.failures.failed(request.client)
         outcome = self._route(request, caller)
-        if isinstance(outcome, Stream):  # cannot happen: streams are GETs answered at once
-            return problems(500, ["server: stream routed through the slow path"])
-        return outcome if isinstance(outcome, Response) else await outcome
+        return outcome if isinstance(outcome, Response | Stream) else await outcome
 
     def _route(self, request: Request, caller: Caller | None) -> Outcome:
         if caller is None:
