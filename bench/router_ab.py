@@ -14,6 +14,7 @@ Needs `wrk` and `taskset`. Writes bench/results/router_ab.json and prints a tabl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -37,6 +39,22 @@ TABLE = {  # only fields every version of the table knows
     ],
     "user_key": {"header": "X-User-Id", "cookie": None},
 }
+
+
+@contextlib.contextmanager
+def base_checkout(rev: str) -> Iterator[tuple[str, Path]]:
+    """(short name, source folder) of commit `rev`, checked out in a temporary worktree."""
+    base = subprocess.run(["git", "rev-parse", "--short", rev], cwd=ROOT, check=True,
+                          capture_output=True, text=True).stdout.strip()
+    worktree = Path(tempfile.mkdtemp(prefix="turnout-base-"))
+    subprocess.run(["git", "worktree", "add", "--detach", "--force", str(worktree), base], cwd=ROOT,
+                   check=True, capture_output=True)
+    try:
+        yield base, worktree / "src"
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=ROOT, check=False,
+                       capture_output=True)
+        shutil.rmtree(worktree, ignore_errors=True)
 
 
 def start_router(src: Path, upstream: int, state: Path) -> tuple[subprocess.Popen[bytes], int, int]:
@@ -74,19 +92,8 @@ def one_run(src: Path, upstream: int, seconds: int, connections: int) -> float:
         shutil.rmtree(state, ignore_errors=True)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--base", required=True, help="the earlier commit to compare with")
-    parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--seconds", type=int, default=5)
-    parser.add_argument("--connections", type=int, default=32)
-    args = parser.parse_args()
-    base = subprocess.run(["git", "rev-parse", "--short", args.base], cwd=ROOT, check=True,
-                          capture_output=True, text=True).stdout.strip()
-    worktree = Path(tempfile.mkdtemp(prefix="turnout-base-"))
-    subprocess.run(["git", "worktree", "add", "--detach", "--force", str(worktree), base], cwd=ROOT,
-                   check=True, capture_output=True)
-    sources = {"old": worktree / "src", "new": ROOT / "src"}
+def alternate(sources: dict[str, Path], args: argparse.Namespace) -> dict[str, list[float]]:
+    """`args.rounds` rounds of one run each of old and new, in alternating order."""
     runs: dict[str, list[float]] = {"old": [], "new": []}
     upstream_proc, upstream = start_upstream()
     try:
@@ -101,9 +108,18 @@ def main() -> None:
     finally:
         upstream_proc.terminate()
         upstream_proc.wait(10)
-        subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=ROOT, check=False,
-                       capture_output=True)
-        shutil.rmtree(worktree, ignore_errors=True)
+    return runs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--base", required=True, help="the earlier commit to compare with")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--connections", type=int, default=32)
+    args = parser.parse_args()
+    with base_checkout(args.base) as (base, old_src):
+        runs = alternate({"old": old_src, "new": ROOT / "src"}, args)
     medians = {name: statistics.median(values) for name, values in runs.items()}
     pairs = [n / o for o, n in zip(runs["old"], runs["new"], strict=True)]
     summary = {"ratio_of_medians": medians["new"] / medians["old"],

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import httpx
-from bench.router_ab import TABLE
+from bench.router_ab import TABLE, base_checkout
 from bench.router_bench import start_upstream
 
 HERE = Path(__file__).resolve().parent
@@ -90,21 +90,14 @@ def main() -> None:
     parser.add_argument("--base", required=True, help="the earlier commit to compare with")
     parser.add_argument("--requests", type=int, default=20000)
     args = parser.parse_args()
-    base = subprocess.run(["git", "rev-parse", "--short", args.base], cwd=ROOT, check=True,
-                          capture_output=True, text=True).stdout.strip()
-    worktree = Path(tempfile.mkdtemp(prefix="turnout-base-"))
-    subprocess.run(["git", "worktree", "add", "--detach", "--force", str(worktree), base], cwd=ROOT,
-                   check=True, capture_output=True)
     upstream_proc, upstream = start_upstream()
     try:
-        result = {name: measure(src, upstream, args.requests)
-                  for name, src in (("old", worktree / "src"), ("new", ROOT / "src"))}
+        with base_checkout(args.base) as (base, old_src):
+            result = {name: measure(src, upstream, args.requests)
+                      for name, src in (("old", old_src), ("new", ROOT / "src"))}
     finally:
         upstream_proc.terminate()
         upstream_proc.wait(10)
-        subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=ROOT, check=False,
-                       capture_output=True)
-        shutil.rmtree(worktree, ignore_errors=True)
     ratio = result["new"] / result["old"]
     print(f"instructions per request: old ({base}) {result['old']:.0f}, new {result['new']:.0f}; "
           f"new/old {ratio:.3f}")

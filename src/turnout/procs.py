@@ -77,32 +77,27 @@ def is_running(pid: int, started: float | None) -> bool:
     return started is None or state.start_ticks == int(started)
 
 
-def signal_process(pid: int, started: float | None, signum: signal.Signals) -> bool:
-    """Send `signum` to that very process alone; False if it is gone.
+def signal_process(pid: int, started: float | None, signum: signal.Signals, *, group: bool = False) -> bool:
+    """Send `signum` to that very process (or, with `group`, the process group it leads);
+    False if it is gone.
 
     Raises PermissionError when the process belongs to another user.
     """
     if not is_running(pid, started):
         return False
     try:
-        os.kill(pid, signum)
+        if group:
+            os.killpg(pid, signum)
+        else:
+            os.kill(pid, signum)
     except ProcessLookupError:
         return False
     return True
 
 
 def signal_group(pid: int, started: float | None, signum: signal.Signals) -> bool:
-    """Send `signum` to the process group led by that very process; False if it is gone.
-
-    Raises PermissionError when the group belongs to another user.
-    """
-    if not is_running(pid, started):
-        return False
-    try:
-        os.killpg(pid, signum)
-    except ProcessLookupError:
-        return False
-    return True
+    """`signal_process` to the process group that very process leads."""
+    return signal_process(pid, started, signum, group=True)
 
 
 def child_env(

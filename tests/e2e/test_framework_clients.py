@@ -19,6 +19,7 @@ import yaml
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from tests.e2e import test_frameworks as frameworks
 from tests.e2e.conftest import Service, check
 from tests.e2e.test_frameworks import FRAMEWORKS
 from turnout.demo.load import Load
@@ -29,18 +30,9 @@ CHAT_GAP = 0.1
 MAX_MESSAGES = 600  # per socket: bounds the chat whatever happens
 
 
-def write_spec(service: Service, framework: str, **strategy: object) -> None:
-    spec = {
-        "service": "web",
-        "listen": f"127.0.0.1:{service.port}",
-        "instances": 2,
-        "run": {"command": FRAMEWORKS[framework], "grace": "5s"},
-        "health": {"path": "/healthz", "interval": "100ms", "timeout": "1s", "deadline": "20s"},
-        "routing": {"user_key": {"header": "X-User-Id"},
-                    "preview_listen": f"127.0.0.1:{service.preview_port}", "drain_timeout": "1500ms"},
-        "strategy": strategy or {"kind": "rolling", "max_surge": 1, "max_unavailable": 0},
-    }
-    service.spec.write_text(yaml.safe_dump(spec, sort_keys=False))
+def write_spec(service: Service, framework: str) -> None:
+    """The framework's service, rolling, with a short drain (WebSockets hold theirs to the end)."""
+    frameworks.write_spec(service, framework, "rolling", drain_timeout="1500ms")
 
 
 @dataclass

@@ -55,7 +55,7 @@ BODY = 4 * 1024 * 1024  # far beyond socket buffers and the router's 64 KiB retr
 MAX_ROUNDS = 20  # of streams, uploads and downloads beside one deployment
 
 
-def write_spec(service: Service, framework: str, strategy: str) -> None:
+def write_spec(service: Service, framework: str, strategy: str, *, drain_timeout: str = "5s") -> None:
     spec = {
         "service": "web",
         "listen": f"127.0.0.1:{service.port}",
@@ -63,7 +63,7 @@ def write_spec(service: Service, framework: str, strategy: str) -> None:
         "run": {"command": FRAMEWORKS[framework], "grace": "5s"},
         "health": {"path": "/healthz", "interval": "100ms", "timeout": "1s", "deadline": "20s"},
         "routing": {"user_key": {"header": "X-User-Id"},
-                    "preview_listen": f"127.0.0.1:{service.preview_port}", "drain_timeout": "5s"},
+                    "preview_listen": f"127.0.0.1:{service.preview_port}", "drain_timeout": drain_timeout},
         "strategy": STRATEGIES[strategy],
     }
     service.spec.write_text(yaml.safe_dump(spec, sort_keys=False))

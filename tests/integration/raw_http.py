@@ -69,3 +69,25 @@ async def read_reply(reader: asyncio.StreamReader, *, wait: float, until_close: 
                            if line.startswith(b"content-length:")), None)
             if length is not None and len(data.split(b"\r\n\r\n", 1)[1]) >= length:
                 return Reply(data, closed=False)
+
+
+async def flood(
+    port: int, prefix: bytes, *, most: int, byte: bytes = b"f", wait: float = 3.0
+) -> tuple[Reply, int]:
+    """Send `prefix`, then `byte` 64 KiB at a time until `most` bytes went out or the server
+    stopped taking them (closed, reset, or no room for `wait` seconds); what came back, and
+    how many bytes of filler were sent."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(prefix)
+    sent = 0
+    try:
+        while sent < most:
+            writer.write(byte * 65536)
+            await asyncio.wait_for(writer.drain(), wait)
+            sent += 65536
+    except (ConnectionError, TimeoutError):
+        pass
+    try:
+        return await read_reply(reader, wait=wait), sent
+    finally:
+        writer.close()

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
-from tests.integration.raw_http import Reply, read_reply
+from tests.integration.raw_http import Reply, flood, read_reply
 from tests.integration.test_proxy import state_dir
 
 from turnout.routers.builtin import BuiltinRouter
@@ -126,18 +126,8 @@ async def oversized_heads(port: int) -> list[Reply]:
 
 
 async def endless_heads(port: int) -> list[Reply]:
-    async def one() -> Reply:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"GET / HTTP/1.1\r\nX-Endless: ")
-        try:
-            for _ in range(64):  # at most 4 MiB; the router cuts in after 32 KiB
-                writer.write(b"e" * 65536)
-                await asyncio.wait_for(writer.drain(), 3)
-        except (ConnectionError, TimeoutError):
-            pass
-        reply = await read_reply(reader, wait=3.0)
-        writer.close()
-        return reply
+    async def one() -> Reply:  # at most 4 MiB; the router cuts in after 32 KiB
+        return (await flood(port, b"GET / HTTP/1.1\r\nX-Endless: ", most=4 * 2**20))[0]
 
     return list(await asyncio.gather(*(one() for _ in range(5))))
 
@@ -206,19 +196,10 @@ async def broken_chunks(port: int) -> list[Reply]:
 
 
 async def trailer_floods(port: int) -> list[Reply]:
-    async def one() -> Reply:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-                     b"5\r\nhello\r\n0\r\nX-Trailer: ")
-        try:
-            for _ in range(64):  # at most 4 MiB; cut after 32 KiB
-                writer.write(b"t" * 65536)
-                await asyncio.wait_for(writer.drain(), 3)
-        except (ConnectionError, TimeoutError):
-            pass
-        reply = await read_reply(reader, wait=3.0)
-        writer.close()
-        return reply
+    async def one() -> Reply:  # at most 4 MiB; cut after 32 KiB
+        prefix = (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  b"5\r\nhello\r\n0\r\nX-Trailer: ")
+        return (await flood(port, prefix, most=4 * 2**20))[0]
 
     return list(await asyncio.gather(*(one() for _ in range(5))))
 

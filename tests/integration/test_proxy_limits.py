@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from tests.integration.raw_http import exchange, read_reply
+from tests.integration.raw_http import exchange, flood, read_reply
 from tests.integration.test_proxy import (  # fixtures are used by name
     Running,
     Upstream,
@@ -70,18 +70,8 @@ async def test_a_head_and_a_large_body_in_one_write_are_not_mistaken_for_a_big_h
 
 async def test_endless_header_is_cut_at_the_limit_not_buffered(proxy: Running, ups: list[Upstream]) -> None:
     await apply(proxy, ups[0])
-    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(proxy.url))
-    writer.write(b"GET / HTTP/1.1\r\nX-Endless: ")
-    sent = 0
-    try:
-        for _ in range(512):  # up to 32 MiB, bounded; the router cuts in well before
-            writer.write(b"a" * 65536)
-            await asyncio.wait_for(writer.drain(), 5)
-            sent += 65536
-    except (ConnectionError, TimeoutError):
-        pass
-    reply = await read_reply(reader, wait=3.0)
-    writer.close()
+    # up to 32 MiB, bounded; the router cuts in well before
+    reply, sent = await flood(port_of(proxy.url), b"GET / HTTP/1.1\r\nX-Endless: ", most=32 * 2**20, wait=5.0)
     assert reply.status in (431, None) and sent < 8 * 1024 * 1024
     assert (await proxy.router.stats()).unrouted.router_responses == {"431": 1}
 
@@ -296,19 +286,9 @@ async def test_a_malformed_chunk_in_a_body_refuses_that_request(proxy: Running, 
 
 async def test_endless_trailers_are_cut_at_the_head_limit(proxy: Running, ups: list[Upstream]) -> None:
     await apply(proxy, ups[0], limits=Limits(max_header_size=8192))
-    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(proxy.url))
-    writer.write(b"POST /digest HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-                 b"5\r\nhello\r\n0\r\nX-Trailer: ")
-    sent = 0
-    try:
-        for _ in range(256):  # up to 16 MiB; cut at 8 KiB
-            writer.write(b"t" * 65536)
-            await asyncio.wait_for(writer.drain(), 3)
-            sent += 65536
-    except (ConnectionError, TimeoutError):
-        pass
-    reply = await read_reply(reader, wait=3.0)
-    writer.close()
+    prefix = (b"POST /digest HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+              b"5\r\nhello\r\n0\r\nX-Trailer: ")
+    reply, sent = await flood(port_of(proxy.url), prefix, most=16 * 2**20)  # cut at 8 KiB
     assert reply.status in (431, None) and reply.closed and sent < 4 * 1024 * 1024
     assert (await proxy.router.stats()).revisions["old"].router_responses == {"431": 1}
 
