@@ -4,15 +4,15 @@ The engine (``turnout.flags.state``) never raises and turns a malformed flag int
 is off with a PARSE_ERROR; that is right for what an SDK receives, wrong for what a user
 types. So a definition is checked here before it is stored, in two passes that each
 name the field path of every problem: pydantic models for the shape and types of
-Unleash's client-API feature JSON, then plain checks for what depends on more than one
-field (a strategy's parameters by its name, a constraint's operand by its operator, the
-weights of a variant list). The second pass reads the raw input defensively, so a type
-error in one strategy does not hide a bad regular expression in another; it includes
-``turnout.flags.portable``, which refuses what Unleash's official SDKs would read
-otherwise than turnout does. The result is a normalised definition: defaults filled in,
-operands and parameters as strings, variant weights spread the way the Unleash server
-spreads them. Whether referenced segments and parent flags exist is the store's check,
-not this module's.
+Unleash's client-API feature JSON (``turnout.flags.definition_models``), then plain
+checks here for what depends on more than one field (a strategy's parameters by its
+name, a constraint's operand by its operator, the weights of a variant list). The
+second pass reads the raw input defensively, so a type error in one strategy does not
+hide a bad regular expression in another; it includes ``turnout.flags.portable``, which
+refuses what Unleash's official SDKs would read otherwise than turnout does. The result
+is a normalised definition: defaults filled in, operands and parameters as strings,
+variant weights spread the way the Unleash server spreads them. Whether referenced
+segments and parent flags exist is the store's check, not this module's.
 """
 
 from __future__ import annotations
@@ -20,25 +20,24 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from turnout.errors import UserError
 from turnout.flags.constraints import as_text
+from turnout.flags.definition_models import (
+    OPERATORS,
+    STRATEGY_NAMES,
+    Flag,
+    Path,
+    Segment,
+    pydantic_problems,
+)
 from turnout.flags.portable import constraint_problems, parameter_problems
 from turnout.flags.state import FlagState
 from turnout.flags.values import rust_trim
 from turnout.flags.variants import TOTAL_WEIGHT, normalise_weights
-
-FLAG_NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,100}$"
-STRATEGY_NAMES = ("default", "flexibleRollout", "gradualRolloutUserId", "gradualRolloutSessionId",
-                  "gradualRolloutRandom", "userWithId", "remoteAddress", "applicationHostname")
-LIST_OPERATORS = ("IN", "NOT_IN", "STR_CONTAINS", "STR_STARTS_WITH", "STR_ENDS_WITH", "IN_CIDR")
-VALUE_OPERATORS = ("NUM_EQ", "NUM_GT", "NUM_GTE", "NUM_LT", "NUM_LTE", "DATE_AFTER", "DATE_BEFORE",
-                   "SEMVER_EQ", "SEMVER_GT", "SEMVER_GTE", "SEMVER_LT", "SEMVER_LTE", "REGEX")
-OPERATORS = LIST_OPERATORS + VALUE_OPERATORS
-Path = tuple[str | int, ...]
 
 
 class FlagError(UserError):
@@ -49,114 +48,11 @@ class FlagError(UserError):
         super().__init__("\n".join(problems))
 
 
-def _text(value: Any) -> Any:
-    """Numbers become their text (Unleash operands and parameters are strings)."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return str(value)
-    return value
-
-
-Text = Annotated[str, BeforeValidator(_text)]
-Name = Annotated[str, Field(min_length=1, max_length=200)]
-FlagName = Annotated[str, Field(pattern=FLAG_NAME_PATTERN)]
-Operator = Literal[OPERATORS]  # type: ignore[valid-type]
-StrategyName = Literal[STRATEGY_NAMES]  # type: ignore[valid-type]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Constraint(_Model):
-    contextName: Name
-    operator: Operator
-    value: Text | None = None
-    values: list[Text] | None = None
-    inverted: StrictBool = False
-    caseInsensitive: StrictBool = False
-
-
-class Override(_Model):
-    contextName: Name
-    values: list[Text] = Field(min_length=1)
-
-
-class Payload(_Model):
-    type: Literal["string", "json", "csv", "number"]
-    value: str
-
-
-class Variant(_Model):
-    name: Name
-    weight: int = Field(0, ge=0, le=TOTAL_WEIGHT)
-    weightType: Literal["variable", "fix"] = "variable"
-    stickiness: Name | None = None  # unset: a strategy variant inherits its strategy's
-    payload: Payload | None = None
-    overrides: list[Override] = []
-
-
-class Strategy(_Model):
-    name: StrategyName
-    parameters: dict[str, Text] = {}
-    constraints: list[Constraint] = []
-    segments: list[int] = []
-    variants: list[Variant] = []
-    id: str | None = None
-    title: str | None = None
-    sortOrder: int | None = None
-
-
-class Dependency(_Model):
-    feature: FlagName
-    enabled: StrictBool = True
-    variants: list[Name] = []
-
-
-class Flag(_Model):
-    name: FlagName
-    type: Literal["release", "experiment", "operational", "kill-switch", "permission"] = "release"
-    description: str = ""
-    enabled: StrictBool = False
-    stale: StrictBool = False
-    impressionData: StrictBool = False
-    project: Name = "default"
-    strategies: list[Strategy] = []
-    variants: list[Variant] = []
-    dependencies: list[Dependency] = []
-
-
-class Segment(_Model):
-    id: int | None = Field(None, ge=1)
-    name: Name
-    description: str = ""
-    constraints: list[Constraint] = []
-
-
 # -- messages ----------------------------------------------------------------------
 
 
 def dotted(path: Path) -> str:
     return ".".join(str(part) for part in path) if path else "(flag)"
-
-
-def _pydantic_problems(exc: ValidationError) -> list[tuple[Path, str]]:
-    out: list[tuple[Path, str]] = []
-    for err in exc.errors():
-        path: Path = tuple(err["loc"])
-        kind, ctx = err["type"], err.get("ctx") or {}
-        if kind == "missing":
-            message = "required"
-        elif kind == "extra_forbidden":
-            message = "unknown field"
-        elif kind == "string_pattern_mismatch":
-            message = f"expected 1 to 100 letters, digits, '_', '.' or '-', got {err['input']!r}"
-        elif kind == "literal_error":
-            message = f"expected {ctx.get('expected')}, got {err['input']!r}"
-        else:
-            message = err["msg"].replace("Input should be", "expected")
-            message = message.replace("Value error, ", "")
-        out.append((path, message))
-    return out
 
 
 # -- checks that span fields -------------------------------------------------------
@@ -293,12 +189,12 @@ def _raise(problems: list[tuple[Path, str]]) -> None:
         raise FlagError(lines)
 
 
-def _validated(model: type[_Model], data: object,
-               semantic: list[tuple[Path, str]]) -> _Model:
+def _validated(model: type[BaseModel], data: object,
+               semantic: list[tuple[Path, str]]) -> BaseModel:
     try:
         parsed = model.model_validate(data)
     except ValidationError as exc:
-        found = _pydantic_problems(exc)
+        found = pydantic_problems(exc)
         broken = [path for path, _ in found]
         found.extend((p, m) for p, m in semantic
                      if not any(p[: len(b)] == b for b in broken))
