@@ -22,6 +22,10 @@ request at most `timeout` seconds, and only 127.0.0.1/localhost may be targeted.
 Times are `time.monotonic()` seconds; `mark()` records one under a name. Both clocks
 are read once when the load starts, so `wall()` maps a sample's times onto wall-clock
 records kept elsewhere (a flag's audit trail, logs).
+
+This module paces and bounds the requests; the samples and their judging are in
+`turnout.demo.load_summary` (re-exported here), the connection pool in
+`turnout.demo.load_pool`.
 """
 
 from __future__ import annotations
@@ -29,252 +33,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import Counter
-from collections.abc import Iterable
-from dataclasses import dataclass
-from itertools import pairwise
 from types import TracebackType
-from typing import cast
 from urllib.parse import urlsplit
 
 import httptools
 
+from turnout.demo.load_pool import Dropped, Pool, describe
+from turnout.demo.load_summary import LoadSummary, Sample, summarize
+
+__all__ = ["LOCAL_HOSTS", "Load", "LoadSummary", "Sample", "summarize"]
+
 LOCAL_HOSTS = ("127.0.0.1", "localhost")
-TAIL_S = 1.0  # last_versions looks at answers completed in this final window
-
-
-@dataclass(frozen=True, slots=True)
-class Sample:
-    """One request: `status` is None and `error` says why when no answer came.
-
-    `sends` is 2 when the first send was lost on a reused keep-alive connection and the
-    request went out again on a fresh one; `lost` then says how the first was lost.
-    """
-
-    sent: float
-    done: float
-    status: int | None
-    version: str | None
-    user: str
-    error: str | None
-    sends: int = 1
-    lost: str | None = None
-
-    @property
-    def failed(self) -> bool:
-        return self.status is None or self.status >= 500
-
-    @property
-    def resent(self) -> bool:
-        return self.sends > 1
-
-
-@dataclass(frozen=True, slots=True)
-class LoadSummary:
-    requests: int
-    failed: int
-    resent: int
-    longest_gap_s: float
-    exposed_users: int
-    versions: dict[str, int]
-    last_versions: dict[str, int]
-    errors: dict[str, int]
-    resent_errors: dict[str, int]
-
-    @property
-    def clean(self) -> bool:
-        """Every request answered on its first send, none with a 5xx: what a deployment must show."""
-        return self.failed == 0 and self.resent == 0
-
-    def problems(self) -> str:
-        """What kept the run from being clean, e.g. `failed 2 (HTTP 503: 2); re-sent 1 (...)`."""
-        parts = [f"{label} {count} ({_kinds(kinds)})"
-                 for label, count, kinds in (("failed", self.failed, self.errors),
-                                             ("re-sent", self.resent, self.resent_errors))
-                 if count]
-        return "; ".join(parts) or "none"
-
-
-def _kinds(counts: dict[str, int]) -> str:
-    return ", ".join(f"{kind}: {n}" for kind, n in sorted(counts.items()))
-
-
-def summarize(
-    samples: Iterable[Sample],
-    *,
-    new_version: str,
-    start: float,
-    end: float,
-    until: float | None = None,
-) -> LoadSummary:
-    """Judge a run that sent requests from `start` to `end` (monotonic seconds).
-
-    `longest_gap_s` is the longest stretch of [start, end] in which no successful
-    answer completed. `exposed_users` counts users who got an answer from
-    `new_version` strictly before `until` (every such user when `until` is None).
-    `versions` counts answers per `X-Version`, whatever their status; `last_versions`
-    does the same for answers completed in the final second; `errors` counts failures
-    by kind (`HTTP 503`, `timeout`, `connection refused`, ...). `resent` counts requests
-    that took more than one send, answered or not, and `resent_errors` how their first
-    send was lost; a re-sent request that then failed counts in both.
-    """
-    samples = list(samples)
-    successes = sorted(s.done for s in samples if not s.failed and start <= s.done <= end)
-    gap = max((b - a for a, b in pairwise([start, *successes, max(start, end)])), default=0.0)
-    exposed = {
-        s.user for s in samples if s.version == new_version and (until is None or s.done < until)
-    }
-    errors = Counter(
-        f"HTTP {s.status}" if s.status is not None else s.error or "no answer"
-        for s in samples
-        if s.failed
-    )
-    resent = Counter(s.lost or "lost" for s in samples if s.resent)
-    return LoadSummary(
-        requests=len(samples),
-        failed=sum(errors.values()),
-        resent=sum(resent.values()),
-        longest_gap_s=gap,
-        exposed_users=len(exposed),
-        versions=dict(Counter(s.version for s in samples if s.version is not None)),
-        last_versions=dict(
-            Counter(s.version for s in samples if s.version is not None and s.done >= end - TAIL_S)
-        ),
-        errors=dict(errors),
-        resent_errors=dict(resent),
-    )
-
-
-class _Dropped(Exception):
-    """The server closed the connection before a complete answer."""
-
-    def __init__(self, *, received: bool, reset: bool = False) -> None:
-        super().__init__("connection reset" if reset else "connection closed")
-        self.received = received
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return "timeout"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, ConnectionResetError):
-        return "connection reset"
-    if isinstance(exc, _Dropped):
-        return str(exc)
-    if isinstance(exc, httptools.HttpParserError):
-        return "bad response"
-    return type(exc).__name__
-
-
-class _Connection(asyncio.Protocol):
-    """One keep-alive connection carrying one request at a time."""
-
-    def __init__(self) -> None:
-        self._parser = httptools.HttpResponseParser(self)
-        self._transport: asyncio.Transport | None = None
-        self._waiter: asyncio.Future[tuple[int, str | None]] | None = None
-        self._version: str | None = None
-        self._received = False
-        self.closed = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self._fail(_Dropped(received=self._received, reset=exc is not None))
-
-    def data_received(self, data: bytes) -> None:
-        self._received = True
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._fail(exc)
-            self.close()
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() == b"x-version":
-            self._version = value.decode("latin-1")
-
-    def on_message_complete(self) -> None:
-        if not self._parser.should_keep_alive():
-            self.close()
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result((self._parser.get_status_code(), self._version))
-
-    async def exchange(self, raw: bytes) -> tuple[int, str | None]:
-        assert self._transport is not None and self._waiter is None
-        self._waiter = asyncio.get_running_loop().create_future()
-        self._version, self._received = None, False
-        self._transport.write(raw)
-        return await self._waiter
-
-    def close(self) -> None:
-        self.closed = True
-        if self._transport is not None:
-            self._transport.close()
-
-    def _fail(self, exc: BaseException) -> None:
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(exc)
-
-
-class _Pool:
-    """At most `size` connections to one address; idle ones are reused."""
-
-    def __init__(self, host: str, port: int, size: int) -> None:
-        self._host, self._port = host, port
-        self._slots = asyncio.Semaphore(size)
-        self._idle: list[_Connection] = []
-        self._open: set[_Connection] = set()
-
-    async def request(self, raw: bytes, lost: list[str]) -> tuple[int, str | None]:
-        """Send `raw` and return (status, version); a lost first send is added to `lost`."""
-        async with self._slots:
-            conn, reused = await self._checkout(fresh=False)
-            try:
-                return await self._exchange(conn, raw)
-            except _Dropped as exc:
-                if not reused or exc.received:
-                    raise
-                lost.append(_describe(exc))
-            conn, _ = await self._checkout(fresh=True)  # stale keep-alive: re-send once
-            return await self._exchange(conn, raw)
-
-    async def _exchange(self, conn: _Connection, raw: bytes) -> tuple[int, str | None]:
-        try:
-            answer = await conn.exchange(raw)
-        except BaseException:
-            self._discard(conn)
-            raise
-        if conn.closed:
-            self._discard(conn)
-        else:
-            self._idle.append(conn)
-        return answer
-
-    async def _checkout(self, *, fresh: bool) -> tuple[_Connection, bool]:
-        while self._idle and not fresh:
-            conn = self._idle.pop()
-            if not conn.closed:
-                return conn, True
-            self._open.discard(conn)
-        loop = asyncio.get_running_loop()
-        _, conn = await loop.create_connection(_Connection, self._host, self._port)
-        self._open.add(conn)
-        return conn, False
-
-    def _discard(self, conn: _Connection) -> None:
-        conn.close()
-        self._open.discard(conn)
-
-    def close(self) -> None:
-        for conn in list(self._open):
-            self._discard(conn)
-        self._idle.clear()
 
 
 def _local_target(url: str) -> tuple[int, str, str]:
@@ -322,7 +91,7 @@ class Load:
             f"GET {target} HTTP/1.1\r\nHost: {host_header}\r\n{user_header}: u{i}\r\n\r\n".encode()
             for i in range(users)
         ]
-        self._pool: _Pool | None = None
+        self._pool: Pool | None = None
         self._sender: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
 
@@ -342,7 +111,7 @@ class Load:
         """Begin sending in the background (needs a running event loop)."""
         if self._sender is not None:
             raise RuntimeError("this Load was already started")
-        self._pool = _Pool("127.0.0.1", self._port, self._connections)
+        self._pool = Pool("127.0.0.1", self._port, self._connections)
         self.started_wall, self.started = time.time(), time.monotonic()
         self._sender = asyncio.create_task(self._send_all(self.started))
 
@@ -411,8 +180,8 @@ class Load:
         try:
             async with asyncio.timeout(self.timeout):
                 status, version = await self._pool.request(raw, lost)
-        except (TimeoutError, OSError, _Dropped, httptools.HttpParserError) as exc:
-            error = _describe(exc)
+        except (TimeoutError, OSError, Dropped, httptools.HttpParserError) as exc:
+            error = describe(exc)
         user = f"u{index % self.users}"
         self.samples.append(Sample(sent, time.monotonic(), status, version, user, error,
                                    sends=1 + len(lost), lost=lost[0] if lost else None))
