@@ -1,6 +1,6 @@
 """The executor's logic on fakes: a real store on SQLite, fake time, platform and router.
 
-Each test deploys like `service.py` does (plan from the strategy, deployment record,
+Each test deploys like `Session.deploy` does (plan from the strategy, deployment record,
 `Executor.run`) and checks what a user would notice: who gets the traffic, what runs,
 what the store says. Every test also checks that no instance was stopped while the
 router still listed it.
