@@ -93,3 +93,19 @@ def service(tmp_path: Path) -> Iterator[Service]:
 
 def check(result: subprocess.CompletedProcess[str], code: int = 0) -> None:
     assert result.returncode == code, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+
+
+async def kill_at_first_traffic(service: Service, *args: str) -> None:
+    """`turnout deploy ARGS --json`, SIGKILLed right after its first change of traffic."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "turnout", "deploy", *args, "--json", cwd=service.folder, env=cli_env(),
+        stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
+    )
+    assert proc.stdout is not None
+    while True:
+        line = await asyncio.wait_for(proc.stdout.readline(), 60)
+        assert line, "deploy ended before its first route step"
+        if json.loads(line).get("kind") == "traffic":
+            break
+    proc.kill()
+    await proc.wait()

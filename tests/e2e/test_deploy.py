@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.conftest import Service, check
+from tests.e2e.conftest import Service, check, kill_at_first_traffic
 from turnout.demo.load import Load
 
 pytestmark = pytest.mark.slow
@@ -186,18 +186,7 @@ async def test_sigkill_of_the_cli_mid_deployment(service: Service, resolve: str)
     service.write(kind="rolling", max_surge=1, max_unavailable=0)
     check(service.run("deploy", "v1"))
     async with Load(service.url, rate=RATE, users=50, max_seconds=120) as load:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "turnout", "deploy", "v2", "--json", "--set", "run.env.DEMO_STARTUP_MS=500",
-            cwd=service.folder, stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
-        )
-        assert proc.stdout is not None
-        while True:  # kill it right after its first change of traffic
-            line = await asyncio.wait_for(proc.stdout.readline(), 60)
-            assert line, "deploy ended before its first route step"
-            if json.loads(line).get("kind") == "traffic":
-                break
-        proc.send_signal(signal.SIGKILL)
-        await proc.wait()
+        await kill_at_first_traffic(service, "v2", "--set", "run.env.DEMO_STARTUP_MS=500")
         await asyncio.sleep(0.5)
 
         status = service.status()

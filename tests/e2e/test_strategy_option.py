@@ -6,18 +6,17 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-import sys
 import time
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.e2e.conftest import Service, check, cli_env
-from tests.e2e.flag_exposure import FlagHistory, unexplained
+from tests.e2e.conftest import Service, check, kill_at_first_traffic
+from tests.e2e.flag_exposure import unexplained
 from tests.e2e.test_deploy import answered_after, app_processes
+from tests.e2e.test_feature_toggle import flag_history
 from turnout.demo.load import Load
-from turnout.flags.store import FlagStore
 
 pytestmark = pytest.mark.slow
 
@@ -40,14 +39,6 @@ def write_with_feature(service: Service, **strategy: Any) -> None:
     spec = yaml.safe_load(service.spec.read_text())
     spec["run"]["env"] = {"DEMO_FEATURE": FLAG}
     service.spec.write_text(yaml.safe_dump(spec, sort_keys=False))
-
-
-def flag_history(service: Service) -> FlagHistory:
-    store = FlagStore.open(f"sqlite:///{service.folder / '.turnout' / 'state.db'}")
-    try:
-        return FlagHistory.from_audit(FLAG, store.history(FLAG))
-    finally:
-        store.close()
 
 
 async def test_strategy_feature_toggle_deploys_a_rolling_spec_as_a_toggle(service: Service) -> None:
@@ -94,19 +85,7 @@ async def test_a_resumed_deployment_whose_plan_changed_is_refused(service: Servi
     service.write(**ROLLING)
     check(service.run("deploy", "v1"))
     async with Load(service.url, rate=150, users=50, max_seconds=150) as load:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "turnout", "deploy", "v2", "--json", *startup,
-            cwd=service.folder, env=cli_env(), stdout=asyncio.subprocess.PIPE,
-            stdin=asyncio.subprocess.DEVNULL,
-        )
-        assert proc.stdout is not None
-        while True:  # kill it right after its first change of traffic
-            line = await asyncio.wait_for(proc.stdout.readline(), 60)
-            assert line, "deploy ended before its first route step"
-            if json.loads(line).get("kind") == "traffic":
-                break
-        proc.kill()
-        await proc.wait()
+        await kill_at_first_traffic(service, "v2", *startup)
         await asyncio.sleep(0.5)
         before = world(service)
         assert service.status()["deployment"]["interrupted"] is True
