@@ -4,6 +4,7 @@
 classes, and `build_router` / `build_platform` make one over a state folder; everything
 else holds a `Router` or a `Platform` (`turnout.routers.base`, `turnout.platforms.base`).
 
+`analysis` chooses the metric source and the judge a deployment's gates use.
 `check` refuses, before anything starts, an unknown kind (listing the known ones) and a
 spec that needs a capability its router lacks, at the field that needs it:
 `turnout.yaml:14: strategy.match: the router 'x' cannot send chosen users to a revision`.
@@ -21,6 +22,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from turnout.analysis.judge import Judge, ThresholdJudge
+from turnout.analysis.sources import MetricSource, RouterCounters
 from turnout.errors import UserError
 from turnout.platforms.base import Platform
 from turnout.platforms.local import LocalPlatform
@@ -120,6 +123,12 @@ def build_platform(spec: Spec, state: StateDir) -> Platform:
     if kind is None:
         raise UserError(f"platform.kind: {_unknown('platform', spec.platform.kind, PLATFORMS)}")
     return kind.build(spec, state)
+
+
+def analysis(spec: Spec, router: Router) -> tuple[MetricSource, Judge]:
+    """What measures a gate's subjects and what judges them: the router's own counters and
+    fixed thresholds, until a spec can name others (a Prometheus source, a statistical judge)."""
+    return RouterCounters(router), ThresholdJudge()
 
 
 def flag_router(where: Path) -> Router | None:

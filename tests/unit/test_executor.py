@@ -18,6 +18,8 @@ import httpx
 import pytest
 
 from turnout import strategies
+from turnout.analysis.judge import ThresholdJudge
+from turnout.analysis.sources import RouterCounters
 from turnout.engine.events import Event
 from turnout.engine.executor import Executor
 from turnout.flags import FlagState, evaluate
@@ -64,7 +66,7 @@ class World:
     def executor(self) -> Executor:
         return Executor(spec=self.spec, store=self.store, platform=self.platform,
                         router=self.router, clock=self.clock, emit=self.emit, http=self.http,
-                        flags=self.flags)
+                        source=RouterCounters(self.router), judge=ThresholdJudge(), flags=self.flags)
 
     def rev(self, version: str) -> str:
         return Revision.of(self.spec, version).id

@@ -10,7 +10,7 @@ interrupted by a SIGKILL resumes at the stored step. A failed step, a failed gat
 with the deployment (`Recorder`).
 
 The executor does not know which metric source or judge decides a gate: the session passes
-them in (the router's counters and the threshold judge unless told otherwise).
+them in (`turnout.wiring.analysis` chooses them).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import asyncio
 
 import httpx
 
-from turnout.analysis.judge import Judge, ThresholdJudge
-from turnout.analysis.sources import MetricSource, RouterCounters
+from turnout.analysis.judge import Judge
+from turnout.analysis.sources import MetricSource
 from turnout.clock import Clock
 from turnout.engine import health
 from turnout.engine.control import Aborted, Control, StepFailed
@@ -59,16 +59,15 @@ __all__ = ["Aborted", "Executor", "StepFailed"]
 class Executor:
     def __init__(
         self, *, spec: Spec, store: Store, platform: Platform, router: Router, clock: Clock,
-        emit: Emit, http: httpx.AsyncClient, flags: FlagStore | None = None,
-        source: MetricSource | None = None, judge: Judge | None = None,
+        emit: Emit, http: httpx.AsyncClient, source: MetricSource, judge: Judge,
+        flags: FlagStore | None = None,
     ) -> None:
         self.spec, self.store, self.clock = spec, store, clock
         self.record = Recorder(store, emit)
         self.world = RunningFleet(spec=spec, store=store, platform=platform, router=router, http=http,
                                   clock=clock, record=self.record)
         self.flag_writer = FlagWriter(spec=spec, flags=flags, router=router, record=self.record)
-        self.gates = Gates(spec=spec, source=source or RouterCounters(router),
-                           judge=judge or ThresholdJudge(), clock=clock, record=self.record)
+        self.gates = Gates(spec=spec, source=source, judge=judge, clock=clock, record=self.record)
         self.rollback = Rollback(spec=spec, store=store, fleet=self.world, flags=self.flag_writer,
                                  record=self.record)
         self._interrupted = asyncio.Event()

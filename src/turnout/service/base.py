@@ -138,9 +138,10 @@ class SessionBase:
                                     revision=state["meta"]["revision"])
 
     def new_executor(self) -> Executor:
+        source, judge = wiring.analysis(self.spec, self.router)
         self.executor = Executor(
             spec=self.spec, store=self.store, platform=self.platform, router=self.router,
-            clock=self.clock, emit=self.emit, http=self.http,
+            clock=self.clock, emit=self.emit, http=self.http, source=source, judge=judge,
             flags=self.flags if self.uses_flags() else None,
         )
         return self.executor
