@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the tests and benchmarks use (haproxy, wrk), when run as root.
+# Installs the Debian packages the tests and benchmarks use (haproxy, wrk, npm, postgresql), when
+# run as root. The tests start their own PostgreSQL server from its binaries, not the system service.
 # Without root it only says what is missing; the tests that need a package skip with a reason.
 set -euo pipefail
 need=()
 command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v npm >/dev/null 2>&1 || need+=(npm)
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || command -v initdb >/dev/null 2>&1 ||
+  need+=(postgresql)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi

@@ -1,24 +1,32 @@
 """One suite for every store backend: each method of `Store`, as the engine relies on it.
 
-`ALL_STORES` lists how to get a fresh, empty database per test. PostgreSQL joins it by
-adding an entry that creates (and later drops) a scratch database.
+`ALL_STORES` names each backend and how to get a fresh, empty database of it per test:
+an SQLite file in the test's folder, or a scratch database on the session's throwaway
+PostgreSQL server (`tests.pg`), dropped after the test.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
 
 from turnout.errors import ConflictError, StoreError
 from turnout.model import Instance, Revision
 from turnout.spec import Spec
 from turnout.store import DeploymentRecord, Event, InstanceRecord, Store
+from turnout.store.schema import metadata
 
-ALL_STORES: list[Callable[[Path], str]] = [
-    lambda tmp: f"sqlite:///{tmp / 'state.db'}",
-]
+ALL_STORES: dict[str, Callable[[pytest.FixtureRequest, Path], str]] = {
+    "sqlite": lambda _request, tmp: f"sqlite:///{tmp / 'state.db'}",
+    "postgresql": lambda request, _tmp: str(request.getfixturevalue("postgres_url")),
+}
 
 
 class Ticker:
@@ -32,9 +40,15 @@ class Ticker:
         return self.value
 
 
-@pytest.fixture(params=ALL_STORES, ids=["sqlite"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    with Store.open(request.param(tmp_path), now=Ticker()) as opened:
+@pytest.fixture(params=list(ALL_STORES))
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of a fresh, empty database of each backend."""
+    return ALL_STORES[request.param](request, tmp_path)
+
+
+@pytest.fixture
+def store(url: str) -> Iterator[Store]:
+    with Store.open(url, now=Ticker()) as opened:
         yield opened
 
 
@@ -264,3 +278,25 @@ def test_closed_store_raises_store_error(store: Store) -> None:
     with pytest.raises(StoreError, match="closed"):
         store.stable("shop")
     store.close()
+
+
+# -- the schema ----------------------------------------------------------------------------
+def test_migrations_build_the_tables_the_code_uses(url: str) -> None:
+    Store.open(url).close()
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        differences = compare_metadata(MigrationContext.configure(conn), metadata)
+    engine.dispose()
+    assert differences == []
+
+
+def test_three_processes_opening_a_fresh_database_at_once(url: str) -> None:
+    opener = ("import sys\nfrom turnout.store import Store\n"
+              "with Store.open(sys.argv[1]) as store:\n    store.set_stable(sys.argv[2], 'r')\n")
+    children = [subprocess.Popen([sys.executable, "-c", opener, url, name], stderr=subprocess.PIPE,
+                                 text=True) for name in ("one", "two", "three")]
+    for child in children:
+        _, err = child.communicate(timeout=60)
+        assert child.returncode == 0, err
+    with Store.open(url) as store:
+        assert [store.stable(name) for name in ("one", "two", "three")] == ["r"] * 3

@@ -1,9 +1,9 @@
-"""The flag store on real SQLite files: changes, versions, revision, audit, segments, tokens."""
+"""The flag store on a real SQLite file and on PostgreSQL (`tests.pg`): changes, versions,
+revision, audit, segments, tokens."""
 
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from turnout.errors import ConflictError, StoreError
 from turnout.flags import FlagState, evaluate
 from turnout.flags.store import FlagError, FlagExists, FlagNotFound, FlagStore, Token, VersionConflict
 from turnout.store import Store
+from turnout.store.schema import metadata
 
 
 class Ticks:
@@ -27,8 +29,10 @@ class Ticks:
         return self.t
 
 
-@pytest.fixture
-def db(tmp_path: Path) -> str:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "postgresql":
+        return str(request.getfixturevalue("postgres_url"))
     return f"sqlite:///{tmp_path / '.turnout' / 'state.db'}"
 
 
@@ -254,10 +258,13 @@ def test_tokens_keep_only_a_hash_and_say_their_kind(store: FlagStore, db: str) -
     assert store.check_token(client) == Token("sdk", "client")
     assert store.check_token(admin) == Token("ops", "admin")
     assert store.check_token("client:guess") is None and store.check_token("") is None
-    with sqlite3.connect(db.removeprefix("sqlite:///")) as raw:
-        rows = raw.execute("SELECT name, kind, secret_sha256 FROM tokens ORDER BY id").fetchall()
-        dump = "\n".join(raw.iterdump())
-    assert rows[0] == ("sdk", "client", hashlib.sha256(client.encode()).hexdigest())
+    engine = sa.create_engine(db)
+    with engine.connect() as raw:
+        rows = raw.execute(sa.text("SELECT name, kind, secret_sha256 FROM tokens ORDER BY id")).all()
+        dump = "\n".join(repr(row) for table in metadata.sorted_tables
+                         for row in raw.execute(sa.select(table)))
+    engine.dispose()
+    assert tuple(rows[0]) == ("sdk", "client", hashlib.sha256(client.encode()).hexdigest())
     assert client not in dump and admin not in dump
     assert store.revision() == 0  # tokens are not part of the flag state
 
