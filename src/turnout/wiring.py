@@ -27,9 +27,11 @@ from turnout.analysis.sources import MetricSource, RouterCounters
 from turnout.errors import UserError
 from turnout.platforms.base import Platform
 from turnout.platforms.local import LocalPlatform
+from turnout.platforms.ssh import SshPlatform
 from turnout.routers.base import CANNOT, Capability, Router
 from turnout.routers.builtin import BuiltinRouter
 from turnout.spec import BlueGreen, Canary, FeatureToggle, Spec
+from turnout.spec.hosts import SshPlatformSpec
 from turnout.specfile import SPEC_NAME
 from turnout.specfile import load_spec as _load_spec
 from turnout.spectext import FieldPath
@@ -56,6 +58,7 @@ ROUTERS: dict[str, RouterKind] = {
 }
 PLATFORMS: dict[str, PlatformKind] = {
     "local": LocalPlatform,
+    "ssh": SshPlatform,
 }
 
 
@@ -95,6 +98,14 @@ def check(spec: Spec) -> list[tuple[FieldPath, str]]:
                 problems.append(
                     (path, f"the router {spec.router.kind!r} cannot {CANNOT[capability]}")
                 )
+    if isinstance(spec.platform, SshPlatformSpec) and spec.instances != spec.platform.fleet_size:
+        problems.append((("instances",), (
+            f"the ssh platform runs hosts x instances_per_host = {spec.platform.fleet_size} "
+            "instances; leave `instances` out or make it that number")))
+    if isinstance(spec.platform, SshPlatformSpec) and spec.platform.release is None \
+            and spec.run.cwd not in (".", "") and not spec.run.cwd.startswith("/"):
+        problems.append((("run", "cwd"), "with the ssh platform and no `platform.release`, "
+                         "the folder must be absolute (it is on the hosts)"))
     if spec.platform.kind not in PLATFORMS:
         problems.append((("platform", "kind"), _unknown("platform", spec.platform.kind, PLATFORMS)))
     return problems

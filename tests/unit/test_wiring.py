@@ -100,10 +100,10 @@ def test_router_and_platform_are_a_kind_or_its_shorthand(tmp_path: Path) -> None
 
 
 def test_an_unknown_kind_is_refused_listing_the_known_ones(tmp_path: Path) -> None:
-    path = spec_file(tmp_path, BASE + "router: haproxy\nplatform:\n  kind: ssh\n")
+    path = spec_file(tmp_path, BASE + "router: haproxy\nplatform:\n  kind: k8s\n")
     assert refusal(path) == [
         "turnout.yaml:4: router.kind: unknown router 'haproxy'; known: bare, builtin, fake, flagging",
-        "turnout.yaml:6: platform.kind: unknown platform 'ssh'; known: fake, local",
+        "turnout.yaml:6: platform.kind: unknown platform 'k8s'; known: fake, local, ssh",
     ]
 
 

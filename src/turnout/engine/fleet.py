@@ -73,9 +73,8 @@ class RunningFleet:
     async def start(self, revision_id: str, slots: tuple[int, ...]) -> None:
         revision = self.revision(revision_id)
         running = self.running.setdefault(revision_id, {})
-        for slot in slots:
-            if slot in running:
-                continue  # resumed: it was started before the interruption and still runs
+
+        async def start(slot: int) -> None:
             try:
                 instance = await self.platform.start(revision, slot=slot)
             except PlatformError as exc:
@@ -83,6 +82,10 @@ class RunningFleet:
             self.store.put_instance(instance, state="starting")
             running[slot] = instance
             self.record(Event("info", f"started {instance.id} on {instance.address} (pid {instance.pid})"))
+
+        # A batch starts at once (on many hosts, in parallel); a slot started before an
+        # interruption that still runs is kept.
+        await together(start(slot) for slot in slots if slot not in running)
 
     async def wait_healthy(self, revision_id: str, slots: tuple[int, ...]) -> None:
         """Every instance of the batch healthy; the first to fail fails the batch at once."""

@@ -8,9 +8,22 @@ is async, the log tail included (a remote platform reads it over the network).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from turnout.model import Instance, Revision
+
+
+def placeholders(revision: Revision, *, slot: int, port: int) -> Callable[[str], str]:
+    """What fills `{port}`, `{version}` and `{slot}` in one instance's command, env and cwd."""
+    values = {"{port}": str(port), "{version}": revision.version, "{slot}": str(slot)}
+
+    def fill(text: str) -> str:
+        for key, value in values.items():
+            text = text.replace(key, value)
+        return text
+
+    return fill
 
 
 class Platform(Protocol):

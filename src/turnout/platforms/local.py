@@ -23,6 +23,7 @@ from turnout import procs
 from turnout.errors import PlatformError
 from turnout.files import write_atomic
 from turnout.model import Instance, Revision
+from turnout.platforms.base import placeholders
 from turnout.spec import Spec
 from turnout.statedir import StateDir
 
@@ -140,13 +141,7 @@ class LocalPlatform:
 
     # -- helpers -------------------------------------------------------------------------
     def _launch(self, revision: Revision, *, slot: int, port: int) -> _Launch:
-        values = {"{port}": str(port), "{version}": revision.version, "{slot}": str(slot)}
-
-        def fill(text: str) -> str:
-            for key, value in values.items():
-                text = text.replace(key, value)
-            return text
-
+        fill = placeholders(revision, slot=slot, port=port)
         cwd = (self.spec_dir / fill(revision.run.cwd)).resolve()
         env = {name: fill(value) for name, value in revision.run.env.items()}
         env.update(

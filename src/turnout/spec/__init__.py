@@ -15,7 +15,7 @@ that name the file, line and field lives in `turnout.specfile`.
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from turnout.addresses import join_host_port, split_host_port
 from turnout.spec.routing import (
@@ -118,6 +118,20 @@ class Spec(Strict):
     platform: PlatformField = Field(
         default_factory=PlatformChoice, description="where instances run: `local`, or {kind: ...}"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fleet_from_hosts(cls, data: object) -> object:
+        """With `platform: {kind: ssh}`, `instances` defaults to hosts x instances_per_host
+        (`turnout.wiring.check` refuses a spec that writes a different number)."""
+        if not isinstance(data, dict) or "instances" in data:
+            return data
+        platform = data.get("platform")
+        if isinstance(platform, dict) and platform.get("kind") == "ssh":
+            hosts, per_host = platform.get("hosts"), platform.get("instances_per_host", 1)
+            if isinstance(hosts, list) and hosts and isinstance(per_host, int) and per_host >= 1:
+                return {**data, "instances": min(256, len(hosts) * per_host)}
+        return data
 
     @field_validator("listen")
     @classmethod

@@ -10,8 +10,9 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from pydantic import BeforeValidator, Field, field_validator
+from pydantic import BeforeValidator, Discriminator, Field, Tag, field_validator
 
+from turnout.spec.hosts import SshPlatformSpec
 from turnout.spec.values import Strict, kind_schema, kind_shorthand, numbers_as_text
 from turnout.units import Duration
 
@@ -22,8 +23,19 @@ class PlatformChoice(Strict):
     kind: str = Field(default="local", description="local: processes on this machine")
 
 
-PlatformField = Annotated[PlatformChoice, BeforeValidator(kind_shorthand),
-                          kind_schema("local: processes on this machine")]
+def _platform_tag(value: object) -> str:
+    kind = value.get("kind") if isinstance(value, dict) else getattr(value, "kind", None)
+    return "ssh" if kind == "ssh" else "other"
+
+
+# `ssh` has its own fields (`turnout.spec.hosts`); every other kind is only named here, and
+# `turnout.wiring` refuses a kind it does not know.
+PlatformField = Annotated[
+    Annotated[PlatformChoice, Tag("other")] | Annotated[SshPlatformSpec, Tag("ssh")],
+    Discriminator(_platform_tag),
+    BeforeValidator(kind_shorthand),
+    kind_schema("local: processes on this machine; ssh: units on hosts (see `hosts`)"),
+]
 
 
 # What instances and test commands take from the deployer's environment unless the spec says

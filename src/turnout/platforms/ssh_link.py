@@ -1,0 +1,170 @@
+"""One SSH connection per host, opened on first use and kept for the whole command.
+
+A `HostLink` runs argv lists on its host: the remote side of SSH takes one command line,
+so each argument is quoted with `shlex.join` (the library does the quoting; no spec value is
+ever pasted into a command string). Host keys are always checked against the spec's
+`known_hosts` file: an unknown or changed key is refused, never accepted. At most
+`parallel` commands run on one host at once. A connection lost under a command is opened
+again and the command run once more (every command the platform sends is safe to repeat);
+a second loss, a timeout or a refusal is a `PlatformError` that names the host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncssh
+
+from turnout.errors import PlatformError
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """What a command printed and how it ended."""
+
+    status: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 0
+
+    def reason(self) -> str:
+        """The command's own words about a failure: its last line of stderr (else stdout)."""
+        lines = (self.stderr.strip() or self.stdout.strip()).splitlines()
+        return lines[-1] if lines else f"exit status {self.status}"
+
+
+@dataclass(frozen=True, slots=True)
+class Login:
+    """How to log in on every host of a spec."""
+
+    user: str
+    identity: Path | None  # None: the ssh-agent and the default keys
+    known_hosts: Path
+    connect_timeout: float
+    command_timeout: float
+    parallel: int
+
+
+class HostLink:
+    """The connection to one host (see the module docstring)."""
+
+    def __init__(self, name: str, host: str, port: int, login: Login) -> None:
+        self.name = name  # as the spec writes it: what errors show
+        self.host = host
+        self.port = port
+        self.login = login
+        self._conn: asyncssh.SSHClientConnection | None = None
+        self._connecting = asyncio.Lock()
+        self._slots = asyncio.Semaphore(login.parallel)
+
+    async def run(
+        self, argv: Sequence[str], *, stdin: bytes | None = None, limit: float | None = None
+    ) -> Output:
+        """Run `argv` on the host and return its output, whatever its exit status."""
+        command = shlex.join(argv)
+        limit = self.login.command_timeout if limit is None else limit
+        async with self._slots:
+            for attempt in (1, 2):
+                conn = await self._connection()
+                try:
+                    result = await asyncio.wait_for(
+                        conn.run(command, input=stdin, encoding=None, check=False), limit
+                    )
+                except TimeoutError:
+                    raise PlatformError(
+                        f"host {self.name}: `{shlex.join(argv[:2])}` gave no answer within {limit:g}s"
+                    ) from None
+                except (asyncssh.Error, OSError) as exc:
+                    self._forget(conn)
+                    if attempt == 2:
+                        raise PlatformError(f"host {self.name}: connection lost: {_said(exc)}") from exc
+                    continue
+                return Output(
+                    status=result.exit_status if result.exit_status is not None else -1,
+                    stdout=_text(result.stdout),
+                    stderr=_text(result.stderr),
+                )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def check(self, argv: Sequence[str], *, what: str, stdin: bytes | None = None,
+                    limit: float | None = None) -> str:
+        """Run `argv`; its stdout, or a PlatformError naming the host, `what` and the reason."""
+        out = await self.run(argv, stdin=stdin, limit=limit)
+        if not out.ok:
+            raise PlatformError(f"host {self.name}: cannot {what}: {out.reason()}")
+        return out.stdout
+
+    async def connected(self) -> None:
+        """Open the connection now (to report an unreachable host before anything starts)."""
+        await self._connection()
+
+    async def aclose(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            conn.close()
+            with contextlib.suppress(TimeoutError, asyncssh.Error, OSError):
+                await asyncio.wait_for(conn.wait_closed(), 2.0)
+
+    # -- connecting ------------------------------------------------------------------
+    async def _connection(self) -> asyncssh.SSHClientConnection:
+        async with self._connecting:
+            if self._conn is None:
+                self._conn = await self._connect()
+            return self._conn
+
+    def _forget(self, conn: asyncssh.SSHClientConnection) -> None:
+        if self._conn is conn:
+            self._conn = None
+        conn.abort()
+
+    async def _connect(self) -> asyncssh.SSHClientConnection:
+        login = self.login
+        keys: dict[str, object] = {}
+        if login.identity is not None:  # this key alone; else the agent and the default keys
+            keys = {"client_keys": [str(login.identity)], "agent_path": None}
+        try:
+            return await asyncio.wait_for(
+                asyncssh.connect(
+                    self.host, self.port, username=login.user,
+                    known_hosts=str(login.known_hosts),
+                    keepalive_interval=5, keepalive_count_max=3,
+                    **keys,
+                ),
+                login.connect_timeout,
+            )
+        except TimeoutError:
+            raise PlatformError(
+                f"host {self.name}: no SSH connection within {login.connect_timeout:g}s"
+            ) from None
+        except asyncssh.HostKeyNotVerifiable as exc:
+            raise PlatformError(
+                f"host {self.name}: its host key is not accepted ({_said(exc)}): it is unknown to "
+                f"or differs from {login.known_hosts}; check the key with the host's owner, "
+                "then add it there"
+            ) from exc
+        except asyncssh.PermissionDenied as exc:
+            how = f"the key {login.identity}" if login.identity else "the ssh-agent's keys"
+            raise PlatformError(
+                f"host {self.name}: {login.user} was refused with {how}"
+            ) from exc
+        except (asyncssh.Error, OSError, ValueError) as exc:
+            raise PlatformError(f"host {self.name}: cannot connect: {_said(exc)}") from exc
+
+
+def _said(exc: BaseException) -> str:
+    text = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
+    return str(text).strip() or type(exc).__name__
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return "" if value is None else str(value)

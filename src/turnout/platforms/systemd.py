@@ -1,0 +1,164 @@
+"""Instances as transient systemd units: their names, the `systemd-run` that starts one, and
+reading back what `systemctl show` says of them.
+
+A unit is `turnout-<service>-<instance id>.service` (characters systemd does not allow in a
+unit name are written `_xx`), started with `Restart=on-failure`, `TimeoutStopSec=` the
+spec's grace and `--collect`, so a stopped or failed unit leaves nothing behind. Its
+description carries the instance as JSON after `turnout `; that is what a restarted control
+plane reads to find its fleet again, whatever the unit's name says.
+
+systemd expands `$NAME`, `${NAME}` and `%` specifiers in a unit's command line: every
+argument is escaped (`$$`, `%%`) so the service gets exactly the spec's text.
+Environment values are passed as they are (systemd does not expand them).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from turnout.model import Instance
+
+PREFIX = "turnout-"
+DESCRIPTION = "turnout "
+_UNIT_CHAR = re.compile(r"[^A-Za-z0-9.-]")
+SHOWN = ("Id", "Description", "ActiveState", "SubState", "MainPID", "ExecMainStartTimestampMonotonic")
+
+
+def unit_name(instance: Instance) -> str:
+    """The unit of one instance: the same name for the same service, revision and slot."""
+    raw = f"{instance.service}-{instance.id}"
+    safe = _UNIT_CHAR.sub(lambda m: "".join(f"_{b:02x}" for b in m.group().encode()), raw)
+    return f"{PREFIX}{safe[:230]}.service"
+
+
+def service_pattern(service: str) -> str:
+    """A `systemctl list-units` pattern matching every unit of `service` (and a few more:
+    the description tells them apart)."""
+    safe = _UNIT_CHAR.sub("?", service)
+    return f"{PREFIX}{safe}-*.service"
+
+
+def describe(instance: Instance) -> str:
+    data = {"service": instance.service, "revision": instance.revision,
+            "version": instance.version, "slot": instance.slot, "port": instance.port}
+    return DESCRIPTION + json.dumps(data, separators=(",", ":"), sort_keys=True)
+
+
+def escape_exec(arg: str) -> str:
+    """One argument of a unit's command line, safe from systemd's `$` and `%` expansion."""
+    return arg.replace("%", "%%").replace("$", "$$")
+
+
+@dataclass(frozen=True, slots=True)
+class UnitSettings:
+    """What `systemd-run` needs besides the command."""
+
+    name: str
+    description: str
+    cwd: str | None  # None: the manager's default (the user's home, or /)
+    env: Mapping[str, str]
+    grace: float
+    user_manager: bool  # --user: the login's own manager (it must linger)
+
+
+def run_argv(settings: UnitSettings, command: Sequence[str]) -> list[str]:
+    """`systemd-run` for one instance; the command's arguments escaped for systemd."""
+    argv = ["systemd-run"]
+    if settings.user_manager:
+        argv.append("--user")
+    argv += [
+        f"--unit={settings.name}",
+        f"--description={settings.description}",
+        "--collect",
+        "--quiet",
+        "--property=Restart=on-failure",
+        "--property=RestartSec=1",
+        f"--property=TimeoutStopSec={max(1, round(settings.grace * 1000))}ms",
+    ]
+    if settings.cwd is not None:
+        argv.append(f"--working-directory={settings.cwd}")
+    for name, value in settings.env.items():
+        argv.append(f"--setenv={name}={value}")
+    return [*argv, "--", *(escape_exec(arg) for arg in command)]
+
+
+def systemctl(user_manager: bool, *args: str) -> list[str]:
+    return ["systemctl", *(["--user"] if user_manager else []), *args]
+
+
+def show_argv(user_manager: bool, names: Iterable[str]) -> list[str]:
+    return systemctl(user_manager, "show", f"--property={','.join(SHOWN)}", "--", *names)
+
+
+@dataclass(frozen=True, slots=True)
+class UnitState:
+    """What systemd says of one unit."""
+
+    name: str
+    description: str
+    active: str  # ActiveState: active, activating, deactivating, failed, inactive
+    sub: str  # SubState: running, auto-restart, exited, dead, ...
+    pid: int  # MainPID, 0 when no process runs
+    started: float  # ExecMainStartTimestampMonotonic (microseconds), 0 when never started
+
+    @property
+    def running(self) -> bool:
+        return self.active == "active" and self.sub == "running" and self.pid > 0
+
+    @property
+    def present(self) -> bool:
+        """Loaded and not finished: running, starting, restarting or stopping."""
+        return self.active in ("active", "activating", "deactivating", "reloading")
+
+    def instance(self, host: str) -> Instance | None:
+        """The instance this unit runs, read from its description; None if it is not ours."""
+        if not self.description.startswith(DESCRIPTION):
+            return None
+        try:
+            data = json.loads(self.description[len(DESCRIPTION):])
+            return Instance(
+                service=str(data["service"]), revision=str(data["revision"]),
+                version=str(data["version"]), slot=int(data["slot"]), host=host,
+                port=int(data["port"]), pid=self.pid or None, started=self.started or None,
+            )
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+def parse_show(text: str) -> list[UnitState]:
+    """The units in `systemctl show` output (blocks of KEY=VALUE separated by blank lines)."""
+    states: list[UnitState] = []
+    for block in re.split(r"\n\s*\n", text.strip()):
+        fields: dict[str, str] = {}
+        for line in block.splitlines():
+            key, sep, value = line.partition("=")
+            if sep:
+                fields[key] = value
+        if "Id" not in fields:
+            continue
+        states.append(UnitState(
+            name=fields["Id"], description=fields.get("Description", ""),
+            active=fields.get("ActiveState", ""), sub=fields.get("SubState", ""),
+            pid=_int(fields.get("MainPID")),
+            started=float(_int(fields.get("ExecMainStartTimestampMonotonic"))),
+        ))
+    return states
+
+
+def parse_list(text: str) -> list[str]:
+    """Unit names from `systemctl list-units --plain --no-legend` (the first column)."""
+    names = []
+    for line in text.splitlines():
+        parts = line.split()[:2]  # a failed unit may come after a bullet
+        names += [part for part in parts if part.startswith(PREFIX)][:1]
+    return names
+
+
+def _int(value: str | None) -> int:
+    try:
+        return int(value or 0)
+    except ValueError:
+        return 0
