@@ -90,6 +90,7 @@ class InstanceStatus(_Part):
     id: str
     version: str
     revision: str
+    host: str
     address: str
     pid: int | None
     state: str

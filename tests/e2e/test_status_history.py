@@ -21,7 +21,7 @@ from turnout.status import Status
 from turnout.store import DeploymentRecord, Store
 
 TOP = ["service", "listen", "stable", "deployment", "rollback_failed", "router", "instances"]
-INSTANCE = ["id", "version", "revision", "address", "pid", "state", "healthy", "problem", "in_flight"]
+INSTANCE = ["id", "version", "revision", "host", "address", "pid", "state", "healthy", "problem", "in_flight"]
 DEPLOYMENT = ["id", "version", "strategy", "phase", "step", "steps", "interrupted", "message",
               "current", "gate"]
 

@@ -22,6 +22,7 @@ import click
 from turnout.cli.flags import flags_group
 from turnout.cli.render import Printer
 from turnout.errors import TurnoutError, UserError
+from turnout.model import Instance
 from turnout.service import Session
 from turnout.specfile import find_spec, kind_override, spec_json_schema
 from turnout.status import Status
@@ -203,6 +204,24 @@ def history(spec_file: str | None, as_json: bool, limit: int, deployment_id: int
             return session.history(limit)
 
     printer.history(run_async(work))
+
+
+@cli.command()
+@FILE_OPTION
+@click.argument("instance", required=False)
+@click.option("-n", "--lines", type=click.IntRange(1, 10_000), default=20, show_default=True,
+              help="how many of the last lines of each instance")
+def logs(spec_file: str | None, instance: str | None, lines: int) -> None:
+    """The last output of each running instance (or of INSTANCE: an id or its start)."""
+    path = _spec_path(spec_file)
+
+    async def work() -> list[tuple[Instance, str]]:
+        async with Session.open(path) as session:
+            return await session.logs(lines=lines, only=instance)
+
+    for found, text in run_async(work):
+        click.echo(f"==> {found.id} on {found.address} <==")
+        click.echo(text.rstrip("\n") or "(no output)")
 
 
 @cli.command()

@@ -80,11 +80,13 @@ class Printer:
                 f"{who} " + ", ".join(f"{n}x{code}" for code, n in sorted(codes.items()))
                 for who, codes in router.answered.items())
             self.out.print(f"         answered by the router itself: {counts}", markup=False)
-        table = Table("instance", "version", "address", "pid", "state", "health", "in flight")
-        for inst in status.instances:
+        table = Table("host", "instance", "version", "address", "pid", "state", "health", "in flight")
+        host = None
+        for inst in status.instances:  # sorted by host
             health = "healthy" if inst.healthy else f"unhealthy: {inst.problem}"
-            table.add_row(inst.id, inst.version, inst.address, str(inst.pid), inst.state, health,
-                          str(inst.in_flight))
+            table.add_row(inst.host if inst.host != host else "", inst.id, inst.version, inst.address,
+                          str(inst.pid), inst.state, health, str(inst.in_flight))
+            host = inst.host
         self.out.print(table)
 
     def _deployment(self, deployment: DeploymentStatus) -> None:

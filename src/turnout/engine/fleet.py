@@ -38,14 +38,34 @@ class RunningFleet:
 
     # --- what runs
     async def refresh(self) -> None:
-        """Re-read which instances really run; forget the records of the dead."""
+        """Reconcile the store with what the platform finds running (on every host).
+
+        A record whose instance is gone is forgotten. An instance the store does not know is
+        adopted when it is of one of this service's revisions in its slot's place (started
+        just before a crash, before it was recorded); anything else is reported and left
+        running, never stopped unasked.
+        """
+        try:
+            found = {i.id: i for i in await self.platform.instances(self.spec.service)}
+        except PlatformError as exc:
+            raise StepFailed(f"cannot tell what runs: {exc}") from exc
         self.running = {}
         for record in self.store.instances(self.spec.service):
-            instance = record.instance
-            if await self.platform.alive(instance):
-                self.running.setdefault(instance.revision, {})[instance.slot] = instance
+            instance = found.pop(record.instance.id, None)
+            if instance is None:
+                self.store.remove_instance(record.instance.id)
             else:
-                self.store.remove_instance(instance.id)
+                self.running.setdefault(instance.revision, {})[instance.slot] = record.instance
+        for instance in found.values():
+            slots = self.running.setdefault(instance.revision, {})
+            if self.store.revision(instance.revision) is None or instance.slot in slots:
+                self.record(Event("warning", f"{instance.id} runs on {instance.host} "
+                                  f"({instance.address}) but the store does not know it: left running"))
+                continue
+            self.store.put_instance(instance, state="starting")
+            slots[instance.slot] = instance
+            self.record(Event("info", f"found {instance.id} on {instance.address}, started before "
+                              "an interruption: taken back"))
 
     def slots(self, revision: str) -> tuple[int, ...]:
         return tuple(sorted(self.running.get(revision, {})))

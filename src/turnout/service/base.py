@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import os
 import time
 from collections.abc import AsyncIterator
@@ -24,12 +23,13 @@ from turnout import reaper, wiring
 from turnout.clock import Clock, SystemClock
 from turnout.engine.events import Emit, Event, ignore
 from turnout.engine.executor import Executor
-from turnout.errors import ConflictError, TurnoutError
+from turnout.errors import ConflictError, StoreError, TurnoutError
 from turnout.flags.store import FlagStore
 from turnout.model import Instance, Revision
 from turnout.plan import Step, dump_plan, plan_hash
 from turnout.platforms.base import Platform
 from turnout.routers.base import Router
+from turnout.service import lock as locks
 from turnout.spec import Spec
 from turnout.statedir import StateDir
 from turnout.store.db import DeploymentRecord, Store
@@ -54,6 +54,8 @@ class SessionBase:
     _flags: FlagStore | None = None
     spec_path: Path | None = None  # what the reaper reads again, with the same overrides
     overrides: tuple[str, ...] = ()
+    _lock: locks.DeployLock | None = None
+    _lock_lost: str | None = None  # why the held lock slipped away, once it did
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -80,40 +82,69 @@ class SessionBase:
 
     # -- locking ------------------------------------------------------------------
 
+    @property
+    def deploy_lock(self) -> locks.DeployLock:
+        """The service's lock: an flock beside the local SQLite file, else a lease in the
+        shared database (see `turnout.service.lock`)."""
+        if self._lock is None:
+            self._lock = locks.for_state(self.state, self.store, self.spec.service)
+        return self._lock
+
     @contextlib.asynccontextmanager
     async def lock(self, *, wait: float = LOCK_WAIT) -> AsyncIterator[None]:
-        """Hold the service's deployment lock or raise ConflictError.
+        """Hold the service's deployment lock or raise ConflictError naming its holder.
 
         A deployment in progress is refused at once. A holder without one is a short command
         (a status-like check, the reaper stopping a warm fleet): it is waited for up to `wait`.
+        If the lock slips away while held (a lease taken over), the running deployment stops
+        before its next step and this raises ConflictError.
         """
-        fd = os.open(self.state.deploy_lock, os.O_RDWR | os.O_CREAT, 0o600)
+        lock = self.deploy_lock
+        deadline = time.monotonic() + wait
+        told = False
+        while not lock.try_acquire():
+            active = self.store.active_deployment(self.spec.service)
+            if active is not None or time.monotonic() >= deadline:
+                what = f"deployment #{active.id} of {active.version}" if active else "another command"
+                holder = lock.holder()
+                raise ConflictError(
+                    f"{what} is in progress for {self.spec.service}"
+                    f"{f', held by {holder}' if holder else ''}; "
+                    "watch it with `turnout status`, or use `turnout promote` / `turnout abort`"
+                )
+            if not told:
+                self.emit(Event("info", "waiting for another turnout command to finish"))
+                told = True
+            await asyncio.sleep(0.1)
+        self._lock_lost = None
+        keeper = asyncio.create_task(lock.keep(self._lost))
         try:
-            deadline = time.monotonic() + wait
-            told = False
-            while not _try_lock(fd):
-                active = self.store.active_deployment(self.spec.service)
-                if active is not None or time.monotonic() >= deadline:
-                    what = f"deployment #{active.id} of {active.version}" if active else "another command"
-                    raise ConflictError(
-                        f"{what} is in progress for {self.spec.service}; "
-                        "watch it with `turnout status`, or use `turnout promote` / `turnout abort`"
-                    )
-                if not told:
-                    self.emit(Event("info", "waiting for another turnout command to finish"))
-                    told = True
-                await asyncio.sleep(0.1)
             yield
         finally:
-            os.close(fd)
+            keeper.cancel()
+            await asyncio.wait([keeper])
+            self._release(lock)
+        if self._lock_lost is not None:
+            raise ConflictError(self._lock_lost)
+
+    def _lost(self, why: str) -> None:
+        """The held lock slipped away: say so loudly, and stop the deployment at its next step."""
+        self._lock_lost = (f"lost the deployment lock of {self.spec.service}: {why}; stopped before "
+                           "the next step, undoing nothing (`turnout status` shows where it stands)")
+        self.emit(Event("warning", self._lock_lost))
+        if self.executor is not None:
+            self.executor.halt(self._lock_lost)
+
+    def _release(self, lock: locks.DeployLock) -> None:
+        try:
+            lock.release()
+        except StoreError as exc:
+            self.emit(Event("warning", f"could not release the deployment lock ({exc}): it frees "
+                                       f"itself when its lease ends, within {locks.LEASE:.0f}s"))
 
     def locked(self) -> bool:
         """True while some process holds the deployment lock."""
-        fd = os.open(self.state.deploy_lock, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            return not _try_lock(fd)
-        finally:
-            os.close(fd)  # releases the lock if this call took it
+        return self.deploy_lock.holder() is not None
 
     @property
     def flags(self) -> FlagStore:
@@ -144,6 +175,8 @@ class SessionBase:
             clock=self.clock, emit=self.emit, http=self.http, source=source, judge=judge,
             flags=self.flags if self.uses_flags() else None,
         )
+        if self._lock_lost is not None:
+            self.executor.halt(self._lock_lost)
         return self.executor
 
     def request_abort(self) -> None:
@@ -191,6 +224,10 @@ class SessionBase:
         leaving = []
         for instance in await self.platform.instances(self.spec.service):
             record = records.get(instance.id)
+            if record is None and self.store.revision(instance.revision) is None:
+                self.emit(Event("warning", f"{instance.id} runs on {instance.address} but the store "
+                                "does not know its revision: left running"))
+                continue
             warm = record is not None and record.state == "warm" and (record.warm_until or 0) > now
             if not (instance.revision == stable or instance.id in routed or warm):
                 leaving.append(instance)
@@ -249,11 +286,3 @@ class SessionBase:
                 self.emit(Event("warning", f"gave up waiting: {problem}; the next command tidies"))
                 return False
             await self.clock.sleep(retry)
-
-
-def _try_lock(fd: int) -> bool:
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True

@@ -187,7 +187,9 @@ class Session(SessionBase):
             deployment=self._deployment_status(),
             rollback_failed=rollback_failed(latest[0] if latest else None),
             router=router_status(table, stats),
-            instances=[await self._instance_status(r, stats) for r in self.store.instances(service)],
+            instances=sorted(await asyncio.gather(
+                *(self._instance_status(r, stats) for r in self.store.instances(service))),
+                key=lambda i: (i.host, i.id)),
         )
 
     def _deployment_status(self) -> DeploymentStatus | None:
@@ -205,10 +207,20 @@ class Session(SessionBase):
         alive = await self.platform.alive(inst)
         problem = await probe(self.http, inst, revision.health) if alive and revision else "not running"
         return InstanceStatus(
-            id=inst.id, version=inst.version, revision=inst.revision, address=inst.address,
+            id=inst.id, version=inst.version, revision=inst.revision, host=inst.host, address=inst.address,
             pid=inst.pid, state=record.state, healthy=problem is None, problem=problem,
             in_flight=stats.in_flight.get(inst.id, 0) if stats else 0,
         )
+
+    async def logs(self, *, lines: int, only: str | None = None) -> list[tuple[Instance, str]]:
+        """The last `lines` lines of each instance's output (or of the one whose id starts
+        with `only`), from wherever the platform keeps it (on hosts: their journal)."""
+        found = [i for i in await self.platform.instances(self.spec.service)
+                 if only is None or i.id.startswith(only)]
+        if only is not None and not found:
+            raise UserError(f"INSTANCE: no running instance of {self.spec.service} is {only!r}")
+        tails = await asyncio.gather(*(self.platform.log_tail(i, lines=lines) for i in found))
+        return list(zip(found, tails, strict=True))
 
     def history(self, limit: int = 20) -> list[DeploymentRecord]:
         return self.store.history(self.spec.service, limit=limit)
