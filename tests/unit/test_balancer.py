@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import Counter
 
 from turnout.routers.proxy.balancer import (
+    OUTLIER_MOST,
+    Outliers,
     Plan,
     bucket_ends,
     bucket_of,
@@ -103,3 +105,39 @@ def test_preview_and_fallback_order() -> None:
     picks = Counter(plan.pools["blue"].pick().id for _ in range(10))  # type: ignore[union-attr]
     assert picks == {"blue-0": 5, "blue-1": 5}
     assert plan.addresses == {"127.0.0.1:9000", "127.0.0.1:9001"}
+
+
+def test_a_backend_whose_connect_failed_is_passed_over_until_its_time_is_up() -> None:
+    outliers = Outliers()
+    table = RoutingTable(generation=1, pools=(pool("v1", 100, backends=3), pool("v2", 0, backends=1)))
+    plan = Plan.compile(table, outliers.until)
+    v1 = plan.pools["v1"]
+    first = [b.address for b in v1.backends]
+    outliers.failed(first[0])
+    assert outliers.is_down(first[0])
+    picked = Counter(v1.pick().address for _ in range(300))  # type: ignore[union-attr]
+    assert picked[first[0]] == 0 and picked[first[1]] == picked[first[2]] == 150
+    # A failed connect's retries try backends that are up first, the held one last.
+    assert [b.address for b in plan.fallbacks(v1)][-1] == first[0]
+    # Its time up, traffic tries it again; a success clears it.
+    outliers.until[first[0]] = 0.0
+    assert not outliers.is_down(first[0])
+    assert first[0] in {v1.pick().address for _ in range(3)}  # type: ignore[union-attr]
+    outliers.succeeded(first[0])
+    assert first[0] not in outliers.until
+
+
+def test_when_every_backend_is_held_down_they_are_tried_anyway_and_the_hold_grows() -> None:
+    outliers = Outliers()
+    plan = Plan.compile(RoutingTable(generation=1, pools=(pool("v1", 100, backends=2),)), outliers.until)
+    v1 = plan.pools["v1"]
+    for backend in v1.backends:
+        outliers.failed(backend.address)
+    assert v1.pick() is not None
+    address = v1.backends[0].address
+    held = [outliers.until[address]]
+    for _ in range(8):
+        outliers.failed(address)
+        held.append(outliers.until[address])
+    assert held == sorted(held)
+    assert outliers.until[address] - outliers.until[v1.backends[1].address] <= OUTLIER_MOST

@@ -4,12 +4,15 @@ Compiling happens once per applied table (`Plan.compile`); the worker then swaps
 reference, so a request always sees one whole table. Per request the work is: the match
 rules in order (dict and set lookups), else the user key's MurmurHash3 bucket found by
 bisection over consecutive bucket ranges, else a random bucket over the same ranges; then
-round robin inside the chosen pool. Everything here is pure and unit tested on its own.
+round robin inside the chosen pool, passing over backends that `Outliers` holds down
+(a connect to them failed a moment ago) while another of the pool is up. Everything here
+is pure and unit tested on its own.
 """
 
 from __future__ import annotations
 
 import random
+import time
 from bisect import bisect_right
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -36,19 +39,67 @@ class BackendRef:
         object.__setattr__(self, "address", f"{self.host}:{self.port}")
 
 
+OUTLIER_FIRST = 1.0  # seconds a backend is passed over after its first failed connect
+OUTLIER_MOST = 30.0  # the longest, after repeated failures (each doubles the time)
+
+
+class Outliers:
+    """Backends whose last connect failed (refused, unreachable, timed out), by address.
+
+    Such a backend is passed over until its time is up; then real traffic tries it again,
+    and a success clears it. A host that is lost therefore costs one failed connect per
+    backend and period, each retried on another backend, instead of one per request.
+    """
+
+    def __init__(self) -> None:
+        self.until: dict[str, float] = {}  # address -> time.monotonic() it may be tried again
+        self._period: dict[str, float] = {}
+
+    def failed(self, address: str) -> None:
+        period = min(OUTLIER_MOST, 2 * self._period.get(address, OUTLIER_FIRST / 2))
+        self._period[address] = period
+        self.until[address] = time.monotonic() + period
+
+    def succeeded(self, address: str) -> None:
+        if address in self.until:
+            del self.until[address]
+            self._period.pop(address, None)
+
+    def is_down(self, address: str) -> bool:
+        until = self.until.get(address)
+        return until is not None and until > time.monotonic()
+
+
 @dataclass(slots=True)
 class PoolPlan:
-    """A pool's backends with a round-robin cursor."""
+    """A pool's backends with a round-robin cursor; `down` is the proxy's `Outliers.until`."""
 
     revision: str
     backends: tuple[BackendRef, ...]
     cursor: int = 0
+    down: dict[str, float] = field(default_factory=dict)
 
     def pick(self) -> BackendRef | None:
-        if not self.backends:
+        backends = self.backends
+        if not backends:
             return None
-        self.cursor = (self.cursor + 1) % len(self.backends)
-        return self.backends[self.cursor]
+        self.cursor = (self.cursor + 1) % len(backends)
+        backend = backends[self.cursor]
+        if self.down and backend.address in self.down:
+            return self._next_up(backend)
+        return backend
+
+    def _next_up(self, first: BackendRef) -> BackendRef:
+        """From the cursor on, the first backend not held down (`first` if all are)."""
+        now = time.monotonic()
+        count = len(self.backends)
+        for step in range(count):
+            index = (self.cursor + step) % count
+            backend = self.backends[index]
+            if self.down.get(backend.address, 0.0) <= now:
+                self.cursor = index
+                return backend
+        return first
 
 
 @dataclass(slots=True, frozen=True)
@@ -113,8 +164,10 @@ class Plan:
     addresses: frozenset[str] = field(default_factory=frozenset)
 
     @classmethod
-    def compile(cls, table: RoutingTable) -> Plan:
-        pools = {p.revision: _pool_plan(p) for p in table.pools}
+    def compile(cls, table: RoutingTable, down: dict[str, float] | None = None) -> Plan:
+        """`down`: the proxy's `Outliers.until`, shared by every pool (default: none held)."""
+        held = {} if down is None else down
+        pools = {p.revision: _pool_plan(p, held) for p in table.pools}
         rules = tuple(_compile_rule(r, pools) for r in table.rules if r.revision in pools)
         ranged_src = [p for p in table.pools if p.backends and p.weight > 0]
         key_header = table.user_key.header.lower().encode() if table.user_key.header else None
@@ -167,7 +220,12 @@ class Plan:
     def fallbacks(self, first: PoolPlan) -> list[BackendRef]:
         """Backends to try after a failed connect: the rest of `first`, then other pools."""
         others = [b for p in self.pools.values() if p is not first for b in p.backends]
-        return [*first.backends, *others]
+        candidates = [*first.backends, *others]
+        down = first.down
+        if down:  # those held down last, in the same order otherwise
+            now = time.monotonic()
+            candidates.sort(key=lambda b: down.get(b.address, 0.0) > now)
+        return candidates
 
     def _user_key(
         self, headers: Mapping[bytes, bytes], cookies: dict[str, bytes] | None
@@ -181,11 +239,11 @@ class Plan:
         return None
 
 
-def _pool_plan(pool: Pool) -> PoolPlan:
+def _pool_plan(pool: Pool, down: dict[str, float]) -> PoolPlan:
     refs = tuple(
         BackendRef(b.id, pool.revision, *split_address(b.address)) for b in pool.backends
     )
-    return PoolPlan(pool.revision, refs, cursor=random.randrange(max(1, len(refs))))
+    return PoolPlan(pool.revision, refs, cursor=random.randrange(max(1, len(refs))), down=down)
 
 
 def _compile_rule(rule: MatchRule, pools: dict[str, PoolPlan]) -> _Rule:

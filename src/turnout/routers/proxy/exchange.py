@@ -116,13 +116,16 @@ class Exchange:
         while backend is not None:
             if backend not in tried:  # a retry on a fresh connection is not another backend
                 tried.append(backend)
+            proxy = self.proxy
             try:
-                conn = await self.proxy.conns.connect(backend, within=self.proxy.connect_timeout)
-            except TimeoutError:
-                timed_out = True
-            except OSError:
-                timed_out = False
+                conn = await proxy.conns.connect(backend, within=proxy.connect_timeout)
+            except (TimeoutError, OSError) as exc:
+                timed_out = isinstance(exc, TimeoutError)
+                proxy.outliers.failed(backend.address)  # passed over for a while (`Outliers`)
+                proxy.conns.drop(backend.address)
             else:
+                if proxy.outliers.until:
+                    proxy.outliers.succeeded(backend.address)
                 self.task = None
                 if self.finished:
                     self.proxy.conns.release(conn)

@@ -25,7 +25,7 @@ from time import monotonic, perf_counter
 from typing import TYPE_CHECKING, Any
 
 from turnout.flags import FlagState
-from turnout.routers.proxy.balancer import Plan
+from turnout.routers.proxy.balancer import Outliers, Plan
 from turnout.routers.proxy.flags import FlagPlan, empty_settings
 from turnout.routers.proxy.metrics import Metrics
 from turnout.routers.proxy.upstream import ConnPool
@@ -96,6 +96,7 @@ class Proxy:
         self.loop = loop
         self.metrics = Metrics()
         self.conns = ConnPool()
+        self.outliers = Outliers()  # backends whose connect failed a moment ago
         self.clients: set[ClientConn] = set()
         self.tunnels: set[Tunnel] = set()
         self.draining = False
@@ -113,7 +114,7 @@ class Proxy:
         self.flagging: FlagPlan | None  # `flags` while it evaluates any flag, else None
         self._drop: frozenset[bytes] = HOP_BY_HOP
         self.ticks = Ticks.of(table.timeouts)
-        self.plan = Plan.compile(table)
+        self.plan = Plan.compile(table, self.outliers.until)
         self.set_flags(*flags)
         self.swap(table)
         self._sweeping = loop.call_later(self.ticks.period, self.sweep)
@@ -121,7 +122,7 @@ class Proxy:
     # --- the table and the flags
     def swap(self, table: RoutingTable) -> None:
         """Put `table` in effect: compile first, then replace one reference."""
-        plan = Plan.compile(table)
+        plan = Plan.compile(table, self.outliers.until)
         plan.wanted = plan.wanted | ALWAYS_WANTED
         plan.drop = self._drop
         plan.buffering = table.buffer_requests is not None

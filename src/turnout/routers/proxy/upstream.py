@@ -255,6 +255,11 @@ class ConnPool:
         )
         return conn
 
+    def drop(self, address: str) -> None:
+        """Close the idle connections to `address` (its host refused or lost a connect)."""
+        for conn in self.idle.pop(address, ()):
+            conn.close()
+
     def retain(self, addresses: frozenset[str]) -> None:
         """Keep only backends in `addresses`; idle connections to others are closed now."""
         self.live = addresses
