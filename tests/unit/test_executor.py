@@ -22,6 +22,7 @@ from turnout.analysis.judge import ThresholdJudge
 from turnout.analysis.sources import RouterCounters
 from turnout.engine.events import Event
 from turnout.engine.executor import Executor
+from turnout.errors import ConflictError
 from turnout.flags import FlagState, evaluate
 from turnout.flags.store import FlagStore
 from turnout.model import Revision
@@ -316,6 +317,24 @@ async def test_request_abort_in_process_interrupts_a_pause(world: World) -> None
     done = await finish(task)
     assert done.phase == "aborted" and done.message == "interrupted"
     assert world.router.shares() == {"v1": 100.0}
+
+
+async def test_halt_stops_a_pause_where_it_stands_and_undoes_nothing(world: World) -> None:
+    await first_release(world)
+    record = await world.create("v2", **CANARY_HOLD)
+    executor = world.executor()
+    task = asyncio.create_task(executor.run(record))
+    await until(phase_is(world, record.id, "paused"), "the canary pauses")
+    tables, running = len(world.router.tables), (world.running("v1"), world.running("v2"))
+    executor.halt("lost the deployment lock of shop: taken over by deploy@ci-2 pid 7")
+    with pytest.raises(ConflictError, match="taken over by deploy@ci-2 pid 7"):
+        await finish(task)
+    stored = world.store.deployment(record.id)
+    assert stored is not None and stored.phase == "paused" and stored.active  # for the new holder
+    assert len(world.router.tables) == tables and world.router.tables[-1].weights() == {
+        world.rev("v2"): 34, world.rev("v1"): 66}
+    assert (world.running("v1"), world.running("v2")) == running and running[1] != []
+    assert world.store.stable("shop") == world.rev("v1")
 
 
 async def test_promote_request_ends_a_pause_without_duration(world: World) -> None:

@@ -52,7 +52,7 @@ def test_fresh_database_is_migrated_to_head_and_reopens(tmp_path: Path) -> None:
     with Store.open(url_of(path)) as again:
         assert again.stable("shop") == "v1-x"
     with sqlite3.connect(path) as raw:
-        assert raw.execute("SELECT version_num FROM alembic_version").fetchall() == [("0004",)]
+        assert raw.execute("SELECT version_num FROM alembic_version").fetchall() == [("0005",)]
         assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"services", "revisions", "deployments", "events", "instances"} <= tables

@@ -59,7 +59,7 @@ def test_a_database_at_0003_upgrades_and_keeps_its_rows(tmp_path: Path) -> None:
                         data={"weights": {"v2": 100}})
         assert store.events(7)[-1].data == {"weights": {"v2": 100}}
     with sqlite3.connect(path) as raw:
-        assert raw.execute("SELECT version_num FROM alembic_version").fetchall() == [("0004",)]
+        assert raw.execute("SELECT version_num FROM alembic_version").fetchall() == [("0005",)]
         assert raw.execute("SELECT name FROM tokens").fetchall() == [("ci",)]
 
 

@@ -1,7 +1,8 @@
 """What steers a deployment from outside while it runs: abort and promote requests.
 
 `turnout abort` and `turnout promote` reach a running deployment through the store (they
-may run in another process); Ctrl-C and SIGTERM through `request_abort` in this one. Every
+may run in another process); Ctrl-C and SIGTERM through `request_abort` in this one. A
+deployment lock that slipped away (`halted`) stops it where it stands, undoing nothing. Every
 wait of the engine goes through `Control`, so that it gives way to them within `POLL`
 seconds: `wait` sleeps on the injected clock, `guard` runs a piece of work in a task group
 beside a watcher that ends it when an abort is asked for, and `together` runs several
@@ -11,7 +12,7 @@ pieces at once, the first failure cancelling the others.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
 from turnout.clock import Clock
@@ -27,6 +28,14 @@ class StepFailed(Exception):
 
 class Aborted(Exception):
     """`turnout abort`, Ctrl-C or SIGTERM asked the deployment to go back."""
+
+
+class Halted(Exception):
+    """This control plane lost the deployment lock: stop here, change nothing more."""
+
+
+def never_halted() -> str | None:
+    return None
 
 
 def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -54,14 +63,18 @@ class Control:
     as when a restore runs on its own), and waits that give way to them."""
 
     def __init__(
-        self, store: Store, clock: Clock, deployment_id: int | None, interrupted: asyncio.Event
+        self, store: Store, clock: Clock, deployment_id: int | None, interrupted: asyncio.Event,
+        halted: Callable[[], str | None] = never_halted,
     ) -> None:
         self.store, self.clock = store, clock
         self.deployment_id = deployment_id
         self.interrupted = interrupted
+        self.halted = halted
 
     def check(self) -> None:
-        """Raise Aborted if the deployment was asked to go back."""
+        """Raise Halted if the lock slipped away, Aborted if the deployment was asked to go back."""
+        if (reason := self.halted()) is not None:
+            raise Halted(reason)
         if self.interrupted.is_set():
             raise Aborted("interrupted")
         if self.deployment_id is None:

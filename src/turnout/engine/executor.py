@@ -6,8 +6,9 @@ and analyses judged on live traffic), `rollback` (going back), `flagsteps` (flag
 `control` (abort and promote requests, and waits that give way to them). Every step is safe
 to run twice, because the fleet is re-read from the world before the plan runs: a plan
 interrupted by a SIGKILL resumes at the stored step. A failed step, a failed gate,
-`turnout abort` or Ctrl-C all end in `Rollback.go_back`. Every event is shown and stored
-with the deployment (`Recorder`).
+`turnout abort` or Ctrl-C all end in `Rollback.go_back`; a deployment lock lost to another
+control plane (`halt`) ends the run where it stands, as a SIGKILL would, for the new holder
+to carry on. Every event is shown and stored with the deployment (`Recorder`).
 
 The executor does not know which metric source or judge decides a gate: the session passes
 them in (`turnout.wiring.analysis` chooses them).
@@ -23,13 +24,13 @@ from turnout.analysis.judge import Judge
 from turnout.analysis.sources import MetricSource
 from turnout.clock import Clock
 from turnout.engine import health
-from turnout.engine.control import Aborted, Control, StepFailed
+from turnout.engine.control import Aborted, Control, Halted, StepFailed
 from turnout.engine.events import Emit, Event, Recorder
 from turnout.engine.flagsteps import FlagWriter
 from turnout.engine.fleet import RunningFleet
 from turnout.engine.gates import Gates
 from turnout.engine.rollback import Rollback
-from turnout.errors import TurnoutError
+from turnout.errors import ConflictError, TurnoutError
 from turnout.flags.store import FlagStore
 from turnout.model import Instance
 from turnout.plan import (
@@ -71,10 +72,16 @@ class Executor:
         self.rollback = Rollback(spec=spec, store=store, fleet=self.world, flags=self.flag_writer,
                                  record=self.record)
         self._interrupted = asyncio.Event()
+        self._halted: str | None = None
 
     def request_abort(self) -> None:
         """Called from a signal handler: roll back at the next safe point."""
         self._interrupted.set()
+
+    def halt(self, reason: str) -> None:
+        """The deployment lock passed to another control plane: stop at the next safe point
+        and change nothing more (no rollback); `run` raises ConflictError(`reason`)."""
+        self._halted = reason
 
     @property
     def fleet(self) -> dict[str, dict[int, Instance]]:
@@ -105,7 +112,8 @@ class Executor:
     async def run(self, deployment: DeploymentRecord) -> DeploymentRecord:
         """Run the plan from its stored step to the end; on failure or abort, go back."""
         plan = load_plan(deployment.plan)
-        control = Control(self.store, self.clock, deployment.id, self._interrupted)
+        control = Control(self.store, self.clock, deployment.id, self._interrupted,
+                          halted=lambda: self._halted)
         self.record.deployment_id = deployment.id
         try:
             await self.world.refresh()
@@ -116,6 +124,8 @@ class Executor:
                     self.record(Event("step", describe(step), step=index + 1, total=len(plan)))
                     await self._run_step(control, deployment, step)
                     self.store.update_deployment(deployment.id, step=index + 1, phase="progressing")
+            except Halted as exc:
+                raise ConflictError(str(exc)) from None
             except Aborted as exc:
                 return await self.rollback.go_back(deployment, "aborted", str(exc) or "aborted")
             except (StepFailed, health.CheckFailed, TurnoutError) as exc:

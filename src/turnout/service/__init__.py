@@ -3,8 +3,9 @@
 `Session.open()` loads the spec and builds the store, and the platform and router it
 names through `turnout.wiring` (the session holds them only as `Platform` and `Router`);
 deploy, status, promote, abort, rollback, history and down are methods on it. A
-per-service lock (an flock the kernel drops when its holder dies) keeps two deployments
-apart, and a deployment whose holder died is found in the store and resumed or undone.
+per-service lock keeps two deployments apart (`lock`: an flock the kernel drops when its
+holder dies, or a lease in a database other machines share), and a deployment whose
+holder died is found in the store and resumed or undone.
 A command that leaves a fleet warm starts the reaper (`turnout.reaper`), which ends the
 rollback window on time with `reap_warm`.
 

@@ -21,14 +21,18 @@ from turnout.errors import ConflictError, StoreError
 from turnout.model import Instance, Revision
 from turnout.store import queries as q
 from turnout.store import schema as t
-from turnout.store.base import Database, converted
+from turnout.store.base import converted
+from turnout.store.lease import LeaseStore
 from turnout.store.records import DeploymentRecord, Event, InstanceRecord
 
 __all__ = ["DeploymentRecord", "Event", "InstanceRecord", "Store"]
 
 
-class Store(Database):
-    """The state of every service (see the module docstring). Build it with `Store.open`."""
+class Store(LeaseStore):
+    """The state of every service (see the module docstring). Build it with `Store.open`.
+
+    The per-service deployment lock's lease row is read and written by the methods it
+    inherits from `turnout.store.lease.LeaseStore`."""
 
     # -- revisions and the stable pointer ------------------------------------------------
     @converted

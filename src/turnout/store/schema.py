@@ -157,3 +157,21 @@ flag_meta = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("revision", sa.Integer, nullable=False),
 )
+
+# -- deployment locks (migration 0005) ---------------------------------------------------
+
+# One row per service while a control plane holds its deployment lock: a lease that its
+# holder renews, and that another may take once it has expired (see `turnout.store.lease`).
+deploy_locks = sa.Table(
+    "deploy_locks",
+    metadata,
+    sa.Column("service", sa.String(64), primary_key=True),
+    sa.Column("token", sa.String(64), nullable=False),  # new for every acquisition
+    sa.Column("holder", sa.String(300), nullable=False),  # for people: user@host pid N
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("pid_space", sa.String(128), nullable=False),  # boot id and pid namespace
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("pid_start", sa.BigInteger, nullable=True),  # clock ticks after boot
+    sa.Column("acquired_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+)
