@@ -32,6 +32,7 @@ class Service:
     folder: Path
     port: int
     preview_port: int
+    database_url: str | None = None  # TURNOUT_DATABASE_URL for its commands; None: the local file
 
     @property
     def url(self) -> str:
@@ -57,12 +58,12 @@ class Service:
     def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "turnout", *args], check=False, cwd=self.folder, capture_output=True,
-            text=True, timeout=timeout, stdin=subprocess.DEVNULL, env=cli_env(),
+            text=True, timeout=timeout, stdin=subprocess.DEVNULL, env=cli_env(self.database_url),
         )
 
     async def arun(self, *args: str, timeout: float = 120) -> tuple[int, str, str]:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "turnout", *args, cwd=self.folder, env=cli_env(),
+            sys.executable, "-m", "turnout", *args, cwd=self.folder, env=cli_env(self.database_url),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
@@ -76,9 +77,11 @@ class Service:
         return data
 
 
-def cli_env() -> dict[str, str]:
+def cli_env(database_url: str | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("TURNOUT_DATABASE_URL", None)
+    if database_url is not None:
+        env["TURNOUT_DATABASE_URL"] = database_url
     return env
 
 
