@@ -22,7 +22,7 @@ from turnout.analysis.judge import ThresholdJudge
 from turnout.analysis.sources import RouterCounters
 from turnout.engine.events import Event
 from turnout.engine.executor import Executor
-from turnout.errors import ConflictError
+from turnout.errors import ConflictError, PlatformError
 from turnout.flags import FlagState, evaluate
 from turnout.flags.store import FlagStore
 from turnout.model import Revision
@@ -656,3 +656,61 @@ async def test_every_table_carries_the_specs_limits_timeouts_and_forwarding(worl
         assert table.limits.max_header_size == 16 * 1024 and table.limits.max_connections == 50
         assert (table.timeouts.header, table.timeouts.response, table.timeouts.idle) == (3.0, 45.0, 75.0)
         assert table.buffer_requests == 2 * 1024 * 1024 and table.trust_forwarded is False
+
+
+# -- hosts lost during a deployment ------------------------------------------------------
+
+def on_two_hosts(w: World, *, may_lose: int) -> None:
+    """Four instances, two per host (127.0.0.1 and 127.0.0.2), `may_lose` hosts allowed."""
+    w.spec = Spec.model_validate({**SPEC, "instances": 4, "platform": {
+        "kind": "ssh", "hosts": ["127.0.0.1", "127.0.0.2"], "instances_per_host": 2,
+        "max_unavailable_hosts": may_lose}})
+    w.platform.per_host = 2
+
+
+def routed_hosts(w: World) -> set[str]:
+    table = w.router.tables[-1]
+    return {b.address.rsplit(":", 1)[0] for p in table.pools if p.weight for b in p.backends}
+
+
+async def test_a_host_lost_during_a_deployment_rolls_back_on_the_hosts_left(world: World) -> None:
+    on_two_hosts(world, may_lose=0)
+    await first_release(world)
+    assert routed_hosts(world) == {"127.0.0.1", "127.0.0.2"}
+    record = await world.create("v2", kind="rolling", max_surge=2, max_unavailable=0)
+    world.platform.lost_hosts.add("127.0.0.2")  # once the deployment has begun
+    done = await world.executor().run(record)
+    assert done.phase == "failed"
+    assert "127.0.0.2" in done.message and "max_unavailable_hosts is 0" in done.message
+    assert world.router.shares() == {"v1": 100.0}
+    assert routed_hosts(world) == {"127.0.0.1"}  # the router no longer sends to the lost host
+    assert world.running("v2") == []
+    assert any(e.kind == "warning" and "host 127.0.0.2 lost" in e.message for e in world.events)
+    # The host is back: its v1 instances are found again, nothing of v2 is there.
+    world.platform.lost_hosts.clear()
+    again = world.executor()
+    await again.refresh()
+    assert sorted(again.fleet[world.rev("v1")]) == [0, 1, 2, 3]
+
+
+async def test_with_max_unavailable_hosts_a_deployment_goes_on_without_the_lost_host(
+    world: World,
+) -> None:
+    on_two_hosts(world, may_lose=1)
+    await first_release(world)
+    record = await world.create("v2", kind="rolling", max_surge=2, max_unavailable=0)
+    world.platform.lost_hosts.add("127.0.0.2")
+    done = await world.executor().run(record)
+    assert done.phase == "succeeded", done.message
+    assert world.router.shares() == {"v2": 100.0}
+    assert routed_hosts(world) == {"127.0.0.1"}
+    assert world.running("v2") == [0, 1]
+    assert any("slot 2 not started: its host is lost" in e.message for e in world.events)
+
+
+async def test_a_host_lost_before_a_deployment_refuses_it_naming_the_host(world: World) -> None:
+    on_two_hosts(world, may_lose=0)
+    await first_release(world)
+    world.platform.lost_hosts.add("127.0.0.2")
+    with pytest.raises(PlatformError, match=r"127\.0\.0\.2 .*max_unavailable_hosts is 0"):
+        await world.executor().refresh()

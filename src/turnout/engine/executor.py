@@ -30,7 +30,7 @@ from turnout.engine.flagsteps import FlagWriter
 from turnout.engine.fleet import RunningFleet
 from turnout.engine.gates import Gates
 from turnout.engine.rollback import Rollback
-from turnout.errors import ConflictError, TurnoutError
+from turnout.errors import ConflictError, PlatformError, TurnoutError
 from turnout.flags.store import FlagStore
 from turnout.model import Instance
 from turnout.plan import (
@@ -89,7 +89,12 @@ class Executor:
         return self.world.running
 
     async def refresh(self) -> None:
-        await self.world.refresh()
+        """Reconcile the store with what runs (see `RunningFleet.refresh`); outside a
+        deployment, hosts lost beyond what the spec allows are a PlatformError."""
+        try:
+            await self.world.refresh()
+        except StepFailed as exc:
+            raise PlatformError(str(exc)) from exc
 
     async def route(self, step: Route) -> None:
         await self.world.route(step)
@@ -116,8 +121,8 @@ class Executor:
                           halted=lambda: self._halted)
         self.record.deployment_id = deployment.id
         try:
-            await self.world.refresh()
             try:
+                await self.world.refresh()  # a host lost meanwhile fails the deployment here
                 for index in range(deployment.step, len(plan)):
                     step = plan[index]
                     control.check()

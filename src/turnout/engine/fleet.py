@@ -20,7 +20,7 @@ from turnout.engine.events import Event, Record
 from turnout.errors import PlatformError, RouterError, TurnoutError
 from turnout.model import Instance, Revision
 from turnout.plan import Route, RunTests
-from turnout.platforms.base import Platform
+from turnout.platforms.base import HostUnreachable, Platform
 from turnout.routers.base import Router
 from turnout.routers.table import Backend, MatchRule, Pool, RoutingTable, UserKey
 from turnout.spec import Spec
@@ -35,6 +35,21 @@ class RunningFleet:
         self.spec, self.store, self.platform, self.router = spec, store, platform, router
         self.http, self.clock, self.record = http, clock, record
         self.running: dict[str, dict[int, Instance]] = {}
+        self.lost: dict[str, str] = {}  # unreachable host -> why
+        self.excused: set[tuple[str, int]] = set()  # (revision, slot) that stays empty: host lost
+        self.lenient = False  # going back: carry on without lost hosts whatever the spec allows
+
+    # --- lost hosts
+    def lose(self, exc: HostUnreachable) -> None:
+        """Note the hosts `exc` names as lost; StepFailed if that is more than the spec allows."""
+        for host in exc.hosts:
+            if host not in self.lost:
+                self.lost[host] = str(exc)
+                self.record(Event("warning", f"host {host} lost: {exc}; its instances get no traffic"))
+        allowed = self.spec.platform.max_unavailable_hosts
+        if not self.lenient and len(self.lost) > allowed:
+            raise StepFailed(f"{exc} ({len(self.lost)} host(s) lost; platform.max_unavailable_hosts "
+                             f"is {allowed})")
 
     # --- what runs
     async def refresh(self) -> None:
@@ -47,12 +62,17 @@ class RunningFleet:
         """
         try:
             found = {i.id: i for i in await self.platform.instances(self.spec.service)}
+        except HostUnreachable as exc:
+            found = {i.id: i for i in exc.found}
+            self.lose(exc)
         except PlatformError as exc:
             raise StepFailed(f"cannot tell what runs: {exc}") from exc
         self.running = {}
         for record in self.store.instances(self.spec.service):
             instance = found.pop(record.instance.id, None)
-            if instance is None:
+            if instance is None and record.instance.host in self.lost:
+                self.excused.add((record.instance.revision, record.instance.slot))  # kept: it may be back
+            elif instance is None:
                 self.store.remove_instance(record.instance.id)
             else:
                 self.running.setdefault(instance.revision, {})[instance.slot] = record.instance
@@ -71,12 +91,13 @@ class RunningFleet:
         return tuple(sorted(self.running.get(revision, {})))
 
     def exactly(self, revision: str, slots: tuple[int, ...]) -> list[Instance]:
-        """The instances of these slots; StepFailed if one does not run."""
+        """The instances of these slots; StepFailed if one does not run, unless its host was
+        lost and that is allowed (see `lose`): then it is left out."""
         running = self.running.get(revision, {})
-        missing = [slot for slot in slots if slot not in running]
+        missing = [slot for slot in slots if slot not in running and (revision, slot) not in self.excused]
         if missing:
             raise StepFailed(f"{revision} slots {missing} are not running")
-        return [running[slot] for slot in slots]
+        return [running[slot] for slot in slots if slot in running]
 
     def present(self, revision: str, slots: tuple[int, ...]) -> list[Instance]:
         """The instances of these slots that run (a resumed stop finds fewer)."""
@@ -97,6 +118,11 @@ class RunningFleet:
         async def start(slot: int) -> None:
             try:
                 instance = await self.platform.start(revision, slot=slot)
+            except HostUnreachable as exc:
+                self.lose(exc)
+                self.excused.add((revision_id, slot))
+                self.record(Event("warning", f"{revision_id} slot {slot} not started: its host is lost"))
+                return
             except PlatformError as exc:
                 raise StepFailed(str(exc)) from exc
             self.store.put_instance(instance, state="starting")
@@ -219,7 +245,13 @@ class RunningFleet:
         async def stop_one(instance: Instance) -> None:
             revision = self.store.revision(instance.revision)
             grace = revision.run.grace if revision else 10.0
-            await self.platform.stop(instance, grace=grace)
+            try:
+                await self.platform.stop(instance, grace=grace)
+            except HostUnreachable as exc:
+                self.lose(exc)  # its record stays: stopped when the host is back (`tidy`)
+                self.running.get(instance.revision, {}).pop(instance.slot, None)
+                self.record(Event("warning", f"{instance.id} left on {instance.host}: host lost"))
+                return
             self.store.remove_instance(instance.id)
             self.running.get(instance.revision, {}).pop(instance.slot, None)
 

@@ -49,6 +49,7 @@ class Rollback:
     async def restore(self, deployment: DeploymentRecord) -> None:
         """Bring the previous revision back to all traffic and stop the target's instances."""
         fleet = self.fleet
+        fleet.lenient = True  # what can be restored is, on the hosts that are left
         await fleet.refresh()
         previous = deployment.previous_revision
         if previous is None:
@@ -56,6 +57,8 @@ class Rollback:
         else:
             slots = tuple(range(self.spec.instances))
             await fleet.start(previous, slots)
+            if not fleet.running.get(previous):
+                raise StepFailed(f"no instance of {previous} could be started")
             await fleet.wait_healthy(previous, slots)
             await fleet.route(Route(pools=(RoutePool(revision=previous, weight=100, slots=slots),)))
             self.store.set_stable(self.spec.service, previous)
@@ -65,4 +68,5 @@ class Rollback:
             leaving += fleet.running.get(deployment.target_revision, {}).values()
         await fleet.drain(leaving)
         await fleet.stop(leaving)
-        self.record(Event("info", f"restored {previous or 'nothing (first release)'}"))
+        lost = f" without lost host(s) {', '.join(sorted(fleet.lost))}" if fleet.lost else ""
+        self.record(Event("info", f"restored {previous or 'nothing (first release)'}{lost}"))

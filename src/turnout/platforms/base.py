@@ -11,7 +11,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+from turnout.errors import PlatformError
 from turnout.model import Instance, Revision
+
+
+class HostUnreachable(PlatformError):
+    """Hosts that cannot be reached (a connect failed or a connection died under a command).
+
+    `hosts` are the unreachable hosts as instances name them (`Instance.host`); from
+    `instances`, `found` holds what the other hosts run, so the engine can go on with them.
+    """
+
+    def __init__(self, message: str, *, hosts: tuple[str, ...], found: list[Instance] | None = None) -> None:
+        super().__init__(message)
+        self.hosts = hosts
+        self.found = found or []
 
 
 def placeholders(revision: Revision, *, slot: int, port: int) -> Callable[[str], str]:
@@ -40,7 +54,10 @@ class Platform(Protocol):
         ...
 
     async def instances(self, service: str) -> list[Instance]:
-        """Every live instance of the service, found again by a restarted control plane."""
+        """Every live instance of the service, found again by a restarted control plane.
+
+        Raises HostUnreachable (with what the other hosts run) when a host cannot be reached.
+        """
         ...
 
     async def log_tail(self, instance: Instance, *, lines: int = 20) -> str:

@@ -23,7 +23,7 @@ from pathlib import Path
 from turnout.errors import PlatformError
 from turnout.model import Instance, Revision
 from turnout.platforms import release, systemd
-from turnout.platforms.base import placeholders
+from turnout.platforms.base import HostUnreachable, placeholders
 from turnout.platforms.ssh_link import HostLink, Login
 from turnout.spec import Spec
 from turnout.spec.hosts import SshPlatformSpec, host_address
@@ -126,8 +126,22 @@ class SshPlatform:
 
     async def instances(self, service: str) -> list[Instance]:
         """Every running unit of `service` on every host, read back from the units."""
-        found = await asyncio.gather(*(self._service_units(link, service) for link in self.links))
-        return sorted((i for per_host in found for i in per_host), key=lambda i: (i.revision, i.slot))
+        results = await asyncio.gather(*(self._service_units(link, service) for link in self.links),
+                                       return_exceptions=True)
+        found: list[Instance] = []
+        lost: list[HostUnreachable] = []
+        for result in results:
+            if isinstance(result, HostUnreachable):
+                lost.append(result)
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                found += result
+        found.sort(key=lambda i: (i.revision, i.slot))
+        if lost:
+            raise HostUnreachable("; ".join(str(e) for e in lost),
+                                  hosts=tuple(h for e in lost for h in e.hosts), found=found)
+        return found
 
     async def log_tail(self, instance: Instance, *, lines: int = 20) -> str:
         """The unit's last lines from the host's journal ('' when it cannot be read)."""

@@ -21,6 +21,9 @@ from pathlib import Path
 import asyncssh
 
 from turnout.errors import PlatformError
+from turnout.platforms.base import HostUnreachable
+
+UNREACHABLE_FOR = 3.0  # seconds a failed connect is answered from memory, without trying again
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +67,7 @@ class HostLink:
         self._conn: asyncssh.SSHClientConnection | None = None
         self._connecting = asyncio.Lock()
         self._slots = asyncio.Semaphore(login.parallel)
+        self._failed: tuple[float, HostUnreachable] | None = None  # the last failed connect
 
     async def run(
         self, argv: Sequence[str], *, stdin: bytes | None = None, limit: float | None = None
@@ -79,13 +83,13 @@ class HostLink:
                         conn.run(command, input=stdin, encoding=None, check=False), limit
                     )
                 except TimeoutError:
-                    raise PlatformError(
-                        f"host {self.name}: `{shlex.join(argv[:2])}` gave no answer within {limit:g}s"
-                    ) from None
+                    self._forget(conn)
+                    raise self._lost(
+                        f"`{shlex.join(argv[:2])}` gave no answer within {limit:g}s") from None
                 except (asyncssh.Error, OSError) as exc:
                     self._forget(conn)
                     if attempt == 2:
-                        raise PlatformError(f"host {self.name}: connection lost: {_said(exc)}") from exc
+                        raise self._lost(f"connection lost: {_said(exc)}") from exc
                     continue
                 return Output(
                     status=result.exit_status if result.exit_status is not None else -1,
@@ -117,8 +121,19 @@ class HostLink:
     async def _connection(self) -> asyncssh.SSHClientConnection:
         async with self._connecting:
             if self._conn is None:
-                self._conn = await self._connect()
+                loop = asyncio.get_running_loop()
+                if self._failed is not None and loop.time() - self._failed[0] < UNREACHABLE_FOR:
+                    raise self._failed[1]
+                try:
+                    self._conn = await self._connect()
+                except HostUnreachable as exc:
+                    self._failed = (loop.time(), exc)
+                    raise
+                self._failed = None
             return self._conn
+
+    def _lost(self, why: str) -> HostUnreachable:
+        return HostUnreachable(f"host {self.name}: {why}", hosts=(self.host,))
 
     def _forget(self, conn: asyncssh.SSHClientConnection) -> None:
         if self._conn is conn:
@@ -141,9 +156,7 @@ class HostLink:
                 login.connect_timeout,
             )
         except TimeoutError:
-            raise PlatformError(
-                f"host {self.name}: no SSH connection within {login.connect_timeout:g}s"
-            ) from None
+            raise self._lost(f"no SSH connection within {login.connect_timeout:g}s") from None
         except asyncssh.HostKeyNotVerifiable as exc:
             raise PlatformError(
                 f"host {self.name}: its host key is not accepted ({_said(exc)}): it is unknown to "
@@ -155,7 +168,9 @@ class HostLink:
             raise PlatformError(
                 f"host {self.name}: {login.user} was refused with {how}"
             ) from exc
-        except (asyncssh.Error, OSError, ValueError) as exc:
+        except (asyncssh.Error, OSError) as exc:
+            raise self._lost(f"cannot connect: {_said(exc)}") from exc
+        except ValueError as exc:  # a key file asyncssh cannot read, say
             raise PlatformError(f"host {self.name}: cannot connect: {_said(exc)}") from exc
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from turnout import reaper, strategies, wiring
 from turnout.engine.events import Event
 from turnout.engine.health import probe
-from turnout.errors import UserError
+from turnout.errors import PlatformError, UserError
 from turnout.model import Instance, Revision
 from turnout.plan import Drain, Promote, Route, RoutePool, Step, Stop, describe, load_plan
 from turnout.routers.base import RouterStats
@@ -204,8 +204,13 @@ class Session(SessionBase):
     async def _instance_status(self, record: InstanceRecord, stats: RouterStats | None) -> InstanceStatus:
         inst = record.instance
         revision = self.store.revision(inst.revision)
-        alive = await self.platform.alive(inst)
-        problem = await probe(self.http, inst, revision.health) if alive and revision else "not running"
+        problem: str | None = "not running"
+        try:
+            alive = await self.platform.alive(inst)
+        except PlatformError as exc:  # its host cannot be reached, say
+            alive, problem = False, str(exc)
+        if alive and revision:
+            problem = await probe(self.http, inst, revision.health)
         return InstanceStatus(
             id=inst.id, version=inst.version, revision=inst.revision, host=inst.host, address=inst.address,
             pid=inst.pid, state=record.state, healthy=problem is None, problem=problem,

@@ -22,6 +22,11 @@ class PlatformChoice(Strict):
 
     kind: str = Field(default="local", description="local: processes on this machine")
 
+    @property
+    def max_unavailable_hosts(self) -> int:
+        """Hosts a deployment may lose and go on: none, where instances are not on hosts."""
+        return 0
+
 
 def _platform_tag(value: object) -> str:
     kind = value.get("kind") if isinstance(value, dict) else getattr(value, "kind", None)

@@ -11,6 +11,7 @@ import httpx
 
 from turnout.errors import PlatformError
 from turnout.model import Instance, Revision
+from turnout.platforms.base import HostUnreachable
 from turnout.spec import Spec
 from turnout.statedir import StateDir
 from turnout.testing.journal import Journal, named
@@ -29,9 +30,12 @@ class FakePlatform:
         return cls()
 
     def __init__(
-        self, *, host: str = "127.0.0.1", first_port: int = 41_000, journal: Journal | None = None
+        self, *, host: str = "127.0.0.1", first_port: int = 41_000, journal: Journal | None = None,
+        per_host: int = 0,
     ) -> None:
         self.host = host
+        self.per_host = per_host  # > 0: slot s is on host 127.0.0.<1 + s // per_host>
+        self.lost_hosts: set[str] = set()  # every call that needs one of these raises HostUnreachable
         self.journal = journal or Journal()
         self.fail_start: set[str] = set()  # start raises PlatformError
         self.exit_on_start: set[str] = set()  # the process is gone right after start
@@ -45,8 +49,16 @@ class FakePlatform:
         self._dead: set[Instance] = set()
 
     # -- Platform ------------------------------------------------------------------
+    def host_of(self, slot: int) -> str:
+        return f"127.0.0.{1 + slot // self.per_host}" if self.per_host else self.host
+
+    def _reach(self, host: str) -> None:
+        if host in self.lost_hosts:
+            raise HostUnreachable(f"host {host}: unreachable (told to be)", hosts=(host,))
+
     async def start(self, revision: Revision, *, slot: int) -> Instance:
         await asyncio.sleep(0)
+        self._reach(self.host_of(slot))
         if named(self.fail_start, revision.id, revision.version, slot):
             raise PlatformError(f"cannot start {revision.id} slot {slot}: told to fail")
         existing = self._running.get(f"{revision.id}-{slot}")
@@ -55,7 +67,7 @@ class FakePlatform:
         pid = next(self._pids)
         instance = Instance(
             service=revision.service, revision=revision.id, version=revision.version, slot=slot,
-            host=self.host, port=next(self._ports), pid=pid, started=float(pid),
+            host=self.host_of(slot), port=next(self._ports), pid=pid, started=float(pid),
         )
         self._running[instance.id] = instance
         self.started.append(instance)
@@ -66,6 +78,7 @@ class FakePlatform:
 
     async def stop(self, instance: Instance, *, grace: float) -> None:
         await asyncio.sleep(0)
+        self._reach(instance.host)
         self.stopped.append((instance, grace))
         self.journal.stopped(instance)
         if self._running.get(instance.id) == instance:
@@ -73,10 +86,15 @@ class FakePlatform:
         self._dead.discard(instance)
 
     async def alive(self, instance: Instance) -> bool:
+        self._reach(instance.host)
         return self._is_alive(instance)
 
     async def instances(self, service: str) -> list[Instance]:
-        return [i for i in self.live() if i.service == service]
+        found = [i for i in self.live() if i.service == service and i.host not in self.lost_hosts]
+        if self.lost_hosts:
+            raise HostUnreachable("unreachable (told to be): " + ", ".join(sorted(self.lost_hosts)),
+                                  hosts=tuple(sorted(self.lost_hosts)), found=found)
+        return found
 
     async def log_tail(self, instance: Instance, *, lines: int = 20) -> str:
         return self.tail(instance, lines)
