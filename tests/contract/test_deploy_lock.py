@@ -88,13 +88,13 @@ def test_an_ended_lease_is_taken_over_and_its_holder_learns_by_whom(store: Store
 
 
 async def test_renewal_keeps_a_lease_past_its_first_end(store: Store) -> None:
-    holder = LeaseLock(store, "shop", elsewhere(), lease=0.6, renew=0.15)
+    holder = LeaseLock(store, "shop", elsewhere(), lease=1.0, renew=0.2)
     other = LeaseLock(store, "shop", elsewhere(77, "ci-runner-3"))
     assert holder.try_acquire()
     lost: list[str] = []
     keeper = asyncio.create_task(holder.keep(lost.append))
     try:
-        end = time.monotonic() + 2.0  # more than three leases
+        end = time.monotonic() + 2.5  # more than two leases
         while time.monotonic() < end:
             assert not other.try_acquire()
             await asyncio.sleep(0.05)

@@ -45,7 +45,7 @@ async def session(postgres_url: str, tmp_path: Path) -> AsyncIterator[Session]:
     with Store.open(postgres_url) as store:
         async with fake_http(platform) as http:
             opened = Session(Spec.model_validate(SPEC), tmp_path, state, store, platform, router, http)
-            opened._lock = LeaseLock(store, "shop", this_process(), lease=0.6, renew=0.15)
+            opened._lock = LeaseLock(store, "shop", this_process(), lease=1.5, renew=0.2)
             yield opened
 
 
@@ -68,7 +68,7 @@ async def test_a_taken_lease_stops_the_deployment_where_it_stands(
         await asyncio.sleep(0.05)
     else:
         raise AssertionError("the canary never paused")
-    await asyncio.sleep(1.0)  # more than a lease: its renewals keep it
+    await asyncio.sleep(2.0)  # more than a lease: its renewals keep it
     assert session.locked() and not task.done()
     tables = len(router.tables)
 
