@@ -3,7 +3,11 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: demo test install system-deps lint typecheck unit bench clean
+.PHONY: demo test install system-deps lint typecheck unit bench clean clean-testhosts
+
+# Where the test hosts keep their image and their Docker daemon's data (see README, "Test hosts").
+TESTHOSTS_CACHE ?= .cache/testhosts
+export TESTHOSTS_CACHE
 
 $(BIN)/turnout-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,3 +38,6 @@ bench: install system-deps
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+clean-testhosts:
+	bash scripts/testhosts/clean.sh $(TESTHOSTS_CACHE)

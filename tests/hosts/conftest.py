@@ -1,0 +1,31 @@
+"""Fixtures of the test hosts: one fleet of four real hosts per session, reset before each test.
+
+The hosts need root (a private Docker daemon, debootstrap); without it the tests that use
+them skip and say so. As root a failing build fails the tests loudly. The image is cached
+in $TESTHOSTS_CACHE (the Makefile sets it) or else .cache/testhosts in the repository.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from tests.hosts.harness import HostFleet, default_cache
+
+FLEET_SIZE = 4
+
+
+@pytest.fixture(scope="session")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostFleet]:
+    if os.geteuid() != 0:
+        pytest.skip("the test hosts need root: they run a private Docker daemon and debootstrap")
+    with HostFleet.start(FLEET_SIZE, tmp_path_factory.mktemp("testhosts"), cache=default_cache()) as made:
+        yield made
+
+
+@pytest.fixture
+def hosts(fleet: HostFleet) -> Iterator[HostFleet]:
+    fleet.reset()
+    yield fleet
