@@ -239,10 +239,13 @@ class HostFleet:
         if reachable:
             _wait_for_sshd(host, deadline)
 
-    def _state(self, host: Host, argv: list[str], user: str) -> str | None:
+    def _state(self, host: Host, argv: list[str], user: str) -> str:
+        """The manager's state once it is up; otherwise HostError saying what it was."""
         done = self.exec(host, argv, user=user, timeout=BOOT_TIMEOUT)
         state = done.stdout.strip()
-        return None if state not in ("running", "degraded") else state
+        if state not in ("running", "degraded"):
+            raise HostError(f"(last: {' '.join(argv)} as {user} said {state!r} {done.stderr.strip()})")
+        return state
 
 
 # Run as root on a host by reset(): stop and forget every turnout-* unit of the system and
