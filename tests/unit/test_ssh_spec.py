@@ -96,7 +96,7 @@ def test_systemd_run_escapes_what_systemd_would_expand() -> None:
     assert argv[:2] == ["systemd-run", "--user"]
     assert "--property=TimeoutStopSec=2500ms" in argv
     assert "--setenv=GREETING=$HOME %n" in argv
-    assert argv[argv.index("--") + 1:] == ["app", "$$(rm -rf /)", "100%%", "$${PATH}"]
+    assert argv[argv.index("--") + 1:] == ["app", "$$(rm -rf /)", "100%", "$${PATH}"]
 
 
 def test_systemctl_show_output_is_read_per_unit() -> None:

@@ -7,8 +7,9 @@ spec's grace and `--collect`, so a stopped or failed unit leaves nothing behind.
 description carries the instance as JSON after `turnout `; that is what a restarted control
 plane reads to find its fleet again, whatever the unit's name says.
 
-systemd expands `$NAME`, `${NAME}` and `%` specifiers in a unit's command line: every
-argument is escaped (`$$`, `%%`) so the service gets exactly the spec's text.
+systemd expands `$NAME` and `${NAME}` in the command line of a unit made by `systemd-run`
+(systemd 252 leaves `%` specifiers alone there; a unit file on disk would expand them
+too): every `$` of an argument is doubled, so the service gets exactly the spec's text.
 Environment values are passed as they are (systemd does not expand them).
 """
 
@@ -48,8 +49,8 @@ def describe(instance: Instance) -> str:
 
 
 def escape_exec(arg: str) -> str:
-    """One argument of a unit's command line, safe from systemd's `$` and `%` expansion."""
-    return arg.replace("%", "%%").replace("$", "$$")
+    """One argument of a `systemd-run` command line, safe from systemd's `$` expansion."""
+    return arg.replace("$", "$$")
 
 
 @dataclass(frozen=True, slots=True)
