@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 .PHONY: demo test install system-deps lint typecheck unit bench clean clean-testhosts
 
 # Where the test hosts keep their image and their Docker daemon's data (see README, "Test hosts").
-TESTHOSTS_CACHE ?= .cache/testhosts
+TESTHOSTS_CACHE ?= $(HOME)/.cache/turnout/testhosts
 export TESTHOSTS_CACHE
 
 $(BIN)/turnout-installed: pyproject.toml

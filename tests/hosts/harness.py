@@ -60,8 +60,12 @@ class HostError(RuntimeError):
 
 
 def default_cache() -> Path:
-    """$TESTHOSTS_CACHE (relative to the repository, as the Makefile gives it) or .cache/testhosts."""
-    return (REPO / (os.environ.get("TESTHOSTS_CACHE") or ".cache/testhosts")).resolve()
+    """$TESTHOSTS_CACHE (the Makefile gives it; a relative path is taken from the repository),
+    else ~/.cache/turnout/testhosts: outside the clone, so a fresh clone finds the image built."""
+    given = os.environ.get("TESTHOSTS_CACHE")
+    if given:
+        return (REPO / given).resolve()
+    return Path.home() / ".cache" / "turnout" / "testhosts"
 
 
 def run(argv: list[str], *, timeout: float, input: str | None = None, check: bool = True,
