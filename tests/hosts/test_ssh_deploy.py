@@ -83,8 +83,8 @@ async def test_ten_deployments_across_four_hosts_fail_no_request(shop: HostServi
 async def test_a_spec_value_with_shell_metacharacters_reaches_the_service_verbatim(
     shop: HostService,
 ) -> None:
-    nasty = ["$(touch /tmp/pwned)", "`touch /tmp/pwned`", "; touch /tmp/pwned", "%n %i $HOME $USER", "$HOME", "$$",
-             "it's \"quoted\" \\ back", "&& rm -rf / #", "a\tb"]
+    nasty = ["$(touch /tmp/pwned)", "`touch /tmp/pwned`", "; touch /tmp/pwned", "%n %i $HOME $USER",
+             "$HOME", "$$", "it's \"quoted\" \\ back", "&& rm -rf / #", "a\tb"]
     shop.write(run={"command": ["python3", "app.py", *nasty], "grace": "2s",
                     "env": {"NASTY": "$(touch /tmp/pwned) %n $HOME"}})
     check(shop.run("deploy", "v1"))
