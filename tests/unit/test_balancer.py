@@ -113,17 +113,17 @@ def test_a_backend_whose_connect_failed_is_passed_over_until_its_time_is_up() ->
     plan = Plan.compile(table, outliers.until)
     v1 = plan.pools["v1"]
     first = [b.address for b in v1.backends]
-    outliers.failed(first[0])
-    assert outliers.is_down(first[0])
+    outliers.failed(v1.backends[0])
+    assert outliers.is_down(v1.backends[0])
     picked = Counter(v1.pick().address for _ in range(300))  # type: ignore[union-attr]
     assert picked[first[0]] == 0 and picked[first[1]] == picked[first[2]] == 150
     # A failed connect's retries try backends that are up first, the held one last.
     assert [b.address for b in plan.fallbacks(v1)][-1] == first[0]
     # Its time up, traffic tries it again; a success clears it.
     outliers.until[first[0]] = 0.0
-    assert not outliers.is_down(first[0])
+    assert not outliers.is_down(v1.backends[0])
     assert first[0] in {v1.pick().address for _ in range(3)}  # type: ignore[union-attr]
-    outliers.succeeded(first[0])
+    outliers.succeeded(v1.backends[0])
     assert first[0] not in outliers.until
 
 
@@ -132,12 +132,23 @@ def test_when_every_backend_is_held_down_they_are_tried_anyway_and_the_hold_grow
     plan = Plan.compile(RoutingTable(generation=1, pools=(pool("v1", 100, backends=2),)), outliers.until)
     v1 = plan.pools["v1"]
     for backend in v1.backends:
-        outliers.failed(backend.address)
+        outliers.failed(backend)
     assert v1.pick() is not None
     address = v1.backends[0].address
     held = [outliers.until[address]]
     for _ in range(8):
-        outliers.failed(address)
+        outliers.failed(v1.backends[0])
         held.append(outliers.until[address])
     assert held == sorted(held)
     assert outliers.until[address] - outliers.until[v1.backends[1].address] <= OUTLIER_MOST
+
+
+def test_a_host_that_did_not_answer_holds_every_backend_on_it() -> None:
+    outliers = Outliers()
+    table = RoutingTable(generation=1, pools=(pool("v1", 100, backends=3),))
+    plan = Plan.compile(table, outliers.until)
+    v1 = plan.pools["v1"]
+    outliers.failed(v1.backends[0], whole_host=True)  # all three are on 127.0.0.1
+    assert all(outliers.is_down(b) for b in v1.backends)
+    outliers.succeeded(v1.backends[2])
+    assert not any(outliers.is_down(b) for b in v1.backends)

@@ -41,33 +41,40 @@ class BackendRef:
 
 OUTLIER_FIRST = 1.0  # seconds a backend is passed over after its first failed connect
 OUTLIER_MOST = 30.0  # the longest, after repeated failures (each doubles the time)
+OUTLIER_PROBE = 5.0  # how long one request's try of a held backend keeps the others away
 
 
 class Outliers:
-    """Backends whose last connect failed (refused, unreachable, timed out), by address.
+    """Backends whose last connect failed, by address, or by host when the host itself did
+    not answer (unreachable, timed out: every port of it is as lost as the one tried).
 
     Such a backend is passed over until its time is up; then real traffic tries it again,
     and a success clears it. A host that is lost therefore costs one failed connect per
-    backend and period, each retried on another backend, instead of one per request.
+    period, retried on another backend, instead of one per request.
     """
 
     def __init__(self) -> None:
-        self.until: dict[str, float] = {}  # address -> time.monotonic() it may be tried again
+        self.until: dict[str, float] = {}  # address or host -> time.monotonic() to try again
         self._period: dict[str, float] = {}
 
-    def failed(self, address: str) -> None:
-        period = min(OUTLIER_MOST, 2 * self._period.get(address, OUTLIER_FIRST / 2))
-        self._period[address] = period
-        self.until[address] = time.monotonic() + period
+    def failed(self, backend: BackendRef, *, whole_host: bool = False) -> None:
+        key = backend.host if whole_host else backend.address
+        period = min(OUTLIER_MOST, 2 * self._period.get(key, OUTLIER_FIRST / 2))
+        self._period[key] = period
+        self.until[key] = time.monotonic() + period
 
-    def succeeded(self, address: str) -> None:
-        if address in self.until:
-            del self.until[address]
-            self._period.pop(address, None)
+    def succeeded(self, backend: BackendRef) -> None:
+        for key in (backend.address, backend.host):
+            if key in self.until:
+                del self.until[key]
+                self._period.pop(key, None)
 
-    def is_down(self, address: str) -> bool:
-        until = self.until.get(address)
-        return until is not None and until > time.monotonic()
+    def is_down(self, backend: BackendRef) -> bool:
+        return _held(self.until, backend, time.monotonic())
+
+
+def _held(down: dict[str, float], backend: BackendRef, now: float) -> bool:
+    return down.get(backend.address, 0.0) > now or down.get(backend.host, 0.0) > now
 
 
 @dataclass(slots=True)
@@ -85,19 +92,25 @@ class PoolPlan:
             return None
         self.cursor = (self.cursor + 1) % len(backends)
         backend = backends[self.cursor]
-        if self.down and backend.address in self.down:
+        down = self.down
+        if down and (backend.address in down or backend.host in down):
             return self._next_up(backend)
         return backend
 
     def _next_up(self, first: BackendRef) -> BackendRef:
-        """From the cursor on, the first backend not held down (`first` if all are)."""
+        """From the cursor on, the first backend not held down (`first` if all are). One
+        whose hold has ended is tried by this request alone: the hold is renewed for
+        `OUTLIER_PROBE` meanwhile, so a host still gone costs one slow connect, not many."""
         now = time.monotonic()
         count = len(self.backends)
         for step in range(count):
             index = (self.cursor + step) % count
             backend = self.backends[index]
-            if self.down.get(backend.address, 0.0) <= now:
+            if not _held(self.down, backend, now):
                 self.cursor = index
+                for key in (backend.address, backend.host):
+                    if key in self.down:
+                        self.down[key] = now + OUTLIER_PROBE
                 return backend
         return first
 
@@ -218,13 +231,17 @@ class Plan:
         return self.ranged[bisect_right(self.ends, bucket)].revision
 
     def fallbacks(self, first: PoolPlan) -> list[BackendRef]:
-        """Backends to try after a failed connect: the rest of `first`, then other pools."""
-        others = [b for p in self.pools.values() if p is not first for b in p.backends]
-        candidates = [*first.backends, *others]
+        """Backends to try after a failed connect: this plan's pool of `first`'s revision, then
+        other pools. `first` may come from an older plan (the table changed while a connect
+        waited): its revision's backends are then this plan's, not the stale ones."""
+        same = self.pools.get(first.revision)
+        lead = same.backends if same is not None else ()
+        others = [b for p in self.pools.values() if p is not same for b in p.backends]
+        candidates = [*lead, *others]
         down = first.down
-        if down:  # those held down last, in the same order otherwise
+        if down:  # those that failed lately last (held ones at the very end), in order otherwise
             now = time.monotonic()
-            candidates.sort(key=lambda b: down.get(b.address, 0.0) > now)
+            candidates.sort(key=lambda b: (_held(down, b, now), b.address in down or b.host in down))
         return candidates
 
     def _user_key(

@@ -16,7 +16,9 @@ class attributes here are the defaults an ordinary exchange reads.
 from __future__ import annotations
 
 import asyncio
+import errno
 from bisect import bisect_left
+from collections.abc import Sequence
 from time import perf_counter
 from typing import TYPE_CHECKING
 
@@ -34,6 +36,12 @@ IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"})
 RETAIN_MAX = 64 * 1024
 PENDING_MAX = 256 * 1024
 MAX_ATTEMPTS = 3
+_HOST_LOST = frozenset({errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN})
+
+
+def _host_lost(exc: BaseException) -> bool:
+    """A connect error that says the host, not only the port, is gone."""
+    return isinstance(exc, OSError) and exc.errno in _HOST_LOST
 BP_UPSTREAM = 1  # client reading paused: the backend is not taking the body fast enough
 BP_PENDING = 2  # client reading paused: body buffered while a connection is being opened
 
@@ -121,11 +129,12 @@ class Exchange:
                 conn = await proxy.conns.connect(backend, within=proxy.connect_timeout)
             except (TimeoutError, OSError) as exc:
                 timed_out = isinstance(exc, TimeoutError)
-                proxy.outliers.failed(backend.address)  # passed over for a while (`Outliers`)
+                # Passed over for a while (`Outliers`): the whole host if it did not answer.
+                proxy.outliers.failed(backend, whole_host=timed_out or _host_lost(exc))
                 proxy.conns.drop(backend.address)
             else:
                 if proxy.outliers.until:
-                    proxy.outliers.succeeded(backend.address)
+                    proxy.outliers.succeeded(backend)
                 self.task = None
                 if self.finished:
                     self.proxy.conns.release(conn)
@@ -143,7 +152,10 @@ class Exchange:
         if len(tried) >= MAX_ATTEMPTS or self.pool is None:
             return None
         pool = self.pool
-        candidates = pool.backends if self.client.preview else self.plan.fallbacks(pool)
+        # Outside the preview, the table in effect now: one that changed while the connect
+        # waited has dropped the instances it stopped.
+        candidates: Sequence[BackendRef] = (
+            pool.backends if self.client.preview else self.proxy.plan.fallbacks(pool))
         return next((b for b in candidates if b not in tried), None)
 
     def _attach(self, conn: UpstreamConn, backend: BackendRef) -> None:
