@@ -136,10 +136,16 @@ async def test_status_and_logs_show_instances_per_host(shop: HostService) -> Non
     assert kept.returncode == 0
 
 
+STRAY = ("turnout-shop-stray.service",
+         'turnout {"port":1,"revision":"zz-00000000","service":"shop","slot":0,"version":"zz"}')
+
+
+@pytest.mark.parametrize("then", ["abort", "resume"])
 async def test_a_killed_control_plane_is_reconciled_with_the_units_on_every_host(
-    shop: HostService,
+    shop: HostService, then: str,
 ) -> None:
-    shop.write(STRATEGIES["canary"] | {"steps": [{"weight": 25}, {"pause": "1h"}]})
+    pause = "1h" if then == "abort" else "2s"
+    shop.write(STRATEGIES["canary"] | {"steps": [{"weight": 25}, {"pause": pause}]})
     check(shop.run("deploy", "v1"))
     async with Load(shop.url, rate=RATE, users=40, max_seconds=120) as load:
         proc = await asyncio.create_subprocess_exec(
@@ -154,12 +160,22 @@ async def test_a_killed_control_plane_is_reconciled_with_the_units_on_every_host
                 break
         proc.kill()
         await proc.wait()
+        # A unit of a revision the store never knew, started by someone else meanwhile.
+        made = shop.fleet.exec(shop.fleet.hosts[0], [
+            "systemd-run", "--user", f"--unit={STRAY[0]}", f"--description={STRAY[1]}", "--",
+            "sleep", "600"], user="deploy")
+        assert made.returncode == 0, made.stderr
         await asyncio.sleep(1.0)  # traffic keeps flowing through the router meanwhile
-        code, out, err = await shop.arun("abort")
-        load.mark("aborted")
+        code, out, err = await shop.arun(*(["abort"] if then == "abort" else ["deploy", "v2"]))
         await asyncio.sleep(0.5)
-    assert code == 0 and "aborted" in out, f"exit {code}\n{out}\n{err}"
-    summary = load.summary(new_version="v1")
+    assert code == 0, f"exit {code}\n{out}\n{err}"
+    final = "v1" if then == "abort" else "v2"
+    assert ("aborted" if then == "abort" else "succeeded") in out, out
+    assert "zz-00000000-0" in out and "does not know" in out, out  # reported ...
+    summary = load.summary(new_version=final)
     assert summary.clean, summary.problems()
     units = shop.units()
-    assert all(len(names) == 2 and all("-v1-" in n for n in names) for names in units.values()), units
+    stray = units[shop.fleet.hosts[0].address]
+    assert STRAY[0] in stray  # ... and left running
+    stray.remove(STRAY[0])
+    assert all(len(names) == 2 and all(f"-{final}-" in n for n in names) for names in units.values()), units
