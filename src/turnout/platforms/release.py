@@ -4,9 +4,9 @@
 in `sha256sum` format (one line per file, with the file's path on the host), which the tar
 carries as `.turnout-release.sha256`. On a host, `ensure` skips the upload when the folder
 already holds that very manifest and every file still matches it; otherwise it unpacks the
-tar into `<folder>.partial`, checks it with `sha256sum -c`, and only then moves it into
-place, so an instance never starts in a half-copied folder. Everything runs as argv
-through a `HostLink`; a failure names the host.
+tar into `<folder>.partial`, swaps that in for the folder, and checks every file with
+`sha256sum -c`: a mismatch is an error before any instance starts there. Three commands
+per host at most, each an argv through a `HostLink`; a failure names the host.
 """
 
 from __future__ import annotations
@@ -62,17 +62,20 @@ class Bundle:
         return cls(remote=remote, manifest=manifest, tar=buffer.getvalue())
 
 
+# Constant scripts; every path reaches them as a positional argument ("$1", "$2"), quoted
+# by the link like any argv, so no spec value is ever part of a script.
+_UNPACK = ('rm -rf -- "$1" && mkdir -p -- "$1" && tar -xzf - -C "$1" --no-same-owner '
+           '&& rm -rf -- "$2" && mv -T -- "$1" "$2"')
+_MATCHES = 'cmp -s -- "$1" - && sha256sum --quiet --strict -c -- "$1"'
+
+
 async def ensure(link: HostLink, bundle: Bundle) -> bool:
     """The bundle's folder on the host; True when it was uploaded, False when already there."""
     if await _matches(link, bundle.remote, bundle.manifest):
         return False
     partial = f"{bundle.remote}.partial"
-    await link.check(["rm", "-rf", "--", partial], what=f"clear {partial}")
-    await link.check(["mkdir", "-p", "--", partial], what=f"create {partial}")
-    await link.check(["tar", "-xzf", "-", "-C", partial, "--no-same-owner"], stdin=bundle.tar,
-                     limit=UPLOAD_TIMEOUT, what=f"unpack the release into {partial}")
-    await link.check(["rm", "-rf", "--", bundle.remote], what=f"replace {bundle.remote}")
-    await link.check(["mv", "-T", "--", partial, bundle.remote], what=f"move the release to {bundle.remote}")
+    await link.check(["sh", "-c", _UNPACK, "unpack", partial, bundle.remote], stdin=bundle.tar,
+                     limit=UPLOAD_TIMEOUT, what=f"unpack the release into {bundle.remote}")
     if not await _matches(link, bundle.remote, bundle.manifest):
         raise PlatformError(f"host {link.name}: the release in {bundle.remote} does not match its checksums")
     return True
@@ -86,11 +89,10 @@ async def require(link: HostLink, folder: str) -> None:
 
 
 async def _matches(link: HostLink, remote: str, manifest: str) -> bool:
+    """The host's folder holds this manifest, and every file it lists matches it."""
     path = f"{remote}/{MANIFEST}"
-    found = await link.run(["cat", "--", path])
-    if not found.ok or found.stdout != manifest:
-        return False
-    if not manifest:
-        return True
-    checked = await link.run(["sha256sum", "--quiet", "--strict", "-c", "--", path], limit=UPLOAD_TIMEOUT)
-    return checked.ok
+    if not manifest:  # an empty folder: the manifest alone says it is there
+        return (await link.run(["sh", "-c", 'cmp -s -- "$1" -', "match", path], stdin=b"")).ok
+    out = await link.run(["sh", "-c", _MATCHES, "match", path], stdin=manifest.encode(),
+                         limit=UPLOAD_TIMEOUT)
+    return out.ok

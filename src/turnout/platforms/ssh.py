@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import json
+import random
 from pathlib import Path
 
 from turnout.errors import PlatformError
@@ -29,14 +30,8 @@ from turnout.spec import Spec
 from turnout.spec.hosts import SshPlatformSpec, host_address
 from turnout.statedir import StateDir
 
-# Asks the host's kernel for a port nobody listens on (argv: the ports to avoid).
-_FREE_PORT = (
-    "import socket,sys\n"
-    "avoid={int(p) for p in sys.argv[1:]}\n"
-    "for _ in range(50):\n"
-    "    s=socket.socket(); s.bind(('',0)); p=s.getsockname()[1]; s.close()\n"
-    "    if p not in avoid: print(p); break\n"
-)
+_PORTS = (20_000, 32_768)  # instance ports: below the usual ephemeral range (32768-60999)
+_LISTENING_FRESH = 1.0  # seconds one `ss` listing serves the starts of a batch
 _STOP_MARGIN = 15.0  # beyond the grace, for systemd to confirm the stop
 
 
@@ -65,8 +60,9 @@ class SshPlatform:
         self._uid: dict[str, str] = {}
         self._ready: set[tuple[str, str]] = set()  # (host, folder): the release is there
         self._bundles: dict[str, release.Bundle] = {}  # folder -> what goes there
-        self._ports: dict[str, set[int]] = {}
-        self._starting = {link.name: asyncio.Lock() for link in self.links}
+        self._ports: dict[str, set[int]] = {}  # handed out by this command, per host
+        self._listening: dict[str, tuple[float, set[int]]] = {}  # per host: (when, ports)
+        self._starting = {link.name: asyncio.Lock() for link in self.links}  # port choices
         self._releasing = {link.name: asyncio.Lock() for link in self.links}
 
     def link_of(self, slot: int) -> HostLink:
@@ -85,31 +81,26 @@ class SshPlatform:
         that slot (a step run again after a crash) is returned instead of a second copy."""
         link = self.link_of(slot)
         folder = await self._release(link, revision)
-        async with self._starting[link.name]:  # one port choice at a time per host
-            probe = Instance(service=revision.service, revision=revision.id, version=revision.version,
-                             slot=slot, host=link.host, port=0)
-            for found in await self._units(link, [systemd.unit_name(probe)]):
-                existing = found.instance(link.host)
-                if found.present and existing is not None:
-                    return existing
-            port = await self._free_port(link)
-            instance = Instance(service=revision.service, revision=revision.id,
-                                version=revision.version, slot=slot, host=link.host, port=port)
-            fill = placeholders(revision, slot=slot, port=port)
-            settings = systemd.UnitSettings(
-                name=systemd.unit_name(instance), description=systemd.describe(instance),
-                cwd=_join(folder, fill(revision.run.cwd)),
-                env={**{k: fill(v) for k, v in revision.run.env.items()}, **_turnout_env(instance)},
-                grace=revision.run.grace, user_manager=self.user_manager,
-            )
-            command = [fill(arg) for arg in revision.run.command]
-            await link.check(await self._as_login(link, systemd.run_argv(settings, command)),
-                             what=f"start {instance.id} ({command[0]!r})")
+        port = await self._free_port(link)
+        instance = Instance(service=revision.service, revision=revision.id,
+                            version=revision.version, slot=slot, host=link.host, port=port)
+        fill = placeholders(revision, slot=slot, port=port)
+        settings = systemd.UnitSettings(
+            name=systemd.unit_name(instance), description=systemd.describe(instance),
+            cwd=_join(folder, fill(revision.run.cwd)),
+            env={**{k: fill(v) for k, v in revision.run.env.items()}, **_turnout_env(instance)},
+            grace=revision.run.grace, user_manager=self.user_manager,
+        )
+        command = [fill(arg) for arg in revision.run.command]
+        out = await link.run(await self._as_login(link, systemd.run_argv(settings, command)))
+        if not out.ok and "already" not in out.reason():  # "Unit ... already exists"
+            raise PlatformError(f"host {link.name}: cannot start {instance.id} ({command[0]!r}): "
+                                f"{out.reason()}")
         states = await self._units(link, [settings.name])
-        started = states[0] if states else None
-        if started is None or started.instance(link.host) is None:
+        started = states[0].instance(link.host) if states and states[0].present else None
+        if started is None:
             raise PlatformError(f"host {link.name}: {instance.id} stopped as soon as it started")
-        return started.instance(link.host) or instance
+        return started  # from an earlier start, its own port
 
     async def alive(self, instance: Instance) -> bool:
         link = self._link_for(instance)
@@ -179,15 +170,22 @@ class SshPlatform:
         return [s for s in states if s.active not in ("inactive", "") or s.description]
 
     async def _free_port(self, link: HostLink) -> int:
+        """A port nothing listens on (per `ss`) in 20000-32767, below the kernel's usual range
+        for outgoing connections, and not handed out before by this command."""
         taken = self._ports.setdefault(link.name, set())
-        text = await link.check(["python3", "-c", _FREE_PORT, *map(str, sorted(taken))],
-                                what="find a free port (python3 is needed on the host)")
-        try:
-            port = int(text.strip())
-        except ValueError:
-            raise PlatformError(f"host {link.name}: no free port found") from None
-        taken.add(port)
-        return port
+        async with self._starting[link.name]:
+            seen = self._listening.get(link.name)
+            now = asyncio.get_running_loop().time()
+            if seen is None or now - seen[0] > _LISTENING_FRESH:
+                text = await link.check(["ss", "-Htln"], what="list listening ports (`ss` is needed)")
+                seen = (now, _ports_in(text))
+                self._listening[link.name] = seen
+            free = [p for p in range(*_PORTS) if p not in seen[1] and p not in taken]
+            if not free:
+                raise PlatformError(f"host {link.name}: no free port in {_PORTS[0]}-{_PORTS[1] - 1}")
+            port = random.choice(free)
+            taken.add(port)
+            return port
 
     async def _as_login(self, link: HostLink, argv: list[str]) -> list[str]:
         """`argv` for the login's systemd: user units need the login's runtime folder."""
@@ -231,6 +229,16 @@ class SshPlatform:
                 await release.ensure(link, bundle)
             self._ready.add((link.name, folder))
         return folder
+
+
+def _ports_in(ss_output: str) -> set[int]:
+    """The ports of `ss -Htln` lines (the local address is the fourth column)."""
+    ports = set()
+    for line in ss_output.splitlines():
+        parts = line.split()
+        if len(parts) >= 4 and parts[3].rpartition(":")[2].isdigit():
+            ports.add(int(parts[3].rpartition(":")[2]))
+    return ports
 
 
 def _turnout_env(instance: Instance) -> dict[str, str]:
