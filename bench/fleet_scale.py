@@ -6,7 +6,10 @@ for 1, 2, 4 and 8 of them with two instances each, deploys the test app with `ro
 through the real CLI, reading each step's start and end from `turnout deploy --json`.
 The steps that wait for the app (until it answers its health check, until it has
 stopped) are the app's time and are shown apart; every other step (starting units over
-SSH, routing, draining an idle instance) is turnout's own overhead. For scale, the same run
+SSH, routing, draining an idle instance) is turnout's own overhead, except the last,
+whose time also covers the CLI closing its connections and exiting ("finish"). All hosts
+share this machine's two cores, so the apps starting on them compete with each other and
+with the control plane: a start step on many hosts also carries their start-up CPU. For scale, the same run
 times one command on an open asyncssh connection and one `ssh` process per command (a new
 OpenSSH connection each time, as tools that run `ssh` per command do).
 
@@ -24,12 +27,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import asyncssh
 from tests.hosts.harness import HostFleet, default_cache
 from tests.hosts.service import HostService
+
+from turnout.model import Revision
+from turnout.platforms.ssh import SshPlatform
+from turnout.spec import Spec
+from turnout.spec.hosts import SshPlatformSpec
 
 RESULTS = Path(__file__).resolve().parent / "results" / "fleet_scale.json"
 STRATEGIES: dict[str, dict[str, Any]] = {
@@ -65,21 +74,51 @@ async def one_size(fleet: HostFleet, size: int, strategy: str, rounds: int, work
     service.write(STRATEGIES[strategy], platform=service.platform(
         hosts=[h.address for h in fleet.hosts[:size]]))
     await deploy_timed(service, "v0")
-    totals, app, own, steps = [], [], [], []
-    for number in range(1, rounds + 1):
-        timed = await deploy_timed(service, f"v{number}")
-        totals.append(sum(s for _, s in timed))
-        app.append(sum(s for kind, s in timed if kind in APP_WAITS))
-        mine = [s for kind, s in timed if kind not in APP_WAITS]
-        own.append(sum(mine))
-        steps.append(len(mine))
+    runs = [await deploy_timed(service, f"v{number}") for number in range(1, rounds + 1)]
     service.run("down", timeout=120)
+
+    def median_of(pick: Callable[[list[tuple[str, float]]], float]) -> float:
+        return statistics.median(pick(timed) for timed in runs)
+
+    def mean_ms(kind: str) -> float:
+        return median_of(lambda t: 1000 * statistics.mean([s for k, s in t if k == kind] or [0.0]))
+
+    def own(timed: list[tuple[str, float]]) -> list[float]:  # the last step also ends the CLI
+        return [s for k, s in timed[:-1] if k not in APP_WAITS]
+
     return {
-        "hosts": size, "instances": 2 * size, "strategy": strategy,
-        "deploy_s": statistics.median(totals), "app_s": statistics.median(app),
-        "turnout_s": statistics.median(own), "turnout_steps": steps[0],
-        "overhead_per_step_ms": 1000 * statistics.median(own) / steps[0],
+        "hosts": size, "instances": 2 * size, "strategy": strategy, "steps": len(runs[0]),
+        "deploy_s": median_of(lambda t: sum(s for _, s in t)),
+        "app_s": median_of(lambda t: sum(s for k, s in t if k in APP_WAITS)),
+        "start_ms": mean_ms("start"), "route_ms": mean_ms("route:"), "drain_ms": mean_ms("drain"),
+        "overhead_per_step_ms": median_of(lambda t: 1000 * statistics.mean(own(t))),
+        "finish_ms": median_of(lambda t: 1000 * t[-1][1]),
     }
+
+
+async def start_step(fleet: HostFleet, size: int, rounds: int) -> dict[str, Any]:
+    """One start step of `2 x size` instances through the platform alone (units running
+    `sleep`: no app start-up), its wall time and this process's CPU time (the control plane)."""
+    spec = Spec.model_validate({"service": "bench", "run": {"command": ["sleep", "600"]}, "platform": {
+        "kind": "ssh", "hosts": [h.address for h in fleet.hosts[:size]], "user": fleet.user,
+        "identity": str(fleet.identity), "known_hosts": str(fleet.known_hosts), "instances_per_host": 2}})
+    assert isinstance(spec.platform, SshPlatformSpec)
+    walls, cpus = [], []
+    for number in range(rounds + 1):
+        platform = SshPlatform(spec.platform, spec_dir=Path.cwd())
+        try:
+            await platform.instances("bench")  # connections open, as in a deployment
+            revision = Revision.of(spec, f"s{number}")
+            cpu, wall = time.process_time(), time.perf_counter()
+            started = await asyncio.gather(*(platform.start(revision, slot=s) for s in range(2 * size)))
+            if number:  # the first round warms up
+                walls.append(time.perf_counter() - wall)
+                cpus.append(time.process_time() - cpu)
+            await asyncio.gather(*(platform.stop(i, grace=1) for i in started))
+        finally:
+            await platform.aclose()
+    return {"hosts": size, "instances": 2 * size, "wall_ms": 1000 * statistics.median(walls),
+            "control_plane_cpu_ms": 1000 * statistics.median(cpus)}
 
 
 async def command_costs(fleet: HostFleet, count: int = 30) -> dict[str, float]:
@@ -108,18 +147,24 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="fleet-scale-") as temp, \
             HostFleet.start(max(args.sizes), Path(temp) / "hosts", cache=default_cache()) as fleet:
         costs = asyncio.run(command_costs(fleet))
+        starts = [asyncio.run(start_step(fleet, size, args.rounds)) for size in args.sizes]
+        for row in starts:
+            cpu = row["control_plane_cpu_ms"]
+            print(f"start step, {row['hosts']} hosts x 2: {row['wall_ms']:.0f} ms, control plane CPU "
+                  f"{cpu:.0f} ms ({cpu / row['instances']:.1f} ms per instance)", flush=True)
         for strategy in STRATEGIES:
             for size in args.sizes:
                 rows.append(asyncio.run(one_size(fleet, size, strategy, args.rounds, Path(temp))))
                 row = rows[-1]
-                print(f"{strategy:8} {size} hosts x 2: deploy {row['deploy_s']:.2f} s, app "
-                      f"{row['app_s']:.2f} s, turnout {row['turnout_s']:.2f} s over "
-                      f"{row['turnout_steps']} steps = {row['overhead_per_step_ms']:.0f} ms/step", flush=True)
+                print(f"{strategy:8} {size} hosts x 2: {row['steps']} steps in {row['deploy_s']:.2f} s "
+                      f"(app {row['app_s']:.2f} s); start {row['start_ms']:.0f} ms, route "
+                      f"{row['route_ms']:.0f} ms, drain {row['drain_ms']:.0f} ms; turnout per step "
+                      f"{row['overhead_per_step_ms']:.0f} ms; finish {row['finish_ms']:.0f} ms", flush=True)
     print(f"\none command: asyncssh on an open connection {costs['asyncssh_open_ms']:.1f} ms, "
           f"a new ssh process {costs['ssh_per_command_ms']:.0f} ms "
           f"({costs['ssh_per_command_ms'] / costs['asyncssh_open_ms']:.0f}x)")
     RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps({"rows": rows, "commands": costs}, indent=2))
+    RESULTS.write_text(json.dumps({"rows": rows, "start_steps": starts, "commands": costs}, indent=2))
 
 
 if __name__ == "__main__":
