@@ -1,3 +1,4 @@
-"""What every kind of test may ask for: the throwaway PostgreSQL server (`tests.pg`)."""
+"""What every kind of test may ask for: the throwaway PostgreSQL server (`tests.pg`) and the
+test hosts (`tests.hosts.fixtures`: the fleet is made only by a test that asks for it)."""
 
-pytest_plugins = ["tests.pg"]
+pytest_plugins = ["tests.pg", "tests.hosts.fixtures"]

@@ -3,8 +3,9 @@
 `ALL_PLATFORMS` lists a rig per platform (in the manner of kopf's parametrised storages):
 the platform adapter, another adapter over the same machine (a restarted control plane),
 a revision whose instances run, one that cannot start, and a way to kill an instance
-behind the platform's back. The local platform runs real processes; the fake is the one
-unit tests use, and it must pass the same suite. A platform joins by adding its rig.
+behind the platform's back. The local platform runs real processes, the ssh platform real
+systemd units (or detached processes) on a test host; the fake is the one unit tests use,
+and it must pass the same suite. A platform joins by adding its rig.
 """
 
 from __future__ import annotations
@@ -18,13 +19,17 @@ from pathlib import Path
 from typing import Protocol
 
 import pytest
+from tests.hosts.harness import HostFleet
 
 from turnout import procs
 from turnout.errors import PlatformError
 from turnout.model import Instance, Revision
 from turnout.platforms.base import Platform
 from turnout.platforms.local import LocalPlatform
+from turnout.platforms.ssh import SshPlatform
+from turnout.platforms.systemd import unit_name
 from turnout.spec import Health, Run
+from turnout.spec.hosts import SshPlatformSpec
 from turnout.statedir import StateDir
 from turnout.testing import FakePlatform
 
@@ -101,12 +106,52 @@ class FakeRig:
         self.fake.crash(instance)
 
 
-ALL_PLATFORMS: dict[str, Callable[[Path], Rig]] = {"fake": FakeRig, "local": LocalRig}
+class SshRig:
+    """The first test host (systemd and sshd in a container), with systemd units or plain
+    detached processes; killing an instance ends it behind the platform's back (a unit is
+    stopped: a mere crash would be restarted by systemd, as it should)."""
+
+    def __init__(self, fleet: HostFleet, supervisor: str) -> None:
+        self.fleet, self.host = fleet, fleet.hosts[0]
+        self.settings = SshPlatformSpec.model_validate({
+            "hosts": [self.host.address], "user": fleet.user, "identity": str(fleet.identity),
+            "known_hosts": str(fleet.known_hosts), "instances_per_host": 2, "supervisor": supervisor,
+        })
+        self.platform: Platform = self.reopen()
+
+    def reopen(self) -> Platform:
+        return SshPlatform(self.settings, spec_dir=Path.cwd())
+
+    def runs(self, version: str = "v1", service: str = SERVICE) -> Revision:
+        return revision(["python3", "-c", SLEEPER], version=version, service=service)
+
+    def broken(self) -> Revision:
+        return revision(["turnout-contract-no-such-program"], version="broken")
+
+    async def kill(self, instance: Instance) -> None:
+        if self.settings.supervisor == "systemd":
+            argv = ["systemctl", "--user", "stop", unit_name(instance)]
+        else:
+            argv = ["kill", "-9", str(instance.pid)]
+        done = await asyncio.to_thread(self.fleet.exec, self.host, argv, user="deploy")
+        assert done.returncode == 0, done.stderr
+
+
+def ssh_rig(supervisor: str) -> Callable[[pytest.FixtureRequest, Path], Rig]:
+    return lambda request, folder: SshRig(request.getfixturevalue("hosts"), supervisor)
+
+
+ALL_PLATFORMS: dict[str, Callable[[pytest.FixtureRequest, Path], Rig]] = {
+    "fake": lambda _, folder: FakeRig(folder),
+    "local": lambda _, folder: LocalRig(folder),
+    "ssh-systemd": ssh_rig("systemd"),
+    "ssh-detached": ssh_rig("detached"),
+}
 
 
 @pytest.fixture(params=list(ALL_PLATFORMS))
 async def rig(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Rig]:
-    made = ALL_PLATFORMS[request.param](tmp_path)
+    made = ALL_PLATFORMS[request.param](request, tmp_path)
     try:
         yield made
     finally:

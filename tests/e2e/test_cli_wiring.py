@@ -26,7 +26,7 @@ def turnout(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize(("tail", "line", "problem"), [
     ("router: haproxy\n", 5, "router.kind: unknown router 'haproxy'; known: builtin"),
     ("router:\n  kind: envoy\n", 6, "router.kind: unknown router 'envoy'; known: builtin"),
-    ("platform: {kind: ssh}\n", 5, "platform.kind: unknown platform 'ssh'; known: local"),
+    ("platform: {kind: k8s}\n", 5, "platform.kind: unknown platform 'k8s'; known: local, ssh"),
 ])
 def test_an_unknown_kind_is_refused_with_exit_2_and_nothing_starts(
     tmp_path: Path, tail: str, line: int, problem: str

@@ -179,3 +179,46 @@ async def test_a_killed_control_plane_is_reconciled_with_the_units_on_every_host
     assert STRAY[0] in stray  # ... and left running
     stray.remove(STRAY[0])
     assert all(len(names) == 2 and all(f"-{final}-" in n for n in names) for names in units.values()), units
+
+
+async def test_detached_processes_for_hosts_without_systemd(shop: HostService) -> None:
+    shop.write(platform=shop.platform(supervisor="detached"))
+    check(shop.run("deploy", "v1"))
+    async with Load(shop.url, rate=RATE, users=40, max_seconds=120) as load:
+        code, out, err = await shop.arun("deploy", "v2")
+        load.mark("returned")
+        await asyncio.sleep(0.5)
+    assert code == 0, out + err
+    summary = load.summary(new_version="v2", until=load.marks["returned"])
+    assert summary.clean, summary.problems()
+    assert all(v == {"v2"} for v in versions_by_host(shop).values())
+    assert all(not names for names in shop.units().values())  # no systemd unit at all
+    logs = shop.run("logs", "-n", "3")
+    check(logs)
+    assert logs.stdout.count("serving v2 on port") == 8, logs.stdout
+    # Each host keeps a record per instance; a restarted control plane finds them there.
+    first = shop.fleet.hosts[0]
+    records = shop.fleet.exec(first, ["ls", "/home/deploy/.local/state/turnout/instances"], user="deploy")
+    assert len(records.stdout.split()) == 2, records.stdout
+    check(shop.run("down"))
+    gone = shop.fleet.exec(first, ["pgrep", "-u", "deploy", "-f", "app.py"], user="deploy")
+    assert gone.stdout.strip() == "", gone.stdout
+
+
+async def test_a_login_without_a_systemd_manager_is_told_what_to_do(shop: HostService) -> None:
+    for host in shop.fleet.hosts:  # a second login, with deploy's key but no lingering
+        for argv in (["useradd", "-m", "-s", "/bin/bash", "nolinger"],
+                     ["cp", "-r", "/home/deploy/.ssh", "/home/nolinger/.ssh"],
+                     ["chown", "-R", "nolinger:", "/home/nolinger/.ssh"]):
+            made = shop.fleet.exec(host, argv)
+            assert made.returncode == 0, made.stderr
+    try:
+        shop.write(platform=shop.platform(user="nolinger", release=None))
+        result = shop.run("deploy", "v1")
+        said = result.stdout + result.stderr
+        assert result.returncode == 1, said  # refused before anything started
+        assert "no systemd manager for nolinger (lingering is off for nolinger)" in said, said
+        assert "loginctl enable-linger nolinger" in said and "supervisor: detached" in said
+    finally:
+        for host in shop.fleet.hosts:
+            shop.fleet.exec(host, ["userdel", "-r", "nolinger"])

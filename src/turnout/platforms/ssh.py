@@ -1,16 +1,19 @@
-"""The `ssh` platform: instances are transient systemd units on hosts reached over SSH.
+"""The `ssh` platform: instances on hosts reached over SSH, kept running by each host's
+supervisor (`platforms.supervisor`).
 
 Slot `s` runs on host `s // instances_per_host` (so a rolling batch of that size replaces one
 host). Starting an instance makes sure the release folder is on its host (see
-`platforms.release`), asks the host for a free port, and starts a unit with `systemd-run`
-(see `platforms.systemd`): the host's own init then restarts it on a crash and keeps its
-output in the journal, which `log_tail` reads. The login `root` runs system units; any
+`platforms.release`), picks a free port there, and hands the rest to the supervisor: by
+default a transient systemd unit (`platforms.systemd`), so the host's own init restarts it
+on a crash and keeps its output in the journal; the login `root` runs system units, any
 other login its own user units, which needs lingering on (`loginctl enable-linger USER`).
+`supervisor: detached` runs plain processes instead (`platforms.detached`), for hosts
+without systemd.
 
 An instance's environment is the spec's `run.env` and turnout's variables (PORT,
-TURNOUT_*); nothing comes from the deployer's own environment. `instances` lists the units
-on every host and reads each instance back from its unit, so a restarted control plane
-finds its fleet without any file of its own.
+TURNOUT_*); nothing comes from the deployer's own environment. `instances` asks every
+host's supervisor and reads each instance back from the host alone, so a restarted control
+plane finds its fleet without any file of its own.
 """
 
 from __future__ import annotations
@@ -23,20 +26,22 @@ from pathlib import Path
 
 from turnout.errors import PlatformError
 from turnout.model import Instance, Revision
-from turnout.platforms import release, systemd
+from turnout.platforms import release
 from turnout.platforms.base import HostUnreachable, placeholders
+from turnout.platforms.detached import Detached
 from turnout.platforms.ssh_link import HostLink, Login
+from turnout.platforms.supervisor import Launch, Supervisor
+from turnout.platforms.systemd import SystemdUnits
 from turnout.spec import Spec
 from turnout.spec.hosts import SshPlatformSpec, host_address
 from turnout.statedir import StateDir
 
 _PORTS = (20_000, 32_768)  # instance ports: below the usual ephemeral range (32768-60999)
 _LISTENING_FRESH = 1.0  # seconds one `ss` listing serves the starts of a batch
-_STOP_MARGIN = 15.0  # beyond the grace, for systemd to confirm the stop
 
 
 class SshPlatform:
-    """Start, stop and rediscover instances as systemd units on the spec's hosts."""
+    """Start, stop and rediscover instances on the spec's hosts (see the module docstring)."""
 
     @classmethod
     def build(cls, spec: Spec, state: StateDir) -> SshPlatform:
@@ -55,9 +60,10 @@ class SshPlatform:
             command_timeout=settings.command_timeout,
             parallel=settings.commands_per_host,
         )
-        self.user_manager = login.user != "root"
         self.links = [HostLink(entry, *host_address(entry), login) for entry in settings.hosts]
-        self._uid: dict[str, str] = {}
+        self.supervisor: Supervisor = (
+            SystemdUnits(user_manager=login.user != "root") if settings.supervisor == "systemd"
+            else Detached())
         self._ready: set[tuple[str, str]] = set()  # (host, folder): the release is there
         self._bundles: dict[str, release.Bundle] = {}  # folder -> what goes there
         self._ports: dict[str, set[int]] = {}  # handed out by this command, per host
@@ -77,47 +83,33 @@ class SshPlatform:
 
     # -- Platform --------------------------------------------------------------------
     async def start(self, revision: Revision, *, slot: int) -> Instance:
-        """Start one instance of `revision` in `slot` as a unit; a unit already running for
-        that slot (a step run again after a crash) is returned instead of a second copy."""
+        """Start one instance of `revision` in `slot`; one already running for that slot (a
+        step run again after a crash) is returned instead of a second copy."""
         link = self.link_of(slot)
         folder = await self._release(link, revision)
         port = await self._free_port(link)
         instance = Instance(service=revision.service, revision=revision.id,
                             version=revision.version, slot=slot, host=link.host, port=port)
         fill = placeholders(revision, slot=slot, port=port)
-        settings = systemd.UnitSettings(
-            name=systemd.unit_name(instance), description=systemd.describe(instance),
+        launch = Launch(
             cwd=_join(folder, fill(revision.run.cwd)),
             env={**{k: fill(v) for k, v in revision.run.env.items()}, **_turnout_env(instance)},
-            grace=revision.run.grace, user_manager=self.user_manager,
+            command=[fill(arg) for arg in revision.run.command], grace=revision.run.grace,
         )
-        command = [fill(arg) for arg in revision.run.command]
-        out = await link.run(await self._as_login(link, systemd.run_argv(settings, command)))
-        if not out.ok and "already" not in out.reason():  # "Unit ... already exists"
-            raise PlatformError(f"host {link.name}: cannot start {instance.id} ({command[0]!r}): "
-                                f"{out.reason()}")
-        states = await self._units(link, [settings.name])
-        started = states[0].instance(link.host) if states and states[0].present else None
+        started = await self.supervisor.launch(link, instance, launch)
         if started is None:
             raise PlatformError(f"host {link.name}: {instance.id} stopped as soon as it started")
-        return started  # from an earlier start, its own port
+        return started
 
     async def alive(self, instance: Instance) -> bool:
-        link = self._link_for(instance)
-        states = await self._units(link, [systemd.unit_name(instance)])
-        return bool(states) and states[0].running
+        return await self.supervisor.alive(self._link_for(instance), instance)
 
     async def stop(self, instance: Instance, *, grace: float) -> None:
-        """`systemctl stop`: SIGTERM, then SIGKILL after the unit's TimeoutStopSec (the grace)."""
-        link = self._link_for(instance)
-        argv = systemd.systemctl(self.user_manager, "stop", "--", systemd.unit_name(instance))
-        out = await link.run(await self._as_login(link, argv), limit=grace + _STOP_MARGIN)
-        if not out.ok and "not loaded" not in out.reason():
-            raise PlatformError(f"host {link.name}: cannot stop {instance.id}: {out.reason()}")
+        await self.supervisor.stop(self._link_for(instance), instance, grace=grace)
 
     async def instances(self, service: str) -> list[Instance]:
         """Every running unit of `service` on every host, read back from the units."""
-        results = await asyncio.gather(*(self._service_units(link, service) for link in self.links),
+        results = await asyncio.gather(*(self.supervisor.listed(link, service) for link in self.links),
                                        return_exceptions=True)
         found: list[Instance] = []
         lost: list[HostUnreachable] = []
@@ -135,39 +127,14 @@ class SshPlatform:
         return found
 
     async def log_tail(self, instance: Instance, *, lines: int = 20) -> str:
-        """The unit's last lines from the host's journal ('' when it cannot be read)."""
-        link = self._link_for(instance)
-        which = "--user-unit" if self.user_manager else "--unit"
-        argv = ["journalctl", f"{which}={systemd.unit_name(instance)}", f"--lines={lines}",
-                "--no-pager", "--output=cat", "--quiet"]
+        """The instance's last lines of output on its host ('' when they cannot be read)."""
         try:
-            out = await link.run(argv)
+            return await self.supervisor.log_tail(self._link_for(instance), instance, lines=lines)
         except PlatformError:
             return ""
-        return out.stdout if out.ok else ""
 
     async def aclose(self) -> None:
         await asyncio.gather(*(link.aclose() for link in self.links))
-
-    # -- what runs on one host ---------------------------------------------------------
-    async def _service_units(self, link: HostLink, service: str) -> list[Instance]:
-        argv = systemd.systemctl(self.user_manager, "list-units", "--all", "--plain", "--no-legend",
-                                 "--type=service", "--", systemd.service_pattern(service))
-        names = systemd.parse_list(await link.check(await self._as_login(link, argv),
-                                                    what="list the units"))
-        found = []
-        for state in await self._units(link, names):
-            instance = state.instance(link.host)
-            if instance is not None and instance.service == service and state.present:
-                found.append(instance)
-        return found
-
-    async def _units(self, link: HostLink, names: list[str]) -> list[systemd.UnitState]:
-        if not names:
-            return []
-        argv = await self._as_login(link, systemd.show_argv(self.user_manager, names))
-        states = systemd.parse_show(await link.check(argv, what="read the units' state"))
-        return [s for s in states if s.active not in ("inactive", "") or s.description]
 
     async def _free_port(self, link: HostLink) -> int:
         """A port nothing listens on (per `ss`) in 20000-32767, below the kernel's usual range
@@ -186,28 +153,6 @@ class SshPlatform:
             port = random.choice(free)
             taken.add(port)
             return port
-
-    async def _as_login(self, link: HostLink, argv: list[str]) -> list[str]:
-        """`argv` for the login's systemd: user units need the login's runtime folder."""
-        if not self.user_manager:
-            return argv
-        uid = self._uid.get(link.name)
-        if uid is None:
-            uid = (await link.check(["id", "-u"], what="read the login's user id")).strip()
-            await self._check_systemd(link, uid)
-            self._uid[link.name] = uid
-        return ["env", f"XDG_RUNTIME_DIR=/run/user/{uid}", *argv]
-
-    async def _check_systemd(self, link: HostLink, uid: str) -> None:
-        out = await link.run(["env", f"XDG_RUNTIME_DIR=/run/user/{uid}", "systemctl", "--user",
-                              "is-system-running"])
-        state = out.stdout.strip()
-        if state not in ("running", "degraded", "starting", "initializing"):
-            raise PlatformError(
-                f"host {link.name}: no systemd manager for {link.login.user} ({out.reason()}); "
-                f"turnout runs instances as systemd units: enable lingering there "
-                f"(`loginctl enable-linger {link.login.user}`) or log in as root"
-            )
 
     async def _release(self, link: HostLink, revision: Revision) -> str | None:
         """The folder instances of `revision` run in on this host, made ready once."""

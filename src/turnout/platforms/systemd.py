@@ -1,5 +1,5 @@
-"""Instances as transient systemd units: their names, the `systemd-run` that starts one, and
-reading back what `systemctl show` says of them.
+"""Instances as transient systemd units (`SystemdUnits`, a `platforms.supervisor.Supervisor`):
+their names, the `systemd-run` that starts one, and what `systemctl show` says of them.
 
 A unit is `turnout-<service>-<instance id>.service` (characters systemd does not allow in a
 unit name are written `_xx`), started with `Restart=on-failure`, `TimeoutStopSec=` the
@@ -20,11 +20,16 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from turnout.errors import PlatformError
 from turnout.model import Instance
+from turnout.platforms.ssh_link import HostLink, Output
+from turnout.platforms.supervisor import Launch
 
 PREFIX = "turnout-"
 DESCRIPTION = "turnout "
 _UNIT_CHAR = re.compile(r"[^A-Za-z0-9.-]")
+_STOP_MARGIN = 15.0  # beyond the grace, for systemd to confirm a stop
+_MANAGER_UP = ("running", "degraded", "starting", "initializing")
 SHOWN = ("Id", "Description", "ActiveState", "SubState", "MainPID", "ExecMainStartTimestampMonotonic")
 
 
@@ -163,3 +168,93 @@ def _int(value: str | None) -> int:
         return int(value or 0)
     except ValueError:
         return 0
+
+
+class SystemdUnits:
+    """Instances as transient units of the login's systemd: the system manager for root,
+    the login's own user manager for anyone else (it must linger to run without a session)."""
+
+    def __init__(self, *, user_manager: bool) -> None:
+        self.user_manager = user_manager
+        self._prefix: dict[str, list[str]] = {}  # per host: what goes before systemctl & co
+
+    async def launch(self, link: HostLink, instance: Instance, launch: Launch) -> Instance | None:
+        settings = UnitSettings(name=unit_name(instance), description=describe(instance),
+                                cwd=launch.cwd, env=launch.env, grace=launch.grace,
+                                user_manager=self.user_manager)
+        out = await link.run(await self._as_login(link, run_argv(settings, launch.command)))
+        if not out.ok and "already" not in out.reason():  # "Unit ... already exists": ours
+            raise PlatformError(f"host {link.name}: cannot start {instance.id} "
+                                f"({launch.command[0]!r}): {out.reason()}")
+        states = await self._units(link, [settings.name])
+        return states[0].instance(link.host) if states and states[0].present else None
+
+    async def alive(self, link: HostLink, instance: Instance) -> bool:
+        states = await self._units(link, [unit_name(instance)])
+        return bool(states) and states[0].running
+
+    async def stop(self, link: HostLink, instance: Instance, *, grace: float) -> None:
+        """`systemctl stop`: SIGTERM, then SIGKILL after the unit's TimeoutStopSec (the grace)."""
+        argv = systemctl(self.user_manager, "stop", "--", unit_name(instance))
+        out = await link.run(await self._as_login(link, argv), limit=grace + _STOP_MARGIN)
+        if not out.ok and "not loaded" not in out.reason():
+            raise PlatformError(f"host {link.name}: cannot stop {instance.id}: {out.reason()}")
+
+    async def listed(self, link: HostLink, service: str) -> list[Instance]:
+        argv = systemctl(self.user_manager, "list-units", "--all", "--plain", "--no-legend",
+                         "--type=service", "--", service_pattern(service))
+        names = parse_list(await link.check(await self._as_login(link, argv), what="list the units"))
+        found = []
+        for state in await self._units(link, names):
+            instance = state.instance(link.host)
+            if instance is not None and instance.service == service and state.present:
+                found.append(instance)
+        return found
+
+    async def log_tail(self, link: HostLink, instance: Instance, *, lines: int) -> str:
+        """The unit's last lines from the host's journal."""
+        which = "--user-unit" if self.user_manager else "--unit"
+        out = await link.run(["journalctl", f"{which}={unit_name(instance)}", f"--lines={lines}",
+                              "--no-pager", "--output=cat", "--quiet"])
+        return out.stdout if out.ok else ""
+
+    async def _units(self, link: HostLink, names: list[str]) -> list[UnitState]:
+        if not names:
+            return []
+        argv = await self._as_login(link, show_argv(self.user_manager, names))
+        states = parse_show(await link.check(argv, what="read the units' state"))
+        return [s for s in states if s.active not in ("inactive", "") or s.description]
+
+    async def _as_login(self, link: HostLink, argv: list[str]) -> list[str]:
+        """`argv` for the login's systemd (user units need the login's runtime folder); the
+        first time on a host, its manager is checked to be there."""
+        prefix = self._prefix.get(link.name)
+        if prefix is None:
+            prefix = []
+            if self.user_manager:
+                uid = (await link.check(["id", "-u"], what="read the login's user id")).strip()
+                prefix = ["env", f"XDG_RUNTIME_DIR=/run/user/{uid}"]
+            await self._check_manager(link, prefix)
+            self._prefix[link.name] = prefix
+        return [*prefix, *argv]
+
+    async def _check_manager(self, link: HostLink, prefix: list[str]) -> None:
+        """The login's manager runs, and a user manager lingers (else it would end, and every
+        unit with it, as soon as turnout's SSH session does)."""
+        out = await link.run([*prefix, *systemctl(self.user_manager, "is-system-running")])
+        user = link.login.user
+        if out.stdout.strip() in _MANAGER_UP and self.user_manager:
+            linger = await link.run(["loginctl", "show-user", "--property=Linger", "--", user])
+            if linger.stdout.strip() == "Linger=yes":
+                return
+            out = Output(status=1, stdout="", stderr=f"lingering is off for {user}")
+        elif out.stdout.strip() in _MANAGER_UP:
+            return
+        if self.user_manager:
+            fix = f"enable lingering there (`loginctl enable-linger {user}`) or log in as root"
+        else:
+            fix = "systemd is not running there as init"
+        raise PlatformError(
+            f"host {link.name}: no systemd manager for {user} ({out.reason()}); turnout runs "
+            f"instances as systemd units: {fix}, or set `platform.supervisor: detached`"
+        )

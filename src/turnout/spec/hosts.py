@@ -84,6 +84,10 @@ class SshPlatformSpec(Strict):
     release: Release | None = Field(
         default=None, description="the folder instances run in; without it, `run.cwd` on the hosts"
     )
+    supervisor: Literal["systemd", "detached"] = Field(
+        default="systemd", description="systemd: transient units (restarted on a crash, logs in "
+        "the journal); detached: plain processes with a pid record, for hosts without systemd",
+    )
     max_unavailable_hosts: int = Field(
         default=0, ge=0, description="hosts that may be lost during a deployment before it rolls back"
     )

@@ -1,4 +1,5 @@
-"""Fixtures of the test hosts: one fleet of four real hosts per session, reset before each test.
+"""Fixtures of the test hosts: one fleet of four real hosts per session, reset before each test
+(a plugin of `tests/conftest.py`, so the platform contract suite can use them too).
 
 The hosts need root (a private Docker daemon, debootstrap); without it the tests that use
 them skip and say so. As root a failing build fails the tests loudly. The image is cached
