@@ -18,6 +18,12 @@ from tests.hosts.harness import HostFleet, default_cache
 FLEET_SIZE = 4
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests on the hosts run last (in their order), so the four hosts are made only after
+    every other test, and the timing-sensitive ones never share the CPU with them."""
+    items.sort(key=lambda item: "fleet" in getattr(item, "fixturenames", ()))
+
+
 @pytest.fixture(scope="session")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostFleet]:
     if os.geteuid() != 0:

@@ -48,8 +48,8 @@ class HostService:
             "known_hosts": str(self.fleet.known_hosts),
             "instances_per_host": 2,
             "release": {"upload": "./release", "to": "/srv/shop/releases/{version}"},
-            "command_timeout": "20s",
-            "connect_timeout": "5s",
+            "command_timeout": "8s",
+            "connect_timeout": "3s",
             **extra,
         }
 

@@ -32,7 +32,7 @@ ROLLING = {"kind": "rolling", "max_surge": 2, "max_unavailable": 0}
 @pytest.fixture
 def shop(tmp_path: Path, hosts: HostFleet) -> HostService:
     service = HostService(tmp_path, hosts)
-    service.write(ROLLING)
+    service.write(ROLLING)  # a command on a cut host waits for command_timeout: keep it short
     return service
 
 

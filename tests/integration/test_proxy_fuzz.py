@@ -12,6 +12,6 @@ pytestmark = pytest.mark.slow
 
 
 def test_a_short_fuzz_run_finds_no_crash_hang_or_growth() -> None:
-    summary = run(seconds=30, memory_mb=8, batch=60)
+    summary = run(seconds=15, memory_mb=8, batch=60)
     assert summary["ok"], summary
     assert int(summary["connections"]) > 200  # type: ignore[call-overload]

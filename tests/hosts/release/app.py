@@ -71,7 +71,8 @@ def main() -> None:
     server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
     server.daemon_threads = True
     signal.signal(signal.SIGTERM, lambda *_: STOPPING.set())
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    # A short poll: shutdown() waits for the loop to look, and a stop step waits for that.
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     print(f"serving {os.environ.get('TURNOUT_VERSION')} on port {port} in {os.getcwd()}", flush=True)
     STOPPING.wait()
     server.shutdown()
