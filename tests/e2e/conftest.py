@@ -13,9 +13,9 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import yaml
@@ -28,19 +28,50 @@ def free_port() -> int:
 
 
 @dataclass
-class Service:
-    folder: Path
-    port: int
-    preview_port: int
-    database_url: str | None = None  # TURNOUT_DATABASE_URL for its commands; None: the local file
+class CliFolder:
+    """A folder with a spec, and the real CLI run in it (`run`, `arun`, `status`)."""
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/"
+    folder: Path
+    database_url: str | None = field(default=None, kw_only=True)  # None: the local file
+    patience: ClassVar[float] = 120.0  # seconds a command may take
 
     @property
     def spec(self) -> Path:
         return self.folder / "turnout.yaml"
+
+    def run(self, *args: str, timeout: float | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "turnout", *args], check=False, cwd=self.folder, capture_output=True,
+            text=True, timeout=timeout or self.patience, stdin=subprocess.DEVNULL,
+            env=cli_env(self.database_url),
+        )
+
+    async def arun(self, *args: str, timeout: float | None = None) -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "turnout", *args, cwd=self.folder, env=cli_env(self.database_url),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), timeout or self.patience)
+        assert proc.returncode is not None
+        return proc.returncode, out.decode(), err.decode()
+
+    def status(self) -> dict[str, Any]:
+        result = self.run("status", "--json")
+        assert result.returncode == 0, result.stderr
+        data: dict[str, Any] = json.loads(result.stdout)
+        return data
+
+
+@dataclass
+class Service(CliFolder):
+    """The bundled demo app, three local instances, behind a router on free ports."""
+
+    port: int = 0
+    preview_port: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
 
     def write(self, **strategy: Any) -> None:
         spec = {
@@ -54,27 +85,6 @@ class Service:
             "strategy": strategy or {"kind": "rolling"},
         }
         self.spec.write_text(yaml.safe_dump(spec, sort_keys=False))
-
-    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "turnout", *args], check=False, cwd=self.folder, capture_output=True,
-            text=True, timeout=timeout, stdin=subprocess.DEVNULL, env=cli_env(self.database_url),
-        )
-
-    async def arun(self, *args: str, timeout: float = 120) -> tuple[int, str, str]:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "turnout", *args, cwd=self.folder, env=cli_env(self.database_url),
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-        assert proc.returncode is not None
-        return proc.returncode, out.decode(), err.decode()
-
-    def status(self) -> dict[str, Any]:
-        result = self.run("status", "--json")
-        assert result.returncode == 0, result.stderr
-        data: dict[str, Any] = json.loads(result.stdout)
-        return data
 
 
 def cli_env(database_url: str | None = None) -> dict[str, str]:
@@ -98,7 +108,7 @@ def check(result: subprocess.CompletedProcess[str], code: int = 0) -> None:
     assert result.returncode == code, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
 
 
-async def kill_at_first_traffic(service: Service, *args: str) -> None:
+async def kill_at_first_traffic(service: CliFolder, *args: str) -> None:
     """`turnout deploy ARGS --json`, SIGKILLed right after its first change of traffic."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "turnout", "deploy", *args, "--json", cwd=service.folder, env=cli_env(),

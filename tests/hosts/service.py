@@ -7,45 +7,44 @@ keys against the harness's known_hosts and uploads `release/` (the test app) to
 
 from __future__ import annotations
 
-import asyncio
-import json
 import shutil
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
-from tests.e2e.conftest import cli_env, free_port
+from tests.e2e.conftest import CliFolder, free_port
 from tests.hosts.harness import HostFleet
 
 RELEASE = Path(__file__).resolve().parent / "release"
 
 
+def _fleet_required() -> HostFleet:
+    raise TypeError("HostService needs the fleet: HostService(folder, fleet)")
+
+
 @dataclass
-class HostService:
-    folder: Path
-    fleet: HostFleet
+class HostService(CliFolder):
+    """The test app on the test hosts, two per host, behind a router on free local ports."""
+
+    fleet: HostFleet = field(default_factory=_fleet_required)
     port: int = field(default_factory=free_port)
     preview_port: int = field(default_factory=free_port)
+    patience: ClassVar[float] = 180.0
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/"
 
-    @property
-    def spec(self) -> Path:
-        return self.folder / "turnout.yaml"
-
     def platform(self, **extra: Any) -> dict[str, Any]:
+        fleet = self.fleet
         return {
             "kind": "ssh",
-            "hosts": [f"{h.address}:{h.port}" if h.port != 22 else h.address for h in self.fleet.hosts],
-            "user": self.fleet.user,
-            "identity": str(self.fleet.identity),
-            "known_hosts": str(self.fleet.known_hosts),
+            "hosts": [f"{h.address}:{h.port}" if h.port != 22 else h.address for h in fleet.hosts],
+            "user": fleet.user,
+            "identity": str(fleet.identity),
+            "known_hosts": str(fleet.known_hosts),
             "instances_per_host": 2,
             "release": {"upload": "./release", "to": "/srv/shop/releases/{version}"},
             "command_timeout": "8s",
@@ -70,28 +69,6 @@ class HostService:
             **top,
         }
         self.spec.write_text(yaml.safe_dump(spec, sort_keys=False))
-
-    def run(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "turnout", *args], check=False, cwd=self.folder,
-            capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, env=cli_env(),
-        )
-
-    async def arun(self, *args: str, timeout: float = 180) -> tuple[int, str, str]:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "turnout", *args, cwd=self.folder, env=cli_env(),
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-        assert proc.returncode is not None
-        return proc.returncode, out.decode(), err.decode()
-
-    def status(self) -> dict[str, Any]:
-        result = self.run("status", "--json")
-        assert result.returncode == 0, result.stderr
-        data: dict[str, Any] = json.loads(result.stdout)
-        return data
 
     def units(self) -> dict[str, list[str]]:
         """The turnout units running on each host, as the host's own systemd lists them."""

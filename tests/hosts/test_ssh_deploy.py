@@ -8,14 +8,12 @@ that counts every failure and every re-send.
 from __future__ import annotations
 
 import asyncio
-import json
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.e2e.conftest import check
+from tests.e2e.conftest import check, kill_at_first_traffic
 from tests.hosts.harness import HostFleet
 from tests.hosts.service import HostService
 from turnout.demo.load import Load
@@ -148,18 +146,7 @@ async def test_a_killed_control_plane_is_reconciled_with_the_units_on_every_host
     shop.write(STRATEGIES["canary"] | {"steps": [{"weight": 25}, {"pause": pause}]})
     check(shop.run("deploy", "v1"))
     async with Load(shop.url, rate=RATE, users=40, max_seconds=120) as load:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "turnout", "deploy", "v2", "--json", cwd=shop.folder,
-            stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
-        )
-        assert proc.stdout is not None
-        while True:
-            line = await asyncio.wait_for(proc.stdout.readline(), 120)
-            assert line, "deploy ended before its first change of traffic"
-            if json.loads(line).get("kind") == "traffic":
-                break
-        proc.kill()
-        await proc.wait()
+        await kill_at_first_traffic(shop, "v2")
         # A unit of a revision the store never knew, started by someone else meanwhile.
         made = shop.fleet.exec(shop.fleet.hosts[0], [
             "systemd-run", "--user", f"--unit={STRAY[0]}", f"--description={STRAY[1]}", "--",
