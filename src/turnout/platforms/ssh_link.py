@@ -91,6 +91,13 @@ class HostLink:
                     if attempt == 2:
                         raise self._lost(f"connection lost: {_said(exc)}") from exc
                     continue
+                if result.exit_status is None and result.exit_signal is None:
+                    # The channel closed with no word of how the command ended: the
+                    # connection went under it (asyncssh returns rather than raises here).
+                    self._forget(conn)
+                    if attempt == 2:
+                        raise self._lost("connection lost under a command")
+                    continue
                 return Output(
                     status=result.exit_status if result.exit_status is not None else -1,
                     stdout=_text(result.stdout),
