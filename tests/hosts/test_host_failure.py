@@ -14,6 +14,7 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,10 +31,12 @@ ROLLING = {"kind": "rolling", "max_surge": 2, "max_unavailable": 0}
 
 
 @pytest.fixture
-def shop(tmp_path: Path, hosts: HostFleet) -> HostService:
+def shop(tmp_path: Path, hosts: HostFleet) -> Iterator[HostService]:
     service = HostService(tmp_path, hosts)
-    service.write(ROLLING)  # a command on a cut host waits for command_timeout: keep it short
-    return service
+    service.write(ROLLING)
+    yield service
+    hosts.reset()  # every host back and reachable, its units stopped
+    service.run("down", timeout=60)  # and the router on this machine
 
 
 async def deploy_losing(shop: HostService, lost: Host, how: str) -> tuple[int, str, float]:

@@ -8,6 +8,7 @@ that counts every failure and every re-send.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -37,10 +38,12 @@ STRATEGIES: dict[str, dict[str, object]] = {
 
 
 @pytest.fixture
-def shop(tmp_path: Path, hosts: HostFleet) -> HostService:
+def shop(tmp_path: Path, hosts: HostFleet) -> Iterator[HostService]:
     service = HostService(tmp_path, hosts)
     service.write()
-    return service
+    yield service
+    hosts.reset()  # every host back and reachable, its units stopped
+    service.run("down", timeout=60)  # and the router on this machine
 
 
 def versions_by_host(service: HostService) -> dict[str, set[str]]:
