@@ -1,12 +1,10 @@
 """`BuiltinRouter`: the `Router` seam over turnout's own proxy process.
 
 It talks to the proxy's admin API on `DIR/admin.sock` with httpx and turns every socket,
-HTTP and decoding error into `RouterError`. It also manages the process: `ensure_running`
-starts the proxy detached (own session, output to `DIR/proxy.log`) so it outlives the CLI,
-with a clean environment (`ROUTER_ENV`: no tokens or credentials of the deployer), and
-`stop` ends it (SIGTERM, then SIGKILL of its process group). The proxy names itself in
-`DIR/proxy.pid` by pid, start time and boot id; a pid whose process started at another
-time (a reused pid) is never signalled. `set_flags` makes the proxy
+HTTP and decoding error into `RouterError`. It also manages the process, through
+`turnout.routers.proxy.process`: `ensure_running` starts the proxy detached (own session,
+output to `DIR/proxy.log`) so it outlives the CLI, with a clean environment, and `stop`
+ends it (SIGTERM, then SIGKILL of its process group); a reused pid is never signalled. `set_flags` makes the proxy
 evaluate flags per request (see `turnout.routers.proxy.flags`). It has every capability
 of `turnout.routers.base.Capability`.
 """
@@ -15,9 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import sys
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -27,33 +23,15 @@ from pydantic import ValidationError
 from turnout import procs
 from turnout.errors import RouterError
 from turnout.routers.base import Capability, RouterHasNewer, RouterInfo, RouterStats
+from turnout.routers.proxy.process import ProxyProcess
 from turnout.routers.table import RoutingTable
-from turnout.spec import INHERIT_ENV, Spec
+from turnout.spec import Spec
 from turnout.statedir import RouterFiles, StateDir
 
 START_SECONDS = 10.0
-STOP_SECONDS = 10.0
 REQUEST_SECONDS = 10.0
 
 _M = TypeVar("_M", RoutingTable, RouterStats)
-# What the proxy takes from the environment of the turnout command that starts it: what an
-# instance gets by default, what Python needs to find turnout, and the proxy's own settings.
-ROUTER_ENV = (*INHERIT_ENV, "TMPDIR", "PYTHONPATH", "PYTHONHOME")
-ROUTER_ENV_PREFIX = "TURNOUT_PROXY_"
-
-
-def router_env(source: dict[str, str] | None = None) -> dict[str, str]:
-    """The proxy's whole environment, taken from `source` (default: this process's)."""
-    own = dict(os.environ) if source is None else source
-    names = [*ROUTER_ENV, *sorted(n for n in own if n.startswith(ROUTER_ENV_PREFIX))]
-    return procs.child_env(names, {}, source=own)
-
-
-def _log_tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 class BuiltinRouter:
@@ -71,14 +49,14 @@ class BuiltinRouter:
         self.state_dir = state_dir
         self.listen = listen
         self.preview_listen = preview_listen
-        files = RouterFiles(state_dir)
-        self.socket_path = files.admin_socket
-        self.pid_path = files.pid_file
-        self.log_path = files.log
+        self.process = ProxyProcess(state_dir)
+        self.socket_path = RouterFiles(state_dir).admin_socket
+        self.pid_path = self.process.pid_path
+        self.log_path = self.process.log_path
         self._client: httpx.AsyncClient | None = None
 
     # --- the admin API
-    def _http(self) -> httpx.AsyncClient:
+    async def _http(self) -> httpx.AsyncClient:
         if self._client is None:
             transport = httpx.AsyncHTTPTransport(uds=str(self.socket_path))
             self._client = httpx.AsyncClient(
@@ -89,7 +67,7 @@ class BuiltinRouter:
     async def _send(self, method: str, path: str, body: bytes | None = None, *,
                     within: float = REQUEST_SECONDS) -> httpx.Response:
         try:
-            return await self._http().request(method, path, content=body, timeout=within)
+            return await (await self._http()).request(method, path, content=body, timeout=within)
         except httpx.TimeoutException as exc:
             raise RouterError(f"builtin router at {self.socket_path} timed out: no answer to "
                               f"{method} {path} within {within:g}s") from exc
@@ -179,8 +157,8 @@ class BuiltinRouter:
 
     async def healthy(self) -> bool:
         try:
-            response = await self._http().get("/healthz", timeout=2.0)
-        except httpx.HTTPError:
+            response = await (await self._http()).get("/healthz", timeout=2.0)
+        except (httpx.HTTPError, RouterError):
             return False
         return response.status_code == 200
 
@@ -197,34 +175,9 @@ class BuiltinRouter:
             raise RouterError(f"builtin router sent an unreadable {model.__name__}: {exc}") from exc
 
     # --- the process
-    def _identity(self) -> tuple[int, float] | None:
-        """(pid, start time) of the proxy the pid file names, if that very process runs."""
-        try:
-            data = json.loads(self.pid_path.read_text())
-            if isinstance(data, int):
-                return self._legacy_identity(data)
-            pid, started, boot = int(data["pid"]), float(data["started"]), str(data["boot_id"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return None  # missing or unreadable: nothing to trust
-        if boot != procs.boot_id() or not procs.is_running(pid, started):
-            return None
-        return pid, started
-
-    def _legacy_identity(self, pid: int) -> tuple[int, float] | None:
-        """A bare pid (written by an older turnout) is trusted only if that process is this
-        directory's proxy by its command line; its start time is then read once, here."""
-        argv = procs.cmdline(pid)
-        if argv is None or "turnout.routers.proxy" not in argv:
-            return None
-        if not {str(self.state_dir), str(self.state_dir.resolve())} & set(argv):
-            return None
-        started = procs.start_ticks(pid)
-        return None if started is None else (pid, float(started))
-
     def pid(self) -> int | None:
         """The running proxy's pid, or None (no pid file, or its process is gone or another)."""
-        found = self._identity()
-        return None if found is None else found[0]
+        return self.process.pid()
 
     async def describe(self) -> RouterInfo:
         """Kind, pid, admin socket and log; the addresses it really listens on while it runs."""
@@ -248,16 +201,10 @@ class BuiltinRouter:
         """Start the proxy unless it already answers; raise RouterError if it cannot start."""
         if self.pid() is not None and await self.healthy():
             return
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        argv = [sys.executable, "-m", "turnout.routers.proxy", "--listen", self.listen]
-        if self.preview_listen:
-            argv += ["--preview-listen", self.preview_listen]
-        argv += ["--state-dir", str(self.state_dir.resolve())]
         try:
-            pid = procs.spawn(argv, cwd=self.log_path.parent, env=router_env(), log=self.log_path)
+            pid, started = self.process.spawn(self.listen, self.preview_listen)
         except OSError as exc:
             raise RouterError(f"cannot start the builtin router: {exc}") from exc
-        started = procs.start_ticks(pid)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + START_SECONDS
         while loop.time() < deadline:
@@ -269,7 +216,7 @@ class BuiltinRouter:
         if started is not None:  # running but never healthy (say, a worker that keeps dying)
             procs.signal_group(pid, started, signal.SIGKILL)
         raise RouterError(
-            f"builtin router did not start (log {self.log_path}):\n{_log_tail(self.log_path)}"
+            f"builtin router did not start (log {self.log_path}):\n{self.process.log_tail()}"
         )
 
     async def stop(self) -> None:
@@ -277,23 +224,7 @@ class BuiltinRouter:
 
         Only the very process the pid file names (same pid, start time and boot) is signalled.
         """
-        found = self._identity()
-        if found is None:
-            return
-        pid, started = found
         try:
-            if not procs.signal_process(pid, started, signal.SIGTERM):
-                return
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + STOP_SECONDS
-            while loop.time() < deadline:
-                if not procs.is_running(pid, started):
-                    return
-                await asyncio.sleep(0.05)
-            procs.signal_group(pid, started, signal.SIGKILL)
+            await self.process.stop()
         except PermissionError as exc:
-            raise RouterError(f"not allowed to stop the builtin router (pid {pid})") from exc
-        for _ in range(100):  # SIGKILL takes effect at once; wait up to 5 s for it to be gone
-            if not procs.is_running(pid, started):
-                return
-            await asyncio.sleep(0.05)
+            raise RouterError(f"not allowed to stop the builtin router (pid {self.pid()})") from exc
