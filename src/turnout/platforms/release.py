@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import tarfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -38,13 +39,18 @@ class Bundle:
         if not folder.is_dir():
             raise PlatformError(f"release.upload: {folder} is not a folder")
         files = sorted(p for p in folder.rglob("*") if not p.is_dir())
+        for path in files:
+            if path.is_symlink() or not path.is_file():
+                raise PlatformError(f"release.upload: {path.relative_to(folder)} is not a regular file")
+        return cls.of_files(((path.relative_to(folder).as_posix(), path) for path in files), remote)
+
+    @classmethod
+    def of_files(cls, files: Iterable[tuple[str, Path]], remote: str) -> Bundle:
+        """Regular files, each `(path in the folder, local file)`, for the folder `remote`."""
         lines = []
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=6) as tar:
-            for path in files:
-                relative = path.relative_to(folder).as_posix()
-                if path.is_symlink() or not path.is_file():
-                    raise PlatformError(f"release.upload: {relative} is not a regular file")
+            for relative, path in files:
                 if any(c in relative for c in "\n\r\\"):
                     raise PlatformError(
                         f"release.upload: {relative!r}: a file name with a newline or backslash")

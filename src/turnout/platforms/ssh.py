@@ -52,14 +52,7 @@ class SshPlatform:
     def __init__(self, settings: SshPlatformSpec, *, spec_dir: Path) -> None:
         self.settings = settings
         self.spec_dir = spec_dir
-        login = Login(
-            user=settings.user or getpass.getuser(),
-            identity=_local_path(settings.identity, spec_dir) if settings.identity else None,
-            known_hosts=_local_path(settings.known_hosts, spec_dir),
-            connect_timeout=settings.connect_timeout,
-            command_timeout=settings.command_timeout,
-            parallel=settings.commands_per_host,
-        )
+        login = login_for(settings, spec_dir)
         self.links = [HostLink(entry, *host_address(entry), login) for entry in settings.hosts]
         self.supervisor: Supervisor = (
             SystemdUnits(user_manager=login.user != "root") if settings.supervisor == "systemd"
@@ -174,6 +167,18 @@ class SshPlatform:
                 await release.ensure(link, bundle)
             self._ready.add((link.name, folder))
         return folder
+
+
+def login_for(settings: SshPlatformSpec, spec_dir: Path) -> Login:
+    """How to log in on the spec's hosts (paths relative to the spec's folder)."""
+    return Login(
+        user=settings.user or getpass.getuser(),
+        identity=_local_path(settings.identity, spec_dir) if settings.identity else None,
+        known_hosts=_local_path(settings.known_hosts, spec_dir),
+        connect_timeout=settings.connect_timeout,
+        command_timeout=settings.command_timeout,
+        parallel=settings.commands_per_host,
+    )
 
 
 def _ports_in(ss_output: str) -> set[int]:

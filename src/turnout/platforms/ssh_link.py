@@ -117,6 +117,11 @@ class HostLink:
         """Open the connection now (to report an unreachable host before anything starts)."""
         await self._connection()
 
+    async def connection(self) -> asyncssh.SSHClientConnection:
+        """The open connection (opened again if it went down), for what is not a command:
+        a forwarded socket, say. HostUnreachable or PlatformError as for a command."""
+        return await self._connection()
+
     async def aclose(self) -> None:
         if self._conn is not None:
             conn, self._conn = self._conn, None
@@ -127,6 +132,8 @@ class HostLink:
     # -- connecting ------------------------------------------------------------------
     async def _connection(self) -> asyncssh.SSHClientConnection:
         async with self._connecting:
+            if self._conn is not None and self._conn.is_closed():
+                self._conn = None  # went down between commands (keepalives gave up, say)
             if self._conn is None:
                 loop = asyncio.get_running_loop()
                 if self._failed is not None and loop.time() - self._failed[0] < UNREACHABLE_FOR:
