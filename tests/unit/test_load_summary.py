@@ -176,3 +176,18 @@ def test_only_local_http_targets_are_allowed(url: str) -> None:
 def test_bad_settings_are_refused(kwargs: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         Load("http://127.0.0.1:8080/", **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("url", ["http://10.1.2.3:80/", "http://example.com/", "http://8.8.8.8/",
+                                 "https://127.0.0.1/"])
+def test_load_targets_only_this_machine(url: str) -> None:
+    with pytest.raises(ValueError, match="load"):
+        Load(url)
+
+
+def test_load_may_target_a_private_test_network_when_asked() -> None:
+    for url in ("http://172.30.1.10:8080/", "http://10.1.2.3/", "http://192.168.7.7/"):
+        assert Load(url, private_network=True).url == url
+    for url in ("http://8.8.8.8/", "http://web1.internal/", "http://172.32.0.1/"):
+        with pytest.raises(ValueError, match="private IPv4"):
+            Load(url, private_network=True)

@@ -18,7 +18,8 @@ was lost, the summary counts re-sends beside failures, and `LoadSummary.clean` h
 when every request was answered, without a 5xx, on its first send.
 
 Everything is bounded: at most `max_requests` requests and `max_seconds` seconds, each
-request at most `timeout` seconds, and only 127.0.0.1/localhost may be targeted.
+request at most `timeout` seconds, and only 127.0.0.1/localhost may be targeted (or,
+with `private_network=True`, a private IPv4 address: the test hosts' network).
 Times are `time.monotonic()` seconds; `mark()` records one under a name. Both clocks
 are read once when the load starts, so `wall()` maps a sample's times onto wall-clock
 records kept elsewhere (a flag's audit trail, logs).
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import time
 from types import TracebackType
 from urllib.parse import urlsplit
@@ -46,15 +48,28 @@ __all__ = ["LOCAL_HOSTS", "Load", "LoadSummary", "Sample", "summarize"]
 LOCAL_HOSTS = ("127.0.0.1", "localhost")
 
 
-def _local_target(url: str) -> tuple[int, str, str]:
-    """(port, Host header, request target) of a local http URL; ValueError otherwise."""
+def _target(url: str, *, private_network: bool) -> tuple[str, int, str, str]:
+    """(address, port, Host header, request target) of a local http URL (or, with
+    `private_network`, one at a private IPv4 address); ValueError otherwise."""
     parts = urlsplit(url)
     if parts.scheme != "http":
         raise ValueError(f"load can only target http:// URLs, not {url!r}")
-    if parts.hostname not in LOCAL_HOSTS:
-        raise ValueError(f"load may only target 127.0.0.1 or localhost, not {parts.hostname!r}")
+    host = parts.hostname or ""
+    if host not in LOCAL_HOSTS and not (private_network and _private_ipv4(host)):
+        allowed = "127.0.0.1, localhost" + (" or a private IPv4 address" if private_network else "")
+        raise ValueError(f"load may only target {allowed}, not {host!r}")
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return parts.port or 80, parts.netloc, target
+    address = "127.0.0.1" if host in LOCAL_HOSTS else host
+    return address, parts.port or 80, parts.netloc, target
+
+
+def _private_ipv4(host: str) -> bool:
+    """An address of a private network (10/8, 172.16/12, 192.168/16), never a name."""
+    try:
+        address = ipaddress.IPv4Address(host)
+    except ValueError:
+        return False
+    return any(address in ipaddress.IPv4Network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
 
 
 class Load:
@@ -71,8 +86,9 @@ class Load:
         user_header: str = "X-User-Id",
         connections: int = 16,
         timeout: float = 5.0,
+        private_network: bool = False,
     ) -> None:
-        port, host_header, target = _local_target(url)
+        address, port, host_header, target = _target(url, private_network=private_network)
         if rate <= 0 or users < 1 or max_requests < 0 or max_seconds < 0:
             raise ValueError("rate and users must be positive, the bounds not negative")
         if connections < 1 or timeout <= 0:
@@ -86,7 +102,7 @@ class Load:
         self.started: float | None = None
         self.started_wall: float | None = None  # time.time() read together with `started`
         self.ended: float | None = None  # when sending stopped
-        self._port, self._connections = port, connections
+        self._address, self._port, self._connections = address, port, connections
         self._raw = [
             f"GET {target} HTTP/1.1\r\nHost: {host_header}\r\n{user_header}: u{i}\r\n\r\n".encode()
             for i in range(users)
@@ -111,7 +127,7 @@ class Load:
         """Begin sending in the background (needs a running event loop)."""
         if self._sender is not None:
             raise RuntimeError("this Load was already started")
-        self._pool = Pool("127.0.0.1", self._port, self._connections)
+        self._pool = Pool(self._address, self._port, self._connections)
         self.started_wall, self.started = time.time(), time.monotonic()
         self._sender = asyncio.create_task(self._send_all(self.started))
 
