@@ -81,6 +81,7 @@ class RollbackFailed(_Part):
 
 class RouterStatus(_Part):
     running: bool
+    where: dict[str, str] = Field(default_factory=dict)  # the router's own: host, pid, admin, log
     traffic: dict[str, float] = Field(default_factory=dict)  # version -> share in percent
     # answers the router made itself: per version (or "unrouted"), status code -> count
     answered: dict[str, dict[str, int]] = Field(default_factory=dict)
@@ -118,10 +119,13 @@ def rollback_failed(latest: DeploymentRecord | None) -> RollbackFailed | None:
     return RollbackFailed(id=latest.id, version=latest.version, message=latest.message)
 
 
-def router_status(table: RoutingTable | None, stats: RouterStats | None) -> RouterStatus:
-    """The router's traffic split by version and the answers it made itself (none: stopped)."""
+def router_status(table: RoutingTable | None, stats: RouterStats | None,
+                  where: dict[str, str] | None = None) -> RouterStatus:
+    """Where the router is, its traffic split by version and the answers it made itself
+    (no table: stopped)."""
+    where = where or {}
     if table is None:
-        return RouterStatus(running=False)
+        return RouterStatus(running=False, where=where)
     traffic = {p.version: round(table.share(p.revision), 1) for p in table.pools}
     answered: dict[str, dict[str, int]] = {}
     if stats is not None:
@@ -131,4 +135,4 @@ def router_status(table: RoutingTable | None, stats: RouterStats | None) -> Rout
                 answered[pool.version if pool is not None else revision] = counters.router_responses
         if stats.unrouted.router_responses:
             answered["unrouted"] = stats.unrouted.router_responses
-    return RouterStatus(running=True, traffic=traffic, answered=answered)
+    return RouterStatus(running=True, where=where, traffic=traffic, answered=answered)

@@ -29,7 +29,7 @@ from turnout.platforms.base import Platform
 from turnout.platforms.local import LocalPlatform
 from turnout.platforms.ssh import SshPlatform
 from turnout.routers.base import CANNOT, Capability, Router
-from turnout.routers.builtin import BuiltinRouter
+from turnout.routers.hosted import BuiltinKind
 from turnout.spec import BlueGreen, Canary, FeatureToggle, Spec
 from turnout.spec.hosts import SshPlatformSpec
 from turnout.specfile import SPEC_NAME
@@ -54,7 +54,7 @@ class PlatformKind(Protocol):
 
 
 ROUTERS: dict[str, RouterKind] = {
-    "builtin": BuiltinRouter,
+    "builtin": BuiltinKind,
 }
 PLATFORMS: dict[str, PlatformKind] = {
     "local": LocalPlatform,
@@ -106,9 +106,25 @@ def check(spec: Spec) -> list[tuple[FieldPath, str]]:
             and spec.run.cwd not in (".", "") and not spec.run.cwd.startswith("/"):
         problems.append((("run", "cwd"), "with the ssh platform and no `platform.release`, "
                          "the folder must be absolute (it is on the hosts)"))
+    problems += _router_host(spec)
     if spec.platform.kind not in PLATFORMS:
         problems.append((("platform", "kind"), _unknown("platform", spec.platform.kind, PLATFORMS)))
     return problems
+
+
+def _router_host(spec: Spec) -> list[tuple[FieldPath, str]]:
+    """`router.host` names one of the ssh platform's hosts, for a router that can go there."""
+    host = spec.router.host
+    if host is None:
+        return []
+    if spec.router.kind != "builtin":
+        return [(("router", "host"), f"the router {spec.router.kind!r} cannot run on a host")]
+    if not isinstance(spec.platform, SshPlatformSpec):
+        return [(("router", "host"), "needs `platform: {kind: ssh}`: the router goes on one of its hosts")]
+    if host not in spec.platform.hosts:
+        return [(("router", "host"), f"{host!r} is not one of platform.hosts "
+                 f"({', '.join(spec.platform.hosts)})")]
+    return []
 
 
 def _unknown(what: str, kind: str, known: Mapping[str, object]) -> str:

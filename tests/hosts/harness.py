@@ -198,7 +198,7 @@ class HostFleet:
 
     def reset(self) -> None:
         """Puts every host back as it started: on the network, running, no turnout-* unit,
-        no failed unit, /srv empty."""
+        no failed unit, no router, /srv empty."""
         for host in self.hosts:
             self.heal(host)
         for host in self.hosts:
@@ -270,6 +270,9 @@ for manager, folder in ((SYSTEM, "/etc/systemd/system"), (USER, "/home/deploy/.c
     if files:
         call(manager + ["daemon-reload"])
     call(manager + ["reset-failed"])
+# a router that a test left on a host, with its table and counters
+subprocess.run(["pkill", "-KILL", "-u", "deploy", "-f", "turnout.routers.proxy"], timeout=30)
+shutil.rmtree("/home/deploy/.local/state/turnout/routers", ignore_errors=True)
 for entry in os.scandir("/srv"):
     shutil.rmtree(entry.path) if entry.is_dir(follow_symlinks=False) else os.unlink(entry.path)
 os.chown("/srv", 1000, 1000)

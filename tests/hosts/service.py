@@ -2,7 +2,8 @@
 
 The spec names the hosts by address, logs in as `deploy` with the harness's key, checks host
 keys against the harness's known_hosts and uploads `release/` (the test app) to
-`/srv/shop/releases/{version}` on each host. The router runs on this machine, on 127.0.0.1.
+`/srv/shop/releases/{version}` on each host. The router runs on this machine, on 127.0.0.1,
+or with `router_host` on that host, listening on all its addresses.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any, ClassVar
 import yaml
 
 from tests.e2e.conftest import CliFolder, free_port
-from tests.hosts.harness import HostFleet
+from tests.hosts.harness import Host, HostFleet
 
 RELEASE = Path(__file__).resolve().parent / "release"
 
@@ -31,11 +32,16 @@ class HostService(CliFolder):
     fleet: HostFleet = field(default_factory=_fleet_required)
     port: int = field(default_factory=free_port)
     preview_port: int = field(default_factory=free_port)
+    router_host: Host | None = None
     patience: ClassVar[float] = 180.0
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/"
+        return f"http://{self.router_address}:{self.port}/"
+
+    @property
+    def router_address(self) -> str:
+        return "127.0.0.1" if self.router_host is None else self.router_host.address
 
     def platform(self, **extra: Any) -> dict[str, Any]:
         fleet = self.fleet
@@ -57,13 +63,16 @@ class HostService(CliFolder):
         if not (self.folder / "release").exists():
             shutil.copytree(RELEASE, self.folder / "release",
                             ignore=shutil.ignore_patterns("__pycache__"))
+        bind = "127.0.0.1" if self.router_host is None else "0.0.0.0"
+        if self.router_host is not None:
+            top.setdefault("router", {"kind": "builtin", "host": self.router_host.address})
         spec = {
             "service": "shop",
-            "listen": f"127.0.0.1:{self.port}",
+            "listen": f"{bind}:{self.port}",
             "run": run or {"command": ["python3", "app.py"], "grace": "5s"},
             "health": {"path": "/healthz", "interval": "100ms", "timeout": "1s", "deadline": "10s"},
             "routing": {"user_key": {"header": "X-User-Id"},
-                        "preview_listen": f"127.0.0.1:{self.preview_port}", "drain_timeout": "5s"},
+                        "preview_listen": f"{bind}:{self.preview_port}", "drain_timeout": "5s"},
             "strategy": strategy or {"kind": "rolling", "max_surge": 2, "max_unavailable": 0},
             "platform": platform or self.platform(),
             **top,

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import pytest
 
 from turnout import wiring
-from turnout.errors import SpecError
+from turnout.errors import RouterError, SpecError
 from turnout.model import Instance
 from turnout.platforms import systemd
+from turnout.platforms.ssh_link import HostLink, Output
+from turnout.routers.hosted import HostedRouter, code_files, python_here
 from turnout.spec.hosts import SshPlatformSpec, host_address
 
 BASE = "service: shop\nrun:\n  command: [app, '{port}']\n"
@@ -76,6 +79,32 @@ def instance(version: str = "v2", slot: int = 3) -> Instance:
                     host="10.0.0.1", port=41000)
 
 
+def test_a_router_host_is_one_of_the_platform_hosts(tmp_path: Path) -> None:
+    spec = wiring.load_spec(spec_file(
+        tmp_path, BASE + "listen: 0.0.0.0:80\nrouter: {kind: builtin, host: '10.9.9.9:2222'}\n" + SSH))
+    assert spec.router.host == "10.9.9.9:2222"
+    assert spec.reachable(spec.listen) == "10.9.9.9:80"  # the host's address, not its SSH port
+    assert spec.reachable(spec.preview_listen()) == "10.9.9.9:81"
+    assert spec.reachable("127.0.0.1:80") == "127.0.0.1:80"  # a chosen address stays
+    lines = refusal(spec_file(tmp_path, BASE + "router: {kind: builtin, host: web9}\n" + SSH))
+    assert any("turnout.yaml:4: router.host: 'web9' is not one of platform.hosts (web1, web2, "
+               "10.9.9.9:2222)" in line for line in lines), lines
+    lines = refusal(spec_file(tmp_path, BASE + "router: {kind: builtin, host: web1}\n"))
+    assert any("router.host: needs `platform: {kind: ssh}`" in line for line in lines), lines
+
+
+def test_the_router_code_for_a_host_is_turnout_and_what_the_proxy_imports() -> None:
+    files = dict(code_files())
+    names = {name.partition("/")[0] for name in files}
+    assert {"turnout", "pydantic", "pydantic_core", "uvloop", "httptools", "re2",
+            "typing_extensions.py"} <= names
+    assert "turnout/routers/proxy/control.py" in files
+    assert any(name.startswith("mmh3") and name.endswith(".so") for name in files)
+    assert not [n for n in files if "__pycache__" in n or ".dist-info/" in n or n.startswith("..")]
+    assert not names & {"httpx", "sqlalchemy", "asyncssh", "yaml"}  # the control plane's alone
+    assert all(path.is_file() for path in files.values())
+
+
 def test_unit_names_are_valid_and_the_description_gives_the_instance_back() -> None:
     odd = instance(version="v2+build/7 ü")
     name = systemd.unit_name(odd)
@@ -108,3 +137,24 @@ def test_systemctl_show_output_is_read_per_unit() -> None:
     assert (b.running, b.present) == (False, False)
     listed = "turnout-a.service loaded active running x\n● turnout-b.service loaded failed failed y\n"
     assert systemd.parse_list(listed) == ["turnout-a.service", "turnout-b.service"]
+
+
+class _OtherPython:
+    """A host link whose host runs another Python (a stand-in: only `run` is used)."""
+
+    name = "web1"
+
+    async def connection(self) -> object:
+        return object()
+
+    async def run(self, argv: list[str], **_: object) -> Output:
+        return Output(status=0, stdout="/home/deploy\ncpython-312 aarch64\n", stderr="")
+
+
+async def test_a_router_host_with_another_python_is_refused_saying_both(tmp_path: Path) -> None:
+    router = HostedRouter(cast(HostLink, _OtherPython()), service="shop", listen="0.0.0.0:80",
+                          preview_listen=None, state_dir=tmp_path)
+    with pytest.raises(RouterError) as caught:
+        await router.ensure_running()
+    said = str(caught.value)
+    assert "host web1 runs cpython-312 aarch64" in said and python_here() in said, said

@@ -74,6 +74,8 @@ class Printer:
         router = status.router
         split = ", ".join(f"{v} {w}%" for v, w in router.traffic.items()) or "-"
         running = "running" if router.running else "stopped"
+        if "host" in router.where:
+            running += f" on host {router.where['host']}"
         self.out.print(f"router   {running}; traffic: {split}", markup=False)
         if router.answered:
             counts = "; ".join(

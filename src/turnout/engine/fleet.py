@@ -151,7 +151,7 @@ class RunningFleet:
 
     async def run_tests(self, step: RunTests) -> None:
         """The blue-green tests, against the spec's preview address."""
-        preview = f"http://{self.spec.preview_listen()}"
+        preview = f"http://{self.spec.reachable(self.spec.preview_listen())}"
         revision = self.revision(step.revision)
         for test in step.tests:
             await health.run_test(self.http, test, preview, revision=revision)

@@ -4,9 +4,9 @@ It talks to the proxy's admin API on `DIR/admin.sock` with httpx and turns every
 HTTP and decoding error into `RouterError`. It also manages the process, through
 `turnout.routers.proxy.process`: `ensure_running` starts the proxy detached (own session,
 output to `DIR/proxy.log`) so it outlives the CLI, with a clean environment, and `stop`
-ends it (SIGTERM, then SIGKILL of its process group); a reused pid is never signalled. `set_flags` makes the proxy
-evaluate flags per request (see `turnout.routers.proxy.flags`). It has every capability
-of `turnout.routers.base.Capability`.
+ends it (SIGTERM, then SIGKILL of its process group); a reused pid is never signalled.
+`set_flags` makes the proxy evaluate flags per request (see `turnout.routers.proxy.flags`).
+It has every capability of `turnout.routers.base.Capability`.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ class BuiltinRouter:
         self.socket_path = RouterFiles(state_dir).admin_socket
         self.pid_path = self.process.pid_path
         self.log_path = self.process.log_path
+        self.where = f"at {self.socket_path}"  # for messages
         self._client: httpx.AsyncClient | None = None
 
     # --- the admin API
@@ -69,10 +70,10 @@ class BuiltinRouter:
         try:
             return await (await self._http()).request(method, path, content=body, timeout=within)
         except httpx.TimeoutException as exc:
-            raise RouterError(f"builtin router at {self.socket_path} timed out: no answer to "
+            raise RouterError(f"builtin router {self.where} timed out: no answer to "
                               f"{method} {path} within {within:g}s") from exc
         except httpx.HTTPError as exc:
-            raise RouterError(f"builtin router at {self.socket_path} unreachable: "
+            raise RouterError(f"builtin router {self.where} unreachable: "
                               f"{exc or type(exc).__name__}") from exc
 
     async def _call(self, method: str, path: str, body: bytes | None = None) -> httpx.Response:
@@ -121,7 +122,7 @@ class BuiltinRouter:
         response = await self._send("PUT", "/flags", json.dumps(sent).encode())
         if response.status_code == 409:
             held = self._held_revision(response)
-            raise RouterHasNewer(f"builtin router at {self.socket_path} refused the flags (409): "
+            raise RouterHasNewer(f"builtin router {self.where} refused the flags (409): "
                                  f"it holds flag revision {held}, newer than {revision}", held)
         in_effect = self._json(self._ok(response, "PUT", "/flags"))
         if any(in_effect.get(key) != value for key, value in sent.items() if key != "state"):

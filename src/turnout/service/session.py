@@ -177,7 +177,8 @@ class Session(SessionBase):
         service = self.spec.service
         stable = self.store.stable(service)
         revision = self.store.revision(stable) if stable else None
-        table = await self.router.table() if (await self.router.describe()).running else None
+        info = await self.router.describe()
+        table = await self.router.table() if info.running else None
         stats = await self.router.stats() if table is not None else None
         latest = self.store.history(service, limit=1)
         return Status(
@@ -186,7 +187,7 @@ class Session(SessionBase):
             stable=Stable(revision=stable, version=revision.version if revision else None),
             deployment=self._deployment_status(),
             rollback_failed=rollback_failed(latest[0] if latest else None),
-            router=router_status(table, stats),
+            router=router_status(table, stats, info.details),
             instances=sorted(await asyncio.gather(
                 *(self._instance_status(r, stats) for r in self.store.instances(service))),
                 key=lambda i: (i.host, i.id)),

@@ -18,6 +18,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator, model_validator
 
 from turnout.addresses import join_host_port, split_host_port
+from turnout.spec.hosts import host_address
 from turnout.spec.routing import (
     DEFAULT_BUFFER,
     BufferSize,
@@ -138,6 +139,14 @@ class Spec(Strict):
     def _host_port(cls, value: str) -> str:
         split_address(value)
         return value
+
+    def reachable(self, address: str) -> str:
+        """An address the router listens on, as this machine reaches it: with the router
+        on a host, a wildcard address (0.0.0.0, ::) is that host's."""
+        host, port = split_host_port(address)
+        if self.router.host is None or host not in ("0.0.0.0", "::"):
+            return address
+        return join_host_port(host_address(self.router.host)[0], port)
 
     def preview_listen(self) -> str:
         if self.routing.preview_listen:

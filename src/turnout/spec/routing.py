@@ -21,6 +21,10 @@ class RouterChoice(Strict):
     refuses an unknown one, and a spec that needs what the chosen router cannot do."""
 
     kind: str = Field(default="builtin", description="builtin: turnout's own proxy process")
+    host: str | None = Field(
+        default=None, description="one of `platform.hosts` to run the router on, reached over "
+        "SSH like them (`listen` is then an address of that host); default: this machine",
+    )
 
 
 RouterField = Annotated[RouterChoice, BeforeValidator(kind_shorthand),
