@@ -18,15 +18,35 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from turnout.errors import RouterError
 from turnout.routers.table import RoutingTable
 
-# Upper bounds (seconds) of the latency histogram buckets; the last bucket is +Inf.
+# Upper bounds (seconds) of the latency histogram buckets; the last bucket is +Inf. About
+# 1.5x apart, so a judge sees a shift of tens of milliseconds in the tail.
 LATENCY_BOUNDS: tuple[float, ...] = (
+    0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1,
+    0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0,
+)
+# The bounds turnout used before: counters saved or served with them are read into the
+# buckets above (each of these bounds is one of them, so no count moves past its bound).
+OLD_LATENCY_BOUNDS: tuple[float, ...] = (
     0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
 )
+
+
+def latency_buckets(counts: list[int]) -> list[int]:
+    """A latency histogram in today's buckets: as it is, or moved from the old bounds (each
+    old bucket's count into the bucket with the same upper bound). ValueError otherwise."""
+    if len(counts) == len(LATENCY_BOUNDS) + 1:
+        return counts
+    if len(counts) != len(OLD_LATENCY_BOUNDS) + 1:
+        raise ValueError(f"a latency histogram has {len(LATENCY_BOUNDS) + 1} buckets, not {len(counts)}")
+    moved = [0] * (len(LATENCY_BOUNDS) + 1)
+    for bound, count in zip((*OLD_LATENCY_BOUNDS, float("inf")), counts, strict=True):
+        moved[len(LATENCY_BOUNDS) if bound == float("inf") else LATENCY_BOUNDS.index(bound)] += count
+    return moved
 
 
 class Counters(BaseModel):
@@ -47,6 +67,11 @@ class Counters(BaseModel):
     connection_errors: int = 0
     latency: list[int] = Field(default_factory=lambda: [0] * (len(LATENCY_BOUNDS) + 1))
     router_responses: dict[str, int] = Field(default_factory=dict)
+
+    @field_validator("latency")
+    @classmethod
+    def _today_buckets(cls, value: list[int]) -> list[int]:
+        return latency_buckets(value)  # a router still running an older turnout
 
     def minus(self, earlier: Counters) -> Counters:
         """The traffic between two readings.

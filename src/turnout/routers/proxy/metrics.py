@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from turnout.files import write_atomic
-from turnout.routers.base import LATENCY_BOUNDS, Counters, RouterStats
+from turnout.routers.base import LATENCY_BOUNDS, Counters, RouterStats, latency_buckets
 from turnout.statedir import RouterFiles
 
 # router-made answers that mean the instance could not be reached or heard from
@@ -82,9 +82,7 @@ class RevisionCounters:
         requests, responses_5xx, errors, latency, local = data
         counters.requests, counters.responses_5xx = int(requests), int(responses_5xx)
         counters.errors = int(errors)
-        if len(latency) != len(counters.latency):
-            raise ValueError("latency buckets changed")
-        counters.latency = [int(n) for n in latency]
+        counters.latency = latency_buckets([int(n) for n in latency])
         counters.local = {int(k): int(v) for k, v in local.items()}
         return counters
 
