@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the tests and benchmarks use (haproxy, wrk, npm, postgresql, and
-# docker.io with debootstrap for the test hosts), when run as root. The tests start their own
-# PostgreSQL server from its binaries, not the system service, and their own Docker daemon
+# Installs the Debian packages the tests and benchmarks use (haproxy, wrk, npm, postgresql,
+# prometheus, and docker.io with debootstrap for the test hosts), when run as root. The tests
+# start their own PostgreSQL and Prometheus servers from their binaries (tests/pg.py,
+# tests/prom.py), not the system services, and their own Docker daemon
 # (scripts/testhosts/dockerd.sh), not the system one.
 # Without root it only says what is missing; the tests that need a package skip with a reason.
 set -euo pipefail
@@ -11,6 +12,7 @@ command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v npm >/dev/null 2>&1 || need+=(npm)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || command -v initdb >/dev/null 2>&1 ||
   need+=(postgresql)
+command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 if [ ${#need[@]} -eq 0 ]; then
