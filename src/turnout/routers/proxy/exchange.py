@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from turnout.routers.base import LATENCY_BOUNDS
 from turnout.routers.proxy.answers import CLOSING, RESPONSES
-from turnout.routers.proxy.balancer import BackendRef, Plan, PoolPlan
+from turnout.routers.proxy.balancer import BackendRef, PoolPlan
 from turnout.routers.proxy.upstream import UpstreamConn
 
 if TYPE_CHECKING:
@@ -51,14 +51,13 @@ class Exchange:
 
     __slots__ = (
         "backend", "chunked", "client", "complete", "counters", "deferred", "finished", "first", "keep_alive",
-        "method", "pending", "pending_size", "plan", "pool", "proxy", "responded", "sent", "sent_size",
+        "method", "pending", "pending_size", "pool", "proxy", "responded", "sent", "sent_size",
         "started", "task", "tried", "upstream",
     )
 
     def __init__(  # noqa: PLR0917  # once per request: positional arguments cost less
         self,
         client: ClientConn,
-        plan: Plan,
         pool: PoolPlan | None,
         method: bytes,
         head: bytes,
@@ -73,7 +72,6 @@ class Exchange:
         """
         self.client = client
         proxy = self.proxy = client.proxy
-        self.plan = plan
         self.pool = pool
         if cohort is not None:
             revision = pool.revision if pool is not None else ""

@@ -238,7 +238,7 @@ class ClientConn(asyncio.Protocol):
                         framing = b""
                     head = b"%s %s HTTP/1.1\r\n%s%s%s\r\n" % (
                         method, self.url, headers, self.fwd_lines, framing)
-                    exchange = Exchange(self, plan, pool, method, head, keep_alive, cohort)
+                    exchange = Exchange(self, pool, method, head, keep_alive, cohort)
         except Exception as exc:
             exchange = self._answer(502, "router error", error=exc, pool=pool)
         self.started = 0.0  # no head in progress
@@ -266,14 +266,13 @@ class ClientConn(asyncio.Protocol):
             framing = b""
         head = b"%s %s HTTP/1.1\r\n%s%s%s%s\r\n" % (
             method, self.url, headers, self._forwarded(), upgrade, framing)
-        plan = self.proxy.plan
         limit = self.proxy.buffer_limit
         buffer = None
         if limit is not None and (self.chunked or self.length not in (None, b"0")):
             buffer = -1 if declared(self.length) > limit else limit
         if not (http10 or upgrade or buffer is not None):
-            return Exchange(self, plan, pool, method, head, keep_alive, cohort)
-        return SpecialExchange(self, plan, pool, method, head, keep_alive, cohort,
+            return Exchange(self, pool, method, head, keep_alive, cohort)
+        return SpecialExchange(self, pool, method, head, keep_alive, cohort,
                                http10=http10, upgrade=bool(upgrade), buffer=buffer)
 
     def _upgrade_lines(self) -> bytes:

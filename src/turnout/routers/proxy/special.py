@@ -17,7 +17,7 @@ from __future__ import annotations
 from time import perf_counter
 from typing import TYPE_CHECKING
 
-from turnout.routers.proxy.balancer import BackendRef, Plan, PoolPlan
+from turnout.routers.proxy.balancer import BackendRef, PoolPlan
 from turnout.routers.proxy.exchange import Exchange
 from turnout.routers.proxy.tunnel import Tunnel
 from turnout.routers.proxy.upstream import UpstreamConn
@@ -33,7 +33,6 @@ class SpecialExchange(Exchange):
     def __init__(  # noqa: PLR0917  # the same arguments as Exchange, then what is special
         self,
         client: ClientConn,
-        plan: Plan,
         pool: PoolPlan | None,
         method: bytes,
         head: bytes,
@@ -45,7 +44,7 @@ class SpecialExchange(Exchange):
         buffer: int | None,
     ) -> None:
         """`buffer`: the body bytes to read before calling a backend (-1: refuse), or None."""
-        super().__init__(client, plan, pool, method, head, keep_alive and not upgrade, cohort)
+        super().__init__(client, pool, method, head, keep_alive and not upgrade, cohort)
         self.http10 = http10
         self.upgrade: bytes | None = b"" if upgrade else None  # then: what the client sent after
         self.buffer = buffer
