@@ -152,3 +152,16 @@ def test_a_host_that_did_not_answer_holds_every_backend_on_it() -> None:
     assert all(outliers.is_down(b) for b in v1.backends)
     outliers.succeeded(v1.backends[2])
     assert not any(outliers.is_down(b) for b in v1.backends)
+
+
+def test_holds_on_backends_the_table_no_longer_has_are_forgotten() -> None:
+    outliers = Outliers()
+    old = Plan.compile(RoutingTable(generation=1, pools=(pool("v1", 100, backends=2),)), outliers.until)
+    kept, gone = old.pools["v1"].backends  # ports 9000 and 9001
+    outliers.failed(gone)
+    outliers.failed(kept, whole_host=True)
+    new = Plan.compile(RoutingTable(generation=2, pools=(pool("v2", 100, backends=1),)), outliers.until)
+    outliers.retain(new.backends)  # v2's one backend: the same host, port 9000
+    assert gone.address not in outliers.until and kept.host in outliers.until
+    outliers.retain(frozenset())
+    assert outliers.until == {} and new.pools["v2"].down is outliers.until  # still shared

@@ -69,6 +69,15 @@ class Outliers:
                 del self.until[key]
                 self._period.pop(key, None)
 
+    def retain(self, backends: frozenset[BackendRef]) -> None:
+        """Forget holds on addresses and hosts that no backend of the table in effect has
+        (in place: every pool shares `until`), so the check on each request is one empty-dict
+        test again once held backends are gone from routing."""
+        live = {b.address for b in backends} | {b.host for b in backends}
+        for key in [k for k in self.until if k not in live]:
+            del self.until[key]
+            self._period.pop(key, None)
+
     def is_down(self, backend: BackendRef) -> bool:
         return _held(self.until, backend, time.monotonic())
 
@@ -174,7 +183,7 @@ class Plan:
     wanted: frozenset[bytes] = field(default_factory=frozenset)
     drop: frozenset[bytes] = field(default_factory=frozenset)  # request headers not forwarded
     buffering: bool = False  # request bodies are read whole before an instance is called
-    addresses: frozenset[str] = field(default_factory=frozenset)
+    backends: frozenset[BackendRef] = field(default_factory=frozenset)
 
     @classmethod
     def compile(cls, table: RoutingTable, down: dict[str, float] | None = None) -> Plan:
@@ -199,8 +208,12 @@ class Plan:
             key_cookie=table.user_key.cookie,
             preview=pools.get(table.preview) if table.preview else None,
             wanted=frozenset(wanted),
-            addresses=frozenset(b.address for p in pools.values() for b in p.backends),
+            backends=frozenset(b for p in pools.values() for b in p.backends),
         )
+
+    @property
+    def addresses(self) -> frozenset[str]:
+        return frozenset(b.address for b in self.backends)
 
     def route(self, headers: Mapping[bytes, bytes]) -> PoolPlan | None:
         """The pool for a request whose wanted headers (lowercase names) are `headers`."""

@@ -140,6 +140,7 @@ class Proxy:
         self.ticks = ticks
         self.plan = plan
         self.conns.retain(plan.addresses)
+        self.outliers.retain(plan.backends)
 
     def set_flags(self, settings: dict[str, Any], state: FlagState) -> None:
         """Put flag settings in effect (`state` is `settings["state"]` compiled)."""
