@@ -34,10 +34,6 @@ class Halted(Exception):
     """This control plane lost the deployment lock: stop here, change nothing more."""
 
 
-def never_halted() -> str | None:
-    return None
-
-
 def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The exception a task group ended on, without the cancellations it caused."""
     for exc in group.exceptions:
@@ -64,7 +60,7 @@ class Control:
 
     def __init__(
         self, store: Store, clock: Clock, deployment_id: int | None, interrupted: asyncio.Event,
-        halted: Callable[[], str | None] = never_halted,
+        halted: Callable[[], str | None],
     ) -> None:
         self.store, self.clock = store, clock
         self.deployment_id = deployment_id

@@ -113,10 +113,6 @@ class HostLink:
             raise PlatformError(f"host {self.name}: cannot {what}: {out.reason()}")
         return out.stdout
 
-    async def connected(self) -> None:
-        """Open the connection now (to report an unreachable host before anything starts)."""
-        await self._connection()
-
     async def connection(self) -> asyncssh.SSHClientConnection:
         """The open connection (opened again if it went down), for what is not a command:
         a forwarded socket, say. HostUnreachable or PlatformError as for a command."""
