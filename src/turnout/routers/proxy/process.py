@@ -93,7 +93,7 @@ class ProxyProcess:
 
     def log_tail(self, lines: int = 15) -> str:
         try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+            return procs.tail_file(self.log_path, lines) or "(no log)"
         except OSError:
             return "(no log)"
 

@@ -264,8 +264,7 @@ class ConnPool:
         """Keep only backends in `addresses`; idle connections to others are closed now."""
         self.live = addresses
         for address in [a for a in self.idle if a not in addresses]:
-            for conn in self.idle.pop(address):
-                conn.close()
+            self.drop(address)
 
     def close_all(self) -> None:
         self.retain(frozenset())
