@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -183,20 +184,38 @@ class BuiltinRouter:
     async def describe(self) -> RouterInfo:
         """Kind, pid, admin socket and log; the addresses it really listens on while it runs."""
         pid = self.pid()
-        listen, preview = self.listen, self.preview_listen
-        if pid is not None:
-            try:
-                health = self._json(self._ok(await self._send("GET", "/healthz", within=2.0),
-                                             "GET", "/healthz"))
-            except RouterError:
-                pass  # running but not answering: the configured addresses will do
-            else:
-                listen = str(health.get("listen") or listen)
-                preview = str(health.get("preview_listen") or preview) if preview else None
+        health = await self._answer() if pid is not None else None
         details = {"pid": str(pid)} if pid is not None else {}
         details |= {"admin": str(self.socket_path), "log": str(self.log_path)}
-        return RouterInfo(kind=self.kind, running=pid is not None, listen=listen,
-                          preview=preview, details=details)
+        return self._info(running=pid is not None, health=health, details=details)
+
+    async def _answer(self) -> dict[str, Any] | None:
+        """What the proxy says of itself (`/healthz`), or None when it does not answer in 2 s."""
+        try:
+            return self._json(self._ok(await self._send("GET", "/healthz", within=2.0), "GET", "/healthz"))
+        except RouterError:
+            return None
+
+    def _info(self, *, running: bool, health: dict[str, Any] | None, details: dict[str, str]) -> RouterInfo:
+        """The router as `describe` tells it: the addresses it really listens on when it
+        answered, else the configured ones."""
+        listen, preview = self.listen, self.preview_listen
+        if health is not None:
+            listen = str(health.get("listen") or listen)
+            preview = str(health.get("preview_listen") or preview) if preview else None
+        return RouterInfo(kind=self.kind, running=running, listen=listen, preview=preview,
+                          details=details)
+
+    async def _until_healthy(self, alive: Callable[[], bool]) -> bool:
+        """Wait up to START_SECONDS for the proxy to answer; False at once when `alive()` says
+        the process is gone."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + START_SECONDS
+        while loop.time() < deadline and alive():
+            if await self.healthy():
+                return True
+            await asyncio.sleep(0.05)
+        return False
 
     async def ensure_running(self) -> None:
         """Start the proxy unless it already answers; raise RouterError if it cannot start."""
@@ -206,14 +225,8 @@ class BuiltinRouter:
             pid, started = self.process.spawn(self.listen, self.preview_listen)
         except OSError as exc:
             raise RouterError(f"cannot start the builtin router: {exc}") from exc
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + START_SECONDS
-        while loop.time() < deadline:
-            if not procs.is_running(pid, None):
-                break  # it exited (and was reaped)
-            if await self.healthy():
-                return
-            await asyncio.sleep(0.05)
+        if await self._until_healthy(lambda: procs.is_running(pid, None)):
+            return
         if started is not None:  # running but never healthy (say, a worker that keeps dying)
             procs.signal_group(pid, started, signal.SIGKILL)
         raise RouterError(

@@ -43,7 +43,7 @@ from turnout.platforms import release
 from turnout.platforms.ssh import login_for
 from turnout.platforms.ssh_link import HostLink, Output
 from turnout.routers.base import Capability, Router, RouterInfo
-from turnout.routers.builtin import START_SECONDS, BuiltinRouter
+from turnout.routers.builtin import BuiltinRouter
 from turnout.spec import Spec
 from turnout.spec.hosts import SshPlatformSpec, host_address
 from turnout.statedir import StateDir
@@ -213,12 +213,8 @@ class HostedRouter(BuiltinRouter):
             raise RouterError(f"cannot start the builtin router {self.where}: {exc}") from exc
         if not out.ok:
             raise RouterError(f"builtin router {self.where} did not start:\n{out.stderr.strip()}")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + START_SECONDS
-        while loop.time() < deadline:
-            if await self.healthy():
-                return
-            await asyncio.sleep(0.05)
+        if await self._until_healthy(lambda: True):
+            return
         raise RouterError(f"builtin router {self.where} started but does not answer its admin "
                           f"socket:\n{await self._log_tail()}")
 
@@ -245,23 +241,12 @@ class HostedRouter(BuiltinRouter):
 
     async def describe(self) -> RouterInfo:
         """Kind, host, pid and where its admin socket and log are on the host."""
-        listen, preview = self.listen, self.preview_listen
+        health = await self._answer()
         details = {"host": self.link.name}
-        running = False
-        try:
-            health = self._json(self._ok(await self._send("GET", "/healthz", within=2.0),
-                                         "GET", "/healthz"))
-        except RouterError:
-            pass
-        else:
-            running = True
+        if health is not None:
             details["pid"] = str(health.get("pid", "?"))
-            listen = str(health.get("listen") or listen)
-            preview = str(health.get("preview_listen") or preview) if preview else None
         details |= {"admin": f"{self.remote_dir}/admin.sock", "log": f"{self.remote_dir}/proxy.log"}
-        return RouterInfo(kind=self.kind, running=running, listen=listen, preview=preview,
-                          details=details)
-
+        return self._info(running=health is not None, health=health, details=details)
 
 class BuiltinKind:
     """The `builtin` router kind for `turnout.wiring`: on this machine, or on `router.host`."""
