@@ -7,9 +7,10 @@
     ├── DeploymentFailed     the deployment failed or was aborted; previous version serves (exit 3)
     ├── PlatformError        starting or stopping instances failed
     ├── RouterError          the router could not be reached or refused a table
+    ├── AnalysisError        a metric source could not read (server unreachable, query refused)
     └── StoreError           the state database failed
 
-Adapters (platforms, routers, store) convert the errors of sockets, processes and
+Adapters (platforms, routers, store, metric sources) convert the errors of sockets, processes and
 databases into these at their edge, so nothing else leaks past them.
 """
 
@@ -52,6 +53,10 @@ class PlatformError(TurnoutError):
 
 class RouterError(TurnoutError):
     """The router is unreachable or did not put a table in effect."""
+
+
+class AnalysisError(TurnoutError):
+    """A metric source could not read: its server was unreachable or refused or garbled a query."""
 
 
 class StoreError(TurnoutError):
