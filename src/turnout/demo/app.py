@@ -1,6 +1,8 @@
 """The bundled sample web app: a tiny HTTP/1.1 service that demos and tests deploy.
 
-`python -m turnout.demo.app --port PORT` serves `GET /healthz` and a JSON echo on every
+`python -m turnout.demo.app --port PORT` serves `GET /healthz`, `GET /metrics` for
+Prometheus (`turnout.demo.app_metrics`: requests, latency, and checkouts, of which
+DEMO_CHECKOUT_FAIL_RATE=0.3 fails that share behind a 200) and a JSON echo on every
 other path, stamped with its version (`TURNOUT_VERSION` or `--version`) in the body and
 in an `X-Version` header. Environment variables, read once at start, make it misbehave
 on purpose so that deployments have something to roll back from:
@@ -33,6 +35,7 @@ from collections.abc import Sequence
 
 from turnout.demo.app_answers import Behaviour, DemoApp
 from turnout.demo.app_connection import AppConnection
+from turnout.demo.app_metrics import AppMetrics
 
 
 def _log(message: str) -> None:
@@ -87,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     try:
         behaviour = Behaviour.from_env(os.environ, args.version)
+        metrics = AppMetrics.from_env(os.environ, behaviour.version)
     except ValueError as exc:
         print(f"turnout-demo-app: {exc}", file=sys.stderr)
         return 2
@@ -94,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _log(f"version={behaviour.version} failing at start (DEMO_FAIL=start)")
         return 1
     app = DemoApp(behaviour)
+    app.metrics = metrics
     try:
         import uvloop
 

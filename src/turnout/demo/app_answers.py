@@ -14,9 +14,11 @@ import asyncio
 import json
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
+
+from turnout.demo.app_metrics import CHECKOUT_PATH, METRICS_PATH, AppMetrics
 
 if TYPE_CHECKING:
     from turnout.demo.app_connection import AppConnection
@@ -100,8 +102,23 @@ class DemoApp:
         self.refusing = asyncio.Event()  # DEMO_FAIL=refuse: set by the first passed health check
         self._rng = rng or random.Random()
         self._version_header = b"X-Version: " + behaviour.version.encode("latin-1") + b"\r\n"
+        self.metrics = AppMetrics(behaviour.version)  # the process's own reads DEMO_CHECKOUT_FAIL_RATE
 
     def answer(self, request: Request) -> Answer:
+        """The answer to `request`, counted in the app's metrics, which `/metrics` answers
+        (neither it nor /healthz counts; nor an answer never sent, status 0)."""
+        path = request.target.partition(b"?")[0]
+        if path == METRICS_PATH:
+            body, kind = self.metrics.exposition()
+            return Answer(200, body, content_type=kind)
+        answer = self._decide(request)
+        if path != b"/healthz" and answer.status:
+            self.metrics.observe(answer.status, answer.delay_s)
+            if path == CHECKOUT_PATH:
+                answer = replace(answer, body=self.metrics.checkout(answer.status, answer.body))
+        return answer
+
+    def _decide(self, request: Request) -> Answer:
         b = self.behaviour
         path, _, query = request.target.partition(b"?")
         if path == b"/healthz":
