@@ -12,7 +12,9 @@ little traffic to tell) holds for a human and never promotes, Error (the judge c
 judge) is treated like Inconclusive.
 
 `ThresholdJudge` is the first judge: fixed thresholds on the canary's error rate and p99,
-with the baseline's numbers in the evidence for a human to compare.
+with the baseline's numbers in the evidence for a human to compare. `SequentialJudge`
+(`turnout.analysis.sequential`) compares the canary with the baseline, with bounds valid
+however often it is asked.
 """
 
 from __future__ import annotations
@@ -34,11 +36,20 @@ class Verdict(enum.Enum):
 
 @dataclass(frozen=True)
 class Criteria:
-    """What a step asks of the canary (from the strategy's `gate` or an `analysis` step)."""
+    """What a step asks of the canary (from the strategy's `gate` or an `analysis` step).
+
+    The last four are read by comparing judges (`turnout.analysis.sequential`): how much
+    worse than the baseline the canary may be (None: that comparison is off), how long it
+    must be watched before it can pass, and the false-alarm budget of all its tests.
+    """
 
     max_error_rate: float
     max_p99: float
     min_requests: int
+    max_error_rate_increase: float | None = None  # a share: 0.01 is one percentage point
+    max_p99_increase: float | None = None  # seconds
+    min_soak: float = 0.0  # seconds
+    alpha: float = 0.01
 
 
 @dataclass(frozen=True)
