@@ -22,9 +22,11 @@ The rules, each failed as soon as its bound is past its limit:
   minus the baseline's, against `max_error_rate_increase`.
 - `p99_increase`: take T, the first histogram bound at or above the baseline's p99 bucket
   plus `max_p99_increase`; the share of canary answers slower than T minus the baseline's
-  share, against one point (`SLOW_SHARE_TOLERANCE`). A canary whose p99 passed T has over
-  1% of its answers above T while the baseline has under 1%. T follows the baseline's data,
-  so this bound holds at every histogram bound at once (its alpha split over the bounds).
+  share, against one point (`SLOW_SHARE_TOLERANCE`). The baseline has at most 1% of its
+  answers above T, so a canary shown a point beyond it has its p99 clearly past T: past
+  the baseline's p99 by more than the increase. A shift of exactly the increase is within
+  it (a +50 ms canary passes `max_p99_increase: 50ms`). T follows the baseline's data, so
+  this bound holds at every histogram bound at once (its alpha split over the bounds).
 - `error_rate` and `p99`: guardrails on the canary alone, like Flagger's. The error rate
   with the same bounds against `max_error_rate`; the p99 bucket against `max_p99` once
   `min_requests` answers are in (a fixed rule, as `ThresholdJudge` has it).
