@@ -18,6 +18,7 @@ command's stderr.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import ipaddress
 import json
@@ -25,7 +26,7 @@ import os
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,6 +116,7 @@ class HostFleet:
         self._lock: IO[bytes] | None = lock
         self._stopped: set[str] = set()
         self._cut: set[str] = set()
+        self.image = ""
 
     @classmethod
     def start(cls, count: int, workdir: Path, *, cache: Path | None = None) -> HostFleet:
@@ -137,6 +139,7 @@ class HostFleet:
         hosts = [Host(name=f"{network}-h{i}", address=f"{prefix}.{10 + i}") for i in range(count)]
         fleet = cls(network=network, gateway=f"{prefix}.1", hosts=hosts, identity=identity,
                     known_hosts=workdir / "known_hosts", cache=cache, lock=lock)
+        fleet.image = image
         try:
             for index, host in enumerate(hosts):
                 docker("run", "--detach", "--name", host.name, "--hostname", f"h{index}",
@@ -175,6 +178,30 @@ class HostFleet:
                 "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "StrictHostKeyChecking=yes",
                 "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "-p", str(host.port),
                 f"{user}@{host.address}"]
+
+    @contextlib.contextmanager
+    def plain_host(self) -> Iterator[Host]:
+        """One more host from the same image without systemd: sshd is its PID 1. Its keys
+        are added to known_hosts; it is removed on exit."""
+        prefix = self.gateway.rpartition(".")[0]
+        host = Host(name=f"{self.network}-plain", address=f"{prefix}.{10 + len(self.hosts)}")
+        docker("run", "--detach", "--name", host.name, "--hostname", "plain", "--network",
+               self.network, "--ip", host.address, "--label", f"{PREFIX}={self.network}",
+               "--tmpfs", "/run", "--tmpfs", "/tmp", self.image, "sh", "-c",
+               "ssh-keygen -A >/dev/null && mkdir -p /run/sshd && exec /usr/sbin/sshd -D -e")
+        saved = self.known_hosts.read_text()
+        try:
+            _wait_for_sshd(host)  # its host keys are made by then
+            self.exec(host, ["python3", "-c", _AUTHORIZE_SCRIPT,
+                             self.identity.with_suffix(".pub").read_text()], timeout=30, check=True)
+            keys = self.exec(host, ["cat", *HOST_KEYS], timeout=30, check=True)
+            self.known_hosts.write_text(saved + "".join(
+                f"{host.address} {' '.join(line.split()[:2])}\n"
+                for line in keys.stdout.splitlines() if line.strip()))
+            yield host
+        finally:
+            self.known_hosts.write_text(saved)
+            docker("rm", "--force", host.name, timeout=60, check=False)
 
     def stop_host(self, host: Host) -> None:
         docker("stop", host.name, timeout=60)

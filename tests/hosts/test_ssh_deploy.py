@@ -212,3 +212,34 @@ async def test_a_login_without_a_systemd_manager_is_told_what_to_do(shop: HostSe
     finally:
         for host in shop.fleet.hosts:
             shop.fleet.exec(host, ["userdel", "-r", "nolinger"])
+
+
+async def test_a_host_without_systemd_is_refused_unless_detached(shop: HostService) -> None:
+    with shop.fleet.plain_host() as plain:  # sshd is PID 1 there: no systemd at all
+        alone = {"hosts": [plain.address], "instances_per_host": 2}
+        shop.write(platform=shop.platform(**alone))
+        result = shop.run("deploy", "v1")
+        said = result.stdout + result.stderr
+        assert result.returncode == 1, said  # refused before anything started
+        assert f"host {plain.address}: no systemd manager for deploy" in said, said
+        assert "supervisor: detached" in said
+        shop.write(platform=shop.platform(**alone, supervisor="detached"))
+        check(shop.run("deploy", "v1"))
+        async with httpx.AsyncClient(trust_env=False) as client:
+            answer = (await client.get(shop.url)).json()
+        assert answer["version"] == "v1" and answer["host"] == "plain", answer
+        check(shop.run("down"))
+
+
+def test_a_release_path_missing_on_a_host_is_named(shop: HostService) -> None:
+    shop.write(platform=shop.platform(release={"path": "/srv/prebuilt/{version}"}))
+    app = (shop.folder / "release" / "app.py").read_text()
+    for host in shop.fleet.hosts[:3]:  # the fourth host lacks it
+        made = shop.fleet.exec(host, ["sh", "-c", 'mkdir -p "$1" && cat > "$1/app.py"', "put",
+                                      "/srv/prebuilt/v1"], user="deploy", input=app)
+        assert made.returncode == 0, made.stderr
+    result = shop.run("deploy", "v1")
+    said = result.stdout + result.stderr
+    assert result.returncode != 0, said
+    last = shop.fleet.hosts[3].address
+    assert f"host {last}: the release folder /srv/prebuilt/v1 does not exist" in said, said
