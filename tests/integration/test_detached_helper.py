@@ -1,17 +1,23 @@
 """The host side of `supervisor: detached`, run here as it runs on a host: `python3 -c`
-with JSON on standard input, with HOME in a temporary folder (its records and logs go there)."""
+with JSON on standard input, with HOME in a temporary folder (its records and logs go there);
+and `Detached` driving it through a link to this machine."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from turnout.platforms.detached import _HELPER
+from turnout.model import Instance
+from turnout.platforms.detached import _HELPER, Detached
+from turnout.platforms.ssh_link import HostLink, Output
+from turnout.platforms.supervisor import Launch
 
 
 def helper(home: Path, verb: str, args: dict[str, Any]) -> Any:
@@ -85,3 +91,38 @@ def test_a_program_that_cannot_start_is_said_so(tmp_path: Path) -> None:
                           timeout=30, check=False)
     assert done.returncode != 0
     assert "cannot start: no-such-program: No such file or directory" in done.stderr
+
+
+class _HereLink:
+    """A host link to this machine: argv run here without a shell, HOME in a temporary folder."""
+
+    name = "here"
+    host = "127.0.0.1"
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+
+    async def run(self, argv: list[str], *, stdin: bytes | None = None,
+                  limit: float | None = None) -> Output:
+        program = sys.executable if argv[0] == "python3" else argv[0]
+        done = await asyncio.to_thread(subprocess.run, [program, *argv[1:]], input=stdin,
+                                       capture_output=True, timeout=limit or 30, check=False,
+                                       env={**os.environ, "HOME": str(self.home)})
+        return Output(status=done.returncode, stdout=done.stdout.decode(), stderr=done.stderr.decode())
+
+
+async def test_detached_gives_back_the_instance_it_started_and_finds_it_again(tmp_path: Path) -> None:
+    link = cast(HostLink, _HereLink(tmp_path))
+    wanted = Instance(service="shop", revision="v2 ü-abcdef12", version="v2 ü", slot=1,
+                      host="127.0.0.1", port=41000)
+    launch = Launch(cwd=str(tmp_path), env={}, command=[sys.executable, "-c", "import time; time.sleep(60)"],
+                    grace=5)
+    started = await Detached().launch(link, wanted, launch)
+    try:
+        assert started is not None and started.pid is not None and started.started is not None
+        assert started == replace(wanted, pid=started.pid, started=started.started)
+        assert await Detached().listed(link, "shop") == [started]
+        assert await Detached().listed(link, "sho") == []
+    finally:
+        await Detached().stop(link, wanted, grace=5)
+    assert await Detached().listed(link, "shop") == []

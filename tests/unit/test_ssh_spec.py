@@ -1,7 +1,10 @@
-"""The ssh platform's spec (hosts, fleet size, release) and its systemd unit helpers."""
+"""The ssh platform's spec (hosts, fleet size, release), its systemd unit helpers and how
+both supervisors read an instance back from the host."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from pathlib import Path
 from typing import cast
 
@@ -11,7 +14,9 @@ from turnout import wiring
 from turnout.errors import RouterError, SpecError
 from turnout.model import Instance
 from turnout.platforms import systemd
+from turnout.platforms.detached import Detached
 from turnout.platforms.ssh_link import HostLink, Output
+from turnout.platforms.supervisor import instance_meta
 from turnout.routers.hosted import HostedRouter, code_files, python_here
 from turnout.spec.hosts import SshPlatformSpec, host_address
 
@@ -116,6 +121,42 @@ def test_unit_names_are_valid_and_the_description_gives_the_instance_back() -> N
     assert again is not None and (again.id, again.port, again.pid) == (odd.id, 41000, 77)
     assert systemd.UnitState(name=name, description="someone else's", active="active", sub="running",
                              pid=1, started=1.0).instance("h") is None
+
+
+def test_a_unit_description_keeps_its_exact_text() -> None:
+    """Running units are found again by this text: a change would lose the fleet on every host."""
+    odd = instance(version='v2 ü "q"')
+    assert systemd.describe(odd) == ('turnout {"port":41000,"revision":"v2 \\u00fc \\"q\\"-abcdef12",'
+                                     '"service":"shop","slot":3,"version":"v2 \\u00fc \\"q\\""}')
+    for broken in ('turnout {"service":"shop"}', 'turnout {"service":"shop","revision":"r","version":"v",'
+                   '"slot":"x","port":1}', "turnout [1]", "turnout {"):
+        state = systemd.UnitState(name="turnout-x.service", description=broken, active="active",
+                                  sub="running", pid=5, started=1.0)
+        assert state.instance("h") is None, broken
+
+
+class _Records:
+    """A host link whose detached helper answers `list` with the given records."""
+
+    name = "web1"
+    host = "10.0.0.1"
+
+    def __init__(self, records: list[object]) -> None:
+        self.records = records
+
+    async def run(self, argv: list[str], **_: object) -> Output:
+        assert argv[:2] == ["python3", "-c"] and argv[3] == "list"
+        return Output(status=0, stdout=json.dumps(self.records), stderr="")
+
+
+async def test_detached_records_give_their_instances_back_and_damaged_ones_are_skipped() -> None:
+    mine = instance(version="v2 ü")
+    good = {"pid": 41, "ticks": 900, "instance": instance_meta(mine)}
+    records: list[object] = [good, {**good, "pid": "x"}, {"pid": 42, "ticks": 1}, "junk",
+                             {**good, "instance": {**instance_meta(mine), "port": None}},
+                             {**good, "instance": {**instance_meta(mine), "service": "other"}}]
+    found = await Detached().listed(cast(HostLink, _Records(records)), "shop")
+    assert found == [replace(mine, pid=41, started=900.0)]
 
 
 def test_systemd_run_escapes_what_systemd_would_expand() -> None:

@@ -19,7 +19,7 @@ from typing import Any
 from turnout.errors import PlatformError
 from turnout.model import Instance
 from turnout.platforms.ssh_link import HostLink
-from turnout.platforms.supervisor import Launch
+from turnout.platforms.supervisor import Launch, instance_from_meta, instance_meta
 
 _HELPER = r'''
 import json, os, signal, sys, time
@@ -130,7 +130,7 @@ class Detached:
     async def launch(self, link: HostLink, instance: Instance, launch: Launch) -> Instance | None:
         found = await self._call(link, "start", {
             "name": record_name(instance), "cwd": launch.cwd, "env": dict(launch.env),
-            "command": launch.command, "instance": _meta(instance)}, what=f"start {instance.id}")
+            "command": launch.command, "instance": instance_meta(instance)}, what=f"start {instance.id}")
         return _instance(found, link.host)
 
     async def alive(self, link: HostLink, instance: Instance) -> bool:
@@ -162,16 +162,10 @@ class Detached:
             raise PlatformError(f"host {link.name}: cannot {what}: unreadable answer") from None
 
 
-def _meta(instance: Instance) -> dict[str, object]:
-    return {"service": instance.service, "revision": instance.revision, "version": instance.version,
-            "slot": instance.slot, "port": instance.port}
-
-
 def _instance(found: Any, host: str) -> Instance | None:
+    """The instance of a record the helper gave back; None if the record is damaged."""
     try:
-        meta = found["instance"]
-        return Instance(service=str(meta["service"]), revision=str(meta["revision"]),
-                        version=str(meta["version"]), slot=int(meta["slot"]), host=host,
-                        port=int(meta["port"]), pid=int(found["pid"]), started=float(found["ticks"]))
+        meta, pid, ticks = found["instance"], int(found["pid"]), float(found["ticks"])
     except (TypeError, KeyError, ValueError):
         return None
+    return instance_from_meta(meta, host=host, pid=pid, started=ticks)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from turnout.errors import PlatformError
 from turnout.model import Instance
 from turnout.platforms.ssh_link import HostLink, Output
-from turnout.platforms.supervisor import Launch
+from turnout.platforms.supervisor import Launch, instance_from_meta, instance_meta
 
 PREFIX = "turnout-"
 DESCRIPTION = "turnout "
@@ -48,9 +48,8 @@ def service_pattern(service: str) -> str:
 
 
 def describe(instance: Instance) -> str:
-    data = {"service": instance.service, "revision": instance.revision,
-            "version": instance.version, "slot": instance.slot, "port": instance.port}
-    return DESCRIPTION + json.dumps(data, separators=(",", ":"), sort_keys=True)
+    """The unit's description: the instance's `instance_meta` as compact JSON, keys sorted."""
+    return DESCRIPTION + json.dumps(instance_meta(instance), separators=(",", ":"), sort_keys=True)
 
 
 def escape_exec(arg: str) -> str:
@@ -125,13 +124,9 @@ class UnitState:
             return None
         try:
             data = json.loads(self.description[len(DESCRIPTION):])
-            return Instance(
-                service=str(data["service"]), revision=str(data["revision"]),
-                version=str(data["version"]), slot=int(data["slot"]), host=host,
-                port=int(data["port"]), pid=self.pid or None, started=self.started or None,
-            )
-        except (ValueError, KeyError, TypeError):
+        except ValueError:
             return None
+        return instance_from_meta(data, host=host, pid=self.pid or None, started=self.started or None)
 
 
 def parse_show(text: str) -> list[UnitState]:
