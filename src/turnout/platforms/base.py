@@ -40,6 +40,16 @@ def placeholders(revision: Revision, *, slot: int, port: int) -> Callable[[str],
     return fill
 
 
+def instance_env(revision: Revision, *, slot: int, port: int) -> dict[str, str]:
+    """The variables one instance gets on every platform: the spec's `run.env` with its
+    placeholders filled, then those turnout sets, which win over a `run.env` of the same name."""
+    fill = placeholders(revision, slot=slot, port=port)
+    env = {name: fill(value) for name, value in revision.run.env.items()}
+    env.update(PORT=str(port), TURNOUT_VERSION=revision.version, TURNOUT_SLOT=str(slot),
+               TURNOUT_SERVICE=revision.service)
+    return env
+
+
 class Platform(Protocol):
     async def start(self, revision: Revision, *, slot: int) -> Instance:
         """Start one instance; return as soon as the process runs (health is checked apart)."""

@@ -23,7 +23,7 @@ from turnout import procs
 from turnout.errors import PlatformError
 from turnout.files import write_atomic
 from turnout.model import Instance, Revision
-from turnout.platforms.base import placeholders
+from turnout.platforms.base import instance_env, placeholders
 from turnout.spec import Spec
 from turnout.statedir import StateDir
 
@@ -143,14 +143,7 @@ class LocalPlatform:
     def _launch(self, revision: Revision, *, slot: int, port: int) -> _Launch:
         fill = placeholders(revision, slot=slot, port=port)
         cwd = (self.spec_dir / fill(revision.run.cwd)).resolve()
-        env = {name: fill(value) for name, value in revision.run.env.items()}
-        env.update(
-            PORT=str(port),
-            TURNOUT_VERSION=revision.version,
-            TURNOUT_SLOT=str(slot),
-            TURNOUT_SERVICE=revision.service,
-        )
-        env = procs.child_env(revision.run.inherit_env, env)
+        env = procs.child_env(revision.run.inherit_env, instance_env(revision, slot=slot, port=port))
         return _Launch(argv=[fill(arg) for arg in revision.run.command], cwd=cwd, env=env)
 
     def _spawn(self, launch: _Launch, log: Path) -> int:

@@ -27,7 +27,7 @@ from pathlib import Path
 from turnout.errors import PlatformError
 from turnout.model import Instance, Revision
 from turnout.platforms import release
-from turnout.platforms.base import HostUnreachable, placeholders
+from turnout.platforms.base import HostUnreachable, instance_env, placeholders
 from turnout.platforms.detached import Detached
 from turnout.platforms.ssh_link import HostLink, Login
 from turnout.platforms.supervisor import Launch, Supervisor
@@ -86,7 +86,7 @@ class SshPlatform:
         fill = placeholders(revision, slot=slot, port=port)
         launch = Launch(
             cwd=_join(folder, fill(revision.run.cwd)),
-            env={**{k: fill(v) for k, v in revision.run.env.items()}, **_turnout_env(instance)},
+            env={**instance_env(revision, slot=slot, port=port), "TURNOUT_INSTANCE": _env_id(instance)},
             command=[fill(arg) for arg in revision.run.command], grace=revision.run.grace,
         )
         started = await self.supervisor.launch(link, instance, launch)
@@ -191,10 +191,10 @@ def _ports_in(ss_output: str) -> set[int]:
     return ports
 
 
-def _turnout_env(instance: Instance) -> dict[str, str]:
-    return {"PORT": str(instance.port), "TURNOUT_VERSION": instance.version,
-            "TURNOUT_SLOT": str(instance.slot), "TURNOUT_SERVICE": instance.service,
-            "TURNOUT_INSTANCE": json.dumps(instance.id)[1:-1]}
+def _env_id(instance: Instance) -> str:
+    """TURNOUT_INSTANCE, set on hosts only: the instance id, non-ASCII and control characters
+    written as JSON escapes."""
+    return json.dumps(instance.id)[1:-1]
 
 
 def _join(folder: str | None, cwd: str) -> str | None:
