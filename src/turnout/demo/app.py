@@ -12,6 +12,13 @@ on purpose so that deployments have something to roll back from:
     DEMO_FAIL=errors     500 on everything else  DEMO_STARTUP_MS=N    sleep before listening
     DEMO_FAIL=refuse     pass the first health check, then close the listening socket:
                          every later connection is refused (the process keeps running)
+    DEMO_FAIL=hang       take every request but /healthz and never answer it (/healthz: 200)
+    DEMO_CRASH_AFTER=N   exit 1 at once after answering N requests other than /healthz
+
+With DEMO_FEATURE=FLAG, a request the router marks `FLAG=on` takes the new code path
+(answered as `<version>+FLAG`), and DEMO_FEATURE_FAIL=errors|hang, DEMO_FEATURE_ERROR_RATE,
+DEMO_FEATURE_LATENCY_MS and DEMO_FEATURE_CRASH_AFTER (counting only that path's answers)
+break that path alone. A bad value exits 2 naming the variable.
 
 The request path is an asyncio protocol over httptools (no framework), so one core serves
 thousands of requests a second. SIGTERM/SIGINT stop it gracefully: the listener closes,

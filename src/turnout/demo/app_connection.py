@@ -2,9 +2,10 @@
 
 An asyncio protocol with no framework, so one core serves thousands of requests a second.
 Requests are answered one at a time in the order they came (a delayed answer holds the
-ones behind it); reading pauses while more than 64 wait. On a stop, an idle connection
-closes at once (one never used gets `FRESH_GRACE_S` to send its first request) and a
-busy one after its current answer, sent with `Connection: close`.
+ones behind it); reading pauses while more than 64 wait. A request the app leaves hanging
+(`DEMO_FAIL=hang`) is never answered, nor anything behind it. On a stop, an idle or hung
+connection closes at once (one never used gets `FRESH_GRACE_S` to send its first
+request) and a busy one after its current answer, sent with `Connection: close`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class AppConnection(asyncio.Protocol):
         self._in_message = False
         self._used = False
         self._paused = False
+        self._hung = False  # a request here is never answered
         self._url = b""
         self._user: str | None = None
         self._flags = ""
@@ -90,8 +92,8 @@ class AppConnection(asyncio.Protocol):
         return self._worker is None and not self._pending and not self._in_message
 
     def shutdown(self) -> None:
-        """Close now if idle; a busy connection closes after its current response."""
-        if self._transport is None or not self.idle:
+        """Close now if idle or hung; a busy connection closes after its current response."""
+        if self._transport is None or not (self.idle or self._hung):
             return
         if self._used:
             self._transport.close()
@@ -110,8 +112,11 @@ class AppConnection(asyncio.Protocol):
         """Answer queued requests; hand off to a task when one must wait."""
         transport = self._transport
         assert transport is not None
-        while self._pending and self._worker is None and not transport.is_closing():
+        while self._pending and self._worker is None and not self._hung and not transport.is_closing():
             answer = self._app.answer(self._pending[0])
+            if answer.hang:
+                self._hung = True
+                break
             if answer.delay_s > 0:
                 self._worker = asyncio.create_task(self._delayed(answer))
                 return
@@ -130,10 +135,10 @@ class AppConnection(asyncio.Protocol):
         assert self._transport is not None
         close = self._app.closing or self._app.refusing.is_set() or not request.keep_alive
         self._transport.write(self._app.render(request, answer, close=close))
-        self._app.served += 1
         if close:
             self._pending.clear()
             self._transport.close()
+        self._app.sent(answer)
 
     def _flow_control(self, transport: asyncio.Transport) -> None:
         if len(self._pending) > 64 and not self._paused:
