@@ -133,6 +133,11 @@ class Analyse(_Step):
     max_error_rate: float
     max_p99: float
     min_requests: int
+    # Comparing with the baseline (either increase set): sequential tests (see turnout.analysis).
+    max_error_rate_increase: float | None = None
+    max_p99_increase: float | None = None
+    min_soak: float = 0.0
+    alpha: float = 0.01
 
     @model_validator(mode="before")
     @classmethod

@@ -22,7 +22,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from turnout.analysis.judge import Judge, ThresholdJudge
+from turnout.analysis.judge import Judge
+from turnout.analysis.sequential import ComparingJudge
 from turnout.analysis.sources import MetricSource, RouterCounters
 from turnout.errors import UserError
 from turnout.platforms.base import Platform
@@ -153,9 +154,9 @@ def build_platform(spec: Spec, state: StateDir) -> Platform:
 
 
 def analysis(spec: Spec, router: Router) -> tuple[MetricSource, Judge]:
-    """What measures a gate's subjects and what judges them: the router's own counters and
-    fixed thresholds, until a spec can name others (a Prometheus source, a statistical judge)."""
-    return RouterCounters(router), ThresholdJudge()
+    """What measures a gate's subjects and what judges them: the router's own counters, and
+    fixed thresholds or, where a gate compares the canary with its baseline, sequential tests."""
+    return RouterCounters(router), ComparingJudge()
 
 
 def flag_router(where: Path) -> Router | None:

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from turnout import strategies
-from turnout.analysis.judge import ThresholdJudge
+from turnout.analysis.sequential import ComparingJudge
 from turnout.analysis.sources import RouterCounters
 from turnout.engine.events import Event
 from turnout.engine.executor import Executor
@@ -67,7 +67,7 @@ class World:
     def executor(self) -> Executor:
         return Executor(spec=self.spec, store=self.store, platform=self.platform,
                         router=self.router, clock=self.clock, emit=self.emit, http=self.http,
-                        source=RouterCounters(self.router), judge=ThresholdJudge(), flags=self.flags)
+                        source=RouterCounters(self.router), judge=ComparingJudge(), flags=self.flags)
 
     def rev(self, version: str) -> str:
         return Revision.of(self.spec, version).id
@@ -93,7 +93,8 @@ class World:
         )
 
     async def deploy(self, version: str, **strategy: Any) -> DeploymentRecord:
-        return await self.executor().run(await self.create(version, **strategy))
+        record = await self.create(version, **strategy)  # first: the executor takes its spec
+        return await self.executor().run(record)
 
     def start(self, record: DeploymentRecord) -> asyncio.Task[DeploymentRecord]:
         return asyncio.create_task(self.executor().run(record))
@@ -460,6 +461,60 @@ async def test_failed_analysis_rolls_back(world: World) -> None:
     assert done.phase == "failed"
     assert "analysis failed" in done.message
     assert world.router.shares() == {"v1": 100.0}
+
+
+COMPARED = {"max_error_rate_increase": "1%", "max_p99_increase": "50ms", "interval": "1s",
+            "min_requests": 50}
+
+
+async def test_a_background_analysis_rolls_back_a_canary_worse_than_its_baseline(world: World) -> None:
+    await first_release(world)
+    world.router.flow(world.rev("v1"), traffic(400, errors=4))  # 1% at every reading
+    world.router.flow(world.rev("v2"), traffic(100, errors=8))  # 8%
+    gate = {"interval": "60s"}  # the pause's own gate would look only at its end
+    began = world.clock.now()
+    done = await world.deploy("v2", kind="canary", steps=[{"weight": 20}, {"pause": "10m"}],
+                              gate=gate, analysis=COMPARED)
+    assert done.phase == "failed", done.message
+    assert done.message.startswith("analysis failed: ") and "error rate" in done.message
+    assert world.clock.now() - began < 120  # long before the pause's end
+    assert world.router.shares() == {"v1": 100.0}
+    failed = [e for e in world.events if e.kind == "gate" and e.message.startswith("Failed")]
+    assert failed and failed[0].data["evidence"]["judge"] == "sequential"
+
+
+async def test_a_background_analysis_lets_an_equal_canary_through_and_records_its_decision(
+    world: World,
+) -> None:
+    await first_release(world)
+    for version in ("v1", "v2"):
+        world.router.flow(world.rev(version), traffic(200, errors=2))  # 1% on both sides
+    done = await world.deploy("v2", kind="canary", steps=[{"weight": 50}, {"pause": "30s"}],
+                              analysis=COMPARED)
+    assert done.phase == "succeeded", done.message
+    decisions = [e for e in world.events if e.kind == "gate"]
+    assert decisions[-1].data["subject"] == world.rev("v2")
+    assert decisions[-1].data["evidence"]["compared"] is True
+
+
+async def test_a_gate_comparing_with_the_baseline_uses_the_sequential_judge(world: World) -> None:
+    await first_release(world)
+    world.router.flow(world.rev("v1"), traffic(200, latency=0.02))
+    world.router.flow(world.rev("v2"), traffic(200, latency=0.3))
+    gate = {"max_p99_increase": "50ms", "interval": "1s", "max_p99": "5s"}
+    done = await world.deploy("v2", kind="canary", steps=[{"weight": 50}, {"pause": "30s"}], gate=gate)
+    assert done.phase == "failed", done.message
+    assert "gate failed" in done.message and "p99" in done.message
+
+
+async def test_a_silent_canary_fails_after_so_many_looks_when_asked(world: World) -> None:
+    await first_release(world)  # no traffic reaches v2 at all
+    gate = {"interval": "1s", "max_silent_intervals": 3}
+    began = world.clock.now()
+    done = await world.deploy("v2", kind="canary", steps=[{"weight": 50}, {"pause": "30s"}], gate=gate)
+    assert done.phase == "failed", done.message
+    assert "no data" in done.message and "3 looks in a row" in done.message
+    assert world.clock.now() - began < 10
 
 
 # -- blue-green and restore ------------------------------------------------------------

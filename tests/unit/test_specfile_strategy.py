@@ -48,7 +48,14 @@ CASES = [
     ("misspelt field of the kind", "  kind: canary\n  stesp: [{weight: 5}]\n",
      5, "strategy.stesp", "unknown field; did you mean 'steps'?"),
     ("unknown field lists the kind's own", "  kind: blue-green\n  wibble: 1\n",
-     5, "strategy.wibble", "known fields here: auto_promote, kind, rollback_window, tests"),
+     5, "strategy.wibble", "known fields here: analysis, auto_promote, kind, rollback_window, tests"),
+    ("analysis alpha out of range", "  kind: rolling\n  analysis: {max_error_rate_increase: 1%, alpha: 60%}\n",
+     5, "strategy.analysis", "alpha must be above 0 and below 50%"),
+    ("analysis increase not a duration", "  kind: canary\n  steps: [{weight: 5}]\n"
+     "  analysis:\n    max_p99_increase: soon\n", 7, "strategy.analysis.max_p99_increase", "duration"),
+    ("analysis step increase not a ratio", "  kind: canary\n  steps:\n"
+     "    - analysis: {max_error_rate_increase: lots}\n", 6,
+     "strategy.steps.0.analysis.max_error_rate_increase", "expected a number, got 'lots'"),
 ]
 
 

@@ -51,6 +51,16 @@ class Criteria:
     min_soak: float = 0.0  # seconds
     alpha: float = 0.01
 
+    @property
+    def compares(self) -> bool:
+        """Whether the canary is to be compared with its baseline (an increase is set)."""
+        return self.max_error_rate_increase is not None or self.max_p99_increase is not None
+
+    @classmethod
+    def of(cls, limits: object) -> Criteria:
+        """The criteria a gate or an analysis step (anything with these attributes) sets."""
+        return cls(**{name: getattr(limits, name) for name in cls.__dataclass_fields__})
+
 
 @dataclass(frozen=True)
 class Window:

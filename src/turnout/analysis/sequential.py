@@ -42,7 +42,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from turnout.analysis.judge import Criteria, Decision, Verdict, Window
+from turnout.analysis.judge import Criteria, Decision, Judge, ThresholdJudge, Verdict, Window
 from turnout.routers.base import LATENCY_BOUNDS, Counters
 
 # The mixtures are tightest when an excess of this size (one percentage point) becomes
@@ -310,3 +310,15 @@ def _verdict(findings: list[Finding], alone: str | None, canary: Window, criteri
         return Decision(Verdict.INCONCLUSIVE, prefix + says, evidence)
     evidence["decided_by"] = "all within"
     return Decision(Verdict.SUCCESSFUL, prefix + "; ".join(f.says for f in findings), evidence)
+
+
+class ComparingJudge:
+    """The judge a spec gets: `SequentialJudge` where its criteria compare the canary with
+    the baseline (an increase is set), `ThresholdJudge`'s fixed limits elsewhere."""
+
+    def __init__(self) -> None:
+        self.sequential, self.threshold = SequentialJudge(), ThresholdJudge()
+
+    def judge(self, canary: Window, baseline: Window | None, criteria: Criteria) -> Decision:
+        chosen: Judge = self.sequential if criteria.compares else self.threshold
+        return chosen.judge(canary, baseline, criteria)

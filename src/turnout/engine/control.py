@@ -66,11 +66,19 @@ class Control:
         self.deployment_id = deployment_id
         self.interrupted = interrupted
         self.halted = halted
+        self.failure: str | None = None  # set by work beside the steps (a background analysis)
+
+    def fail(self, reason: str) -> None:
+        """Fail the deployment at its next check, as a failed step would."""
+        self.failure = self.failure or reason
 
     def check(self) -> None:
-        """Raise Halted if the lock slipped away, Aborted if the deployment was asked to go back."""
+        """Raise Halted if the lock slipped away, StepFailed if work beside the steps failed,
+        Aborted if the deployment was asked to go back."""
         if (reason := self.halted()) is not None:
             raise Halted(reason)
+        if self.failure is not None:
+            raise StepFailed(self.failure)
         if self.interrupted.is_set():
             raise Aborted("interrupted")
         if self.deployment_id is None:

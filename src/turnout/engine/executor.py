@@ -35,23 +35,26 @@ from turnout.flags.store import FlagStore
 from turnout.model import Instance
 from turnout.plan import (
     Analyse,
+    CohortSubject,
     Drain,
     KeepWarm,
     Pause,
     Promote,
+    RevisionSubject,
     Route,
     RunTests,
     SetFlag,
     Start,
     Step,
     Stop,
+    Subject,
     WaitHealthy,
     describe,
     load_plan,
 )
 from turnout.platforms.base import Platform
 from turnout.routers.base import Router
-from turnout.spec import Spec
+from turnout.spec import FeatureToggle, Spec
 from turnout.store.db import DeploymentRecord, Store
 
 __all__ = ["Aborted", "Executor", "StepFailed"]
@@ -123,12 +126,15 @@ class Executor:
         try:
             try:
                 await self.world.refresh()  # a host lost meanwhile fails the deployment here
-                for index in range(deployment.step, len(plan)):
-                    step = plan[index]
-                    control.check()
-                    self.record(Event("step", describe(step), step=index + 1, total=len(plan)))
-                    await self._run_step(control, deployment, step)
-                    self.store.update_deployment(deployment.id, step=index + 1, phase="progressing")
+                async with self.gates.throughout(control, self.spec.strategy.analysis,
+                                                 *self._watched(deployment)):
+                    for index in range(deployment.step, len(plan)):
+                        step = plan[index]
+                        control.check()
+                        self.record(Event("step", describe(step), step=index + 1, total=len(plan)))
+                        await self._run_step(control, deployment, step)
+                        self.store.update_deployment(deployment.id, step=index + 1, phase="progressing")
+                    control.check()  # a background analysis that failed during the last step
             except Halted as exc:
                 raise ConflictError(str(exc)) from None
             except Aborted as exc:
@@ -140,6 +146,16 @@ class Executor:
             return done
         finally:
             self.record.deployment_id = None
+
+    def _watched(self, deployment: DeploymentRecord) -> tuple[Subject, Subject | None]:
+        """What a background analysis compares: a feature toggle's cohorts, else the new
+        revision with the one it replaces (none on a first release: guardrails only)."""
+        strategy = self.spec.strategy
+        if isinstance(strategy, FeatureToggle):
+            return CohortSubject(flag=strategy.flag), CohortSubject(flag=strategy.flag, on=False)
+        previous = deployment.previous_revision
+        return (RevisionSubject(revision=deployment.target_revision),
+                RevisionSubject(revision=previous) if previous else None)
 
     async def _run_step(self, control: Control, deployment: DeploymentRecord, step: Step) -> None:
         world = self.world

@@ -11,13 +11,48 @@ deployment, phase `paused`, still watched, until `turnout promote` or `turnout a
 
 from __future__ import annotations
 
-from turnout.analysis.judge import Criteria, Decision, Judge
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from turnout.analysis.judge import Criteria, Decision, Judge, Verdict
 from turnout.analysis.sources import MetricSource, Reading
 from turnout.clock import Clock
 from turnout.engine.control import Control, StepFailed
 from turnout.engine.events import Event, Recorder
+from turnout.errors import TurnoutError
 from turnout.plan import Analyse, Pause, Subject, describe_subject
 from turnout.spec import Gate, Spec
+
+
+@dataclass
+class Silence:
+    """Looks in a row in which the watched subject got no new request; `limit` of them fail
+    the gate (None: never, silence is only inconclusive)."""
+
+    limit: int | None
+    requests: int = 0
+    looks: int = 0
+
+    def heard(self, requests: int) -> bool:
+        """Count one look at `requests` so far; False once `limit` looks in a row saw none."""
+        if self.limit is None:
+            return True
+        self.looks = 0 if requests > self.requests else self.looks + 1
+        self.requests = requests
+        return self.looks < self.limit
+
+
+@dataclass
+class Watching:
+    """A background analysis: its settings, subjects, first reading and last decision."""
+
+    settings: Gate
+    watch: Subject
+    baseline: Subject | None
+    start: Reading
+    last: Decision | None = None
 
 
 class Gates:
@@ -37,21 +72,22 @@ class Gates:
         if step.seconds is None:
             self.record.phase(deployment_id, "paused", "waiting for promote")
             self.record(Event("paused", "paused: `turnout promote` continues, `turnout abort` goes back"))
-        gate = self.gate
-        criteria = Criteria(gate.max_error_rate, gate.max_p99, gate.min_requests)
+        criteria = Criteria.of(self.gate)
         end = None if step.seconds is None else self.clock.now() + step.seconds
         start = await self._reading(step.watch, step.baseline) if step.watch is not None else None
-        decision, promoted = await self._watch(control, end, step, start, criteria)
+        silence = Silence(self.gate.max_silent_intervals)
+        decision, promoted = await self._watch(control, end, step, start, criteria, silence=silence)
         if not promoted and decision is not None and not decision.passed:
             kind = decision.verdict.value
             self.record.phase(deployment_id, "paused", f"{kind.lower()}: {decision.reason}")
             self.record(Event("paused", f"gate {kind} at the end of the pause ({decision.reason}): "
                                         "`turnout promote` continues, `turnout abort` goes back"))
-            await self._watch(control, None, step, start, criteria)
+            await self._watch(control, None, step, start, criteria, silence=silence)
         self.record.phase(deployment_id, "progressing")
 
     async def _watch(
-        self, control: Control, end: float | None, step: Pause, start: Reading | None, criteria: Criteria
+        self, control: Control, end: float | None, step: Pause, start: Reading | None, criteria: Criteria,
+        *, silence: Silence,
     ) -> tuple[Decision | None, bool]:
         """Wait until `end` (None: until promoted), judging at every gate interval; StepFailed
         on Failed. Returns (the last decision, whether promoted)."""
@@ -64,23 +100,24 @@ class Gates:
                 self.record(Event("info", "promoted"))
                 return decision, True
             if judging:
-                decision = await self._decide(step.watch, step.baseline, start, criteria)
+                decision = await self._decide(step.watch, step.baseline, start, criteria, silence)
         if decision is None and judging:  # a pause too short for one interval is still judged once
-            decision = await self._decide(step.watch, step.baseline, start, criteria)
+            decision = await self._decide(step.watch, step.baseline, start, criteria, silence)
         return decision, False
 
     async def analyse(self, control: Control, deployment_id: int, step: Analyse) -> None:
-        criteria = Criteria(step.max_error_rate, step.max_p99, step.min_requests)
+        criteria = Criteria.of(step)
         start = await self._reading(step.subject, step.baseline)
         end = self.clock.now() + step.seconds
+        silence = Silence(self.gate.max_silent_intervals)
         decision: Decision | None = None
         while self.clock.now() < end:
             await control.wait(min(self.gate.interval, end - self.clock.now()), promote_ends=False)
-            decision = await self._decide(step.subject, step.baseline, start, criteria, quiet=True)
+            decision = await self._decide(step.subject, step.baseline, start, criteria, silence, quiet=True)
             if decision.failed:
                 break
         if decision is None:
-            decision = await self._decide(step.subject, step.baseline, start, criteria, quiet=True)
+            decision = await self._decide(step.subject, step.baseline, start, criteria, silence, quiet=True)
         self._report(step.subject, step.baseline, decision)
         if decision.failed:
             raise StepFailed(f"analysis failed: {decision.reason}")
@@ -92,20 +129,62 @@ class Gates:
             await control.wait(None, promote_ends=True)
             self.record.phase(deployment_id, "progressing")
 
+    @contextlib.asynccontextmanager
+    async def throughout(self, control: Control, settings: Gate | None, watch: Subject,
+                         baseline: Subject | None) -> AsyncIterator[None]:
+        """The strategy's `analysis`, judged at its interval while the body runs. A Failed
+        decision is recorded and fails the deployment at its next check (`Control.fail`);
+        the last decision is recorded when the body ends."""
+        if settings is None:
+            yield
+            return
+        watching = Watching(settings, watch, baseline, await self._reading(watch, baseline))
+        task = asyncio.create_task(self._throughout(control, watching))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if watching.last is not None and not watching.last.failed:
+            self._report(watch, baseline, watching.last)
+
+    async def _throughout(self, control: Control, w: Watching) -> None:
+        criteria, silence = Criteria.of(w.settings), Silence(w.settings.max_silent_intervals)
+        unread = False
+        while True:
+            await self.clock.sleep(w.settings.interval)
+            try:
+                w.last = await self._decide(w.watch, w.baseline, w.start, criteria, silence, quiet=True)
+            except TurnoutError as exc:  # the source could not be read: said once, tried again
+                if not unread:
+                    self.record(Event("info", f"analysis: cannot read the metrics: {exc}"))
+                unread = True
+                continue
+            unread = False
+            if w.last.failed:
+                self._report(w.watch, w.baseline, w.last)
+                control.fail(f"analysis failed: {w.last.reason}")
+                return
+
     async def _reading(self, subject: Subject, baseline: Subject | None) -> Reading:
         subjects = [subject] if baseline is None else [subject, baseline]
         return Reading(self.clock.now(), await self.source.read(subjects))
 
     async def _decide(
         self, subject: Subject | None, baseline: Subject | None, start: Reading | None, criteria: Criteria,
-        *, quiet: bool = False,
+        silence: Silence, *, quiet: bool = False,
     ) -> Decision:
-        """The judge's decision on the windows since `start`; recorded (unless `quiet`) and
-        StepFailed when it is Failed."""
+        """The judge's decision on the windows since `start` (Failed after too many silent
+        looks); recorded (unless `quiet`) and StepFailed when it is Failed."""
         assert subject is not None and start is not None
         now = await self._reading(subject, baseline)
-        decision = self.judge.judge(start.window(now, subject),
-                                    start.window(now, baseline) if baseline is not None else None, criteria)
+        window = start.window(now, subject)
+        decision = self.judge.judge(window, start.window(now, baseline) if baseline is not None else None,
+                                    criteria)
+        if not silence.heard(window.counters.requests):
+            decision = Decision(Verdict.FAILED, f"no data: no request for {describe_subject(subject)} "
+                                f"in {silence.limit} looks in a row", decision.evidence)
         if quiet:
             return decision
         self._report(subject, baseline, decision)

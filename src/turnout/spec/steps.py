@@ -37,7 +37,9 @@ class Match(Strict):
 
 
 class Gate(Strict):
-    """The canary's first gate: its error rate and p99 latency from the router's counters."""
+    """How the canary is judged: absolute limits on its error rate and p99 latency, and, with
+    `max_error_rate_increase` or `max_p99_increase`, a comparison with the baseline serving at
+    the same time by sequential tests that stay valid however often they look."""
 
     max_error_rate: Ratio = Field(
         default=0.01, description="5xx and connection errors / requests, as 0.01 or 1%"
@@ -47,6 +49,31 @@ class Gate(Strict):
         default=20, ge=0, description="fewer requests than this is inconclusive"
     )
     interval: Duration = Field(default=5.0, description="time between two looks at the counters")
+    max_error_rate_increase: Ratio | None = Field(
+        default=None, description="how far the canary's error rate may exceed the baseline's "
+        "(e.g. 1%); set, the gate compares the two",
+    )
+    max_p99_increase: Duration | None = Field(
+        default=None, description="how far the canary's p99 may exceed the baseline's (e.g. 50ms); "
+        "set, the gate compares the two",
+    )
+    min_soak: Duration = Field(
+        default=0.0, description="comparing: the least time watched before the gate passes"
+    )
+    alpha: Ratio = Field(
+        default=0.01, description="comparing: the chance of failing a canary as good as its "
+        "baseline, over a whole step, shared by the metrics",
+    )
+    max_silent_intervals: int | None = Field(
+        default=None, ge=1, description="looks in a row without one canary request before the "
+        "gate fails (no data); default: never, a silent canary is inconclusive",
+    )
+
+    @model_validator(mode="after")
+    def _alpha_is_small(self) -> Gate:
+        if not 0 < self.alpha < 0.5:
+            raise ValueError("alpha must be above 0 and below 50%")
+        return self
 
 
 class Analysis(Strict):
@@ -56,6 +83,9 @@ class Analysis(Strict):
     max_error_rate: Ratio | None = Field(default=None, description="default: strategy.gate")
     max_p99: Duration | None = Field(default=None, description="default: strategy.gate")
     min_requests: int | None = Field(default=None, ge=0, description="default: strategy.gate")
+    max_error_rate_increase: Ratio | None = Field(default=None, description="default: strategy.gate")
+    max_p99_increase: Duration | None = Field(default=None, description="default: strategy.gate")
+    min_soak: Duration | None = Field(default=None, description="default: strategy.gate")
 
 
 class _PauseStep(Strict):

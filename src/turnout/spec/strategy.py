@@ -23,6 +23,14 @@ from turnout.units import Duration
 # mixin (`_RollingParams`, ...) that the kind and the feature toggle share, with their rules.
 
 
+class _Watched(Strict):
+    analysis: Gate | None = Field(
+        default=None, description="judged throughout the deployment at its interval: the new "
+        "revision against the stable one (a feature toggle: the flag's on cohort against its "
+        "off cohort); a failure rolls back at once",
+    )
+
+
 class _Params(Strict):
     @classmethod
     def _reads(cls, info: ValidationInfo, name: str) -> bool:
@@ -79,25 +87,25 @@ class _CanaryParams(_Params):
         return value
 
 
-class BigBang(Strict):
+class BigBang(_Watched):
     """Big bang: every old instance out, every new one in; downtime by design."""
 
     kind: Literal["big-bang"] = "big-bang"
 
 
-class Rolling(_RollingParams):
+class Rolling(_RollingParams, _Watched):
     """Rolling: replace instances in batches of `max_surge + max_unavailable`."""
 
     kind: Literal["rolling"] = "rolling"
 
 
-class BlueGreen(_BlueGreenParams):
+class BlueGreen(_BlueGreenParams, _Watched):
     """Blue-green: a full green fleet, tested on the preview address, then one switch."""
 
     kind: Literal["blue-green"] = "blue-green"
 
 
-class Canary(_CanaryParams):
+class Canary(_CanaryParams, _Watched):
     """Canary: a growing share of traffic to the new revision, judged by the gate."""
 
     kind: Literal["canary"] = "canary"
@@ -115,7 +123,7 @@ class _ToggleHead(Strict):
     )
 
 
-class FeatureToggle(_CanaryParams, _BlueGreenParams, _RollingParams, _ToggleHead):
+class FeatureToggle(_CanaryParams, _BlueGreenParams, _RollingParams, _ToggleHead, _Watched):
     """Feature toggle: ship the code dark with `ship` (reading that strategy's fields), then
     ramp the flag to users, segments and percentages, pausing with the gate."""
 

@@ -5,8 +5,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from turnout.plan import Drain, KeepWarm, Promote, Route, RoutePool, Start, Step, Stop, WaitHealthy
-from turnout.spec import Strategy
+from turnout.plan import (
+    Analyse,
+    Drain,
+    KeepWarm,
+    Promote,
+    Route,
+    RoutePool,
+    Start,
+    Step,
+    Stop,
+    Subject,
+    WaitHealthy,
+)
+from turnout.spec import Analysis, Gate, Strategy
 
 
 @dataclass(frozen=True)
@@ -35,6 +47,14 @@ def started_from(plan: list[Step], *, target: str, previous: str | None, instanc
             slots.update(step.slots)
     return Fleet(target=target, instances=instances, stable=previous, stable_slots=tuple(sorted(slots)))
 
+
+def analyse(subject: Subject, baseline: Subject | None, step: Analysis, gate: Gate) -> Analyse:
+    """An analysis step: its own limits, the strategy's gate for those it leaves out."""
+    own = step.model_dump(exclude_none=True, exclude={"duration"})
+    limits = {name: own.get(name, getattr(gate, name)) for name in (
+        "max_error_rate", "max_p99", "min_requests", "max_error_rate_increase", "max_p99_increase",
+        "min_soak")}
+    return Analyse(subject=subject, baseline=baseline, seconds=step.duration, alpha=gate.alpha, **limits)
 
 Planner = Callable[[Fleet, Strategy], list[Step]]
 """What the registry holds for each kind: (fleet, the spec's strategy) -> steps."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 
 from turnout.plan import (
-    Analyse,
     Drain,
     MatchTo,
     Pause,
@@ -26,7 +25,7 @@ from turnout.plan import (
     WaitHealthy,
 )
 from turnout.spec import Canary
-from turnout.strategies.base import Fleet, only
+from turnout.strategies.base import Fleet, analyse, only
 
 
 def plan(fleet: Fleet, params: Canary) -> list[Step]:
@@ -67,13 +66,7 @@ def plan(fleet: Fleet, params: Canary) -> list[Step]:
             seconds = None if item.pause == "forever" else float(item.pause)
             steps.append(Pause(seconds=seconds, watch=canary, baseline=baseline))
         elif item.analysis is not None:
-            a, gate = item.analysis, params.gate
-            steps.append(Analyse(
-                subject=canary, baseline=baseline, seconds=a.duration,
-                max_error_rate=gate.max_error_rate if a.max_error_rate is None else a.max_error_rate,
-                max_p99=gate.max_p99 if a.max_p99 is None else a.max_p99,
-                min_requests=gate.min_requests if a.min_requests is None else a.min_requests,
-            ))
+            steps.append(analyse(canary, baseline, item.analysis, params.gate))
     grow(n)
     steps += [
         only(fleet.target, fleet.new_slots),

@@ -10,9 +10,9 @@ the router applies to the very next request.
 
 from __future__ import annotations
 
-from turnout.plan import Analyse, CohortSubject, Pause, SetFlag, Step
+from turnout.plan import CohortSubject, Pause, SetFlag, Step
 from turnout.spec import FeatureToggle
-from turnout.strategies.base import Fleet, Planner
+from turnout.strategies.base import Fleet, Planner, analyse
 
 
 def plan(fleet: Fleet, params: FeatureToggle, *, ship: Planner) -> list[Step]:
@@ -41,13 +41,7 @@ def plan(fleet: Fleet, params: FeatureToggle, *, ship: Planner) -> list[Step]:
             seconds = None if item.pause == "forever" else float(item.pause)
             steps.append(Pause(seconds=seconds, watch=cohort, baseline=baseline))
         elif item.analysis is not None:
-            a, gate = item.analysis, params.gate
-            steps.append(Analyse(
-                subject=cohort, baseline=baseline, seconds=a.duration,
-                max_error_rate=gate.max_error_rate if a.max_error_rate is None else a.max_error_rate,
-                max_p99=gate.max_p99 if a.max_p99 is None else a.max_p99,
-                min_requests=gate.min_requests if a.min_requests is None else a.min_requests,
-            ))
+            steps.append(analyse(cohort, baseline, item.analysis, params.gate))
     if percent < 100:
         percent = 100
         steps.append(widen())
