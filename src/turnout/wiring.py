@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Protocol
 
 from turnout.analysis.judge import Judge
+from turnout.analysis.prometheus import PrometheusSource
 from turnout.analysis.sequential import ComparingJudge
 from turnout.analysis.sources import MetricSource, RouterCounters
 from turnout.errors import UserError
@@ -31,7 +32,7 @@ from turnout.platforms.local import LocalPlatform
 from turnout.platforms.ssh import SshPlatform
 from turnout.routers.base import CANNOT, Capability, Router
 from turnout.routers.hosted import BuiltinKind
-from turnout.spec import BlueGreen, Canary, FeatureToggle, Spec
+from turnout.spec import BlueGreen, Canary, FeatureToggle, PrometheusMetrics, Spec
 from turnout.spec.hosts import SshPlatformSpec
 from turnout.specfile import SPEC_NAME
 from turnout.specfile import load_spec as _load_spec
@@ -154,8 +155,15 @@ def build_platform(spec: Spec, state: StateDir) -> Platform:
 
 
 def analysis(spec: Spec, router: Router) -> tuple[MetricSource, Judge]:
-    """What measures a gate's subjects and what judges them: the router's own counters, and
+    """What measures a gate's subjects and what judges them: the router's own counters (or
+    the Prometheus queries of `metrics`), and
     fixed thresholds or, where a gate compares the canary with its baseline, sequential tests."""
+    metrics = spec.metrics
+    if isinstance(metrics, PrometheusMetrics):
+        source: MetricSource = PrometheusSource(metrics.url, requests=metrics.requests,
+                                                errors=metrics.errors, latency=metrics.latency,
+                                                timeout=metrics.timeout)
+        return source, ComparingJudge()
     return RouterCounters(router), ComparingJudge()
 
 

@@ -21,7 +21,7 @@ from turnout.analysis.sources import MetricSource, Reading
 from turnout.clock import Clock
 from turnout.engine.control import Control, StepFailed
 from turnout.engine.events import Event, Recorder
-from turnout.errors import TurnoutError
+from turnout.errors import AnalysisError, TurnoutError
 from turnout.plan import Analyse, Pause, Subject, describe_subject
 from turnout.spec import Gate, Spec
 
@@ -178,7 +178,13 @@ class Gates:
         """The judge's decision on the windows since `start` (Failed after too many silent
         looks); recorded (unless `quiet`) and StepFailed when it is Failed."""
         assert subject is not None and start is not None
-        now = await self._reading(subject, baseline)
+        try:
+            now = await self._reading(subject, baseline)
+        except AnalysisError as exc:  # the judge cannot judge: held like Inconclusive
+            decision = Decision(Verdict.ERROR, f"cannot read the metrics: {exc}")
+            if not quiet:
+                self._report(subject, baseline, decision)
+            return decision
         window = start.window(now, subject)
         decision = self.judge.judge(window, start.window(now, baseline) if baseline is not None else None,
                                     criteria)

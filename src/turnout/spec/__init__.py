@@ -19,6 +19,7 @@ from pydantic import Field, field_validator, model_validator
 
 from turnout.addresses import join_host_port, split_host_port
 from turnout.spec.hosts import host_address
+from turnout.spec.metrics import MetricsField, PrometheusMetrics, RouterMetrics
 from turnout.spec.routing import (
     DEFAULT_BUFFER,
     BufferSize,
@@ -75,11 +76,13 @@ __all__ = [
     "PlatformChoice",
     "PlatformField",
     "PreviewTest",
+    "PrometheusMetrics",
     "RampStep",
     "Ratio",
     "Rolling",
     "RouterChoice",
     "RouterField",
+    "RouterMetrics",
     "Routing",
     "Run",
     "ShipKind",
@@ -118,6 +121,10 @@ class Spec(Strict):
     )
     platform: PlatformField = Field(
         default_factory=PlatformChoice, description="where instances run: `local`, or {kind: ...}"
+    )
+    metrics: MetricsField = Field(
+        default_factory=RouterMetrics,
+        description="what gates judge: `router` (its own counters) or {kind: prometheus, ...}",
     )
 
     @model_validator(mode="before")
