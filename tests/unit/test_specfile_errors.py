@@ -164,7 +164,7 @@ def test_the_file_name_is_kept_as_given(tmp_path: Path, monkeypatch: pytest.Monk
         load_spec(Path("deploy/web.yaml"))
     assert caught.value.problems == [
         "deploy/web.yaml:3: wat: unknown field; known fields here: health, instances, listen, "
-        "platform, router, routing, run, service, strategy"
+        "metrics, platform, router, routing, run, service, strategy"
     ]
 
 
