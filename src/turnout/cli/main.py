@@ -282,16 +282,39 @@ def server(ctx: click.Context) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print the rows as a JSON list")
 @click.option("--rate", default=200.0, type=click.FloatRange(1, 2000), help="requests per second")
 @click.option("--strategy", "only", multiple=True, help="run only these strategies")
-def demo(as_json: bool, rate: float, only: tuple[str, ...]) -> None:
+@click.option("--faults", is_flag=True,
+              help="deploy faulty versions with each strategy: what turnout did, who met each fault")
+@click.option("--only", "faults_only", multiple=True, metavar="FAULT",
+              help="with --faults, only these: start, health, hang, errors, latency, crash")
+def demo(as_json: bool, rate: float, only: tuple[str, ...], faults: bool,
+         faults_only: tuple[str, ...]) -> None:
     """Deploy a sample service with each strategy under live load; print what was measured."""
     from turnout.demo.runner import run_demo
 
+    if faults or faults_only:
+        sys.exit(_faults_demo(as_json, rate, only, faults_only))
     rows = run_async(lambda: run_demo(rate=rate, only=only, quiet=as_json))
     if as_json:
         click.echo(json.dumps([row.as_json() for row in rows], indent=2))
     else:
         Printer().demo(rows)
     sys.exit(0 if all(row.ok for row in rows) else 1)
+
+
+def _faults_demo(as_json: bool, rate: float, strategies: tuple[str, ...], only: tuple[str, ...]) -> int:
+    from turnout.demo.faults import choose, run_faults
+    from turnout.demo.faults_report import table
+
+    try:
+        choose(only, strategies)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    rows = run_async(lambda: run_faults(only=only, strategies=strategies, rate=rate, quiet=as_json))
+    if as_json:
+        click.echo(json.dumps([row.as_json() for row in rows], indent=2))
+    else:
+        Printer().out.print(table(rows))
+    return 0
 
 
 cli.add_command(flags_group)
