@@ -48,14 +48,36 @@ CASES = [
     ("misspelt field of the kind", "  kind: canary\n  stesp: [{weight: 5}]\n",
      5, "strategy.stesp", "unknown field; did you mean 'steps'?"),
     ("unknown field lists the kind's own", "  kind: blue-green\n  wibble: 1\n",
-     5, "strategy.wibble", "known fields here: analysis, auto_promote, kind, rollback_window, tests"),
-    ("analysis alpha out of range", "  kind: rolling\n  analysis: {max_error_rate_increase: 1%, alpha: 60%}\n",
+     5, "strategy.wibble",
+     "known fields here: analysis, auto_promote, kind, rollback_window, tests, webhooks"),
+    ("analysis alpha out of range",
+     "  kind: rolling\n  analysis: {max_error_rate_increase: 1%, alpha: 60%}\n",
      5, "strategy.analysis", "alpha must be above 0 and below 50%"),
     ("analysis increase not a duration", "  kind: canary\n  steps: [{weight: 5}]\n"
      "  analysis:\n    max_p99_increase: soon\n", 7, "strategy.analysis.max_p99_increase", "duration"),
     ("analysis step increase not a ratio", "  kind: canary\n  steps:\n"
      "    - analysis: {max_error_rate_increase: lots}\n", 6,
      "strategy.steps.0.analysis.max_error_rate_increase", "expected a number, got 'lots'"),
+    ("webhook when misspelt", "  webhooks:\n    - {when: pre-rolout, url: http://ci/check}\n",
+     5, "strategy.webhooks.0.when", "did you mean 'pre-rollout'?"),
+    ("webhook url not http", "  kind: big-bang\n  webhooks:\n    - when: event\n      url: ftp://chat/hook\n",
+     7, "strategy.webhooks.0.url", "expected an http:// or https:// URL with a host, got 'ftp://chat/hook'"),
+    ("webhook url with a bad port", "  webhooks:\n    - {when: rollback, url: 'http://ci:99999/x'}\n",
+     5, "strategy.webhooks.0.url", "is not a valid URL: invalid port number"),
+    ("webhook url missing", "  kind: blue-green\n  webhooks:\n    - {when: confirm-promotion}\n",
+     6, "strategy.webhooks.0.url", "required field is missing"),
+    ("webhook timeout zero", "  kind: canary\n  steps: [{weight: 5}]\n  webhooks:\n"
+     "    - {when: confirm-rollout, url: http://ci/ok, timeout: 0s}\n",
+     7, "strategy.webhooks.0.timeout", "a webhook's timeout must be above 0"),
+    ("webhook timeout not a duration", "  webhooks:\n    - when: event\n      url: http://ci/e\n"
+     "      timeout: soon\n", 7, "strategy.webhooks.0.timeout", "duration"),
+    ("event webhook retried", "  webhooks:\n    - {when: event, url: http://ci/e, retries: 2}\n",
+     5, "strategy.webhooks.0.retries", "an event webhook is sent once per event"),
+    ("webhook headers a list", "  webhooks:\n    - when: event\n      url: http://ci/e\n"
+     "      headers: [X-Token]\n", 7, "strategy.webhooks.0.headers", "expected a mapping"),
+    ("webhook header name with a space", "  kind: feature-toggle\n  flag: f\n  webhooks:\n"
+     "    - when: pre-rollout\n      url: http://ci/e\n      headers: {X Token: abc}\n",
+     9, "strategy.webhooks.0.headers", "'X Token' is not a header name"),
 ]
 
 
@@ -72,6 +94,20 @@ def test_a_strategy_error_names_file_line_and_field(
     matching = [p for p in caught.value.problems if p.startswith(expected)]
     assert matching, f"no problem starts with {expected!r}: {caught.value.problems}"
     assert any(words in p for p in matching), caught.value.problems
+
+
+def test_every_kind_takes_webhooks() -> None:
+    kinds = {"big-bang": "", "rolling": "", "blue-green": "", "canary": "  steps: [{weight: 5}]\n",
+             "feature-toggle": "  flag: f\n"}
+    hooks = ("  webhooks:\n    - {when: confirm-promotion, url: 'https://ci.internal/approve', retries: 2,"
+             " headers: {Authorization: Bearer abc, X-Attempt: 1}}\n    - {when: event, url: http://chat/hook}\n")
+    for kind, lines in kinds.items():
+        strategy = parse_spec(f"{HEAD}  kind: {kind}\n{lines}{hooks}").strategy
+        confirm, event = strategy.webhooks
+        assert (confirm.when, confirm.retries, confirm.seconds) == ("confirm-promotion", 2, 10.0)
+        assert confirm.headers == {"Authorization": "Bearer abc", "X-Attempt": "1"}  # numbers as text
+        assert (event.when, event.seconds) == ("event", 2.0)
+        assert parse_spec(dump_spec(parse_spec(f"{HEAD}  kind: {kind}\n{lines}{hooks}"))).strategy == strategy
 
 
 def test_a_strategy_that_is_not_a_mapping() -> None:

@@ -14,6 +14,7 @@ from pydantic import Discriminator, Field, Tag, TypeAdapter, ValidationInfo, fie
 
 from turnout.spec.steps import CanaryStep, Gate, Match, PreviewTest, RampStep
 from turnout.spec.values import Count, CountOrPercent, Strict
+from turnout.spec.webhooks import Webhook
 from turnout.units import Duration
 
 # Strategies: one model per kind, each with only the fields that kind reads, so a field of
@@ -28,6 +29,17 @@ class _Watched(Strict):
         default=None, description="judged throughout the deployment at its interval: the new "
         "revision against the stable one (a feature toggle: the flag's on cohort against its "
         "off cohort); a failure rolls back at once",
+    )
+
+
+class _Hooked(Strict):
+    """Every kind's webhooks; first among a kind's bases, so that they follow its own fields
+    when a spec is written out."""
+
+    webhooks: list[Webhook] = Field(
+        default_factory=list, description="HTTP calls at the deployment's turning points: gates "
+        "before it starts, before each change of traffic and before promotion; after a rollback; "
+        "and every event",
     )
 
 
@@ -87,25 +99,25 @@ class _CanaryParams(_Params):
         return value
 
 
-class BigBang(_Watched):
+class BigBang(_Hooked, _Watched):
     """Big bang: every old instance out, every new one in; downtime by design."""
 
     kind: Literal["big-bang"] = "big-bang"
 
 
-class Rolling(_RollingParams, _Watched):
+class Rolling(_Hooked, _RollingParams, _Watched):
     """Rolling: replace instances in batches of `max_surge + max_unavailable`."""
 
     kind: Literal["rolling"] = "rolling"
 
 
-class BlueGreen(_BlueGreenParams, _Watched):
+class BlueGreen(_Hooked, _BlueGreenParams, _Watched):
     """Blue-green: a full green fleet, tested on the preview address, then one switch."""
 
     kind: Literal["blue-green"] = "blue-green"
 
 
-class Canary(_CanaryParams, _Watched):
+class Canary(_Hooked, _CanaryParams, _Watched):
     """Canary: a growing share of traffic to the new revision, judged by the gate."""
 
     kind: Literal["canary"] = "canary"
@@ -123,7 +135,8 @@ class _ToggleHead(Strict):
     )
 
 
-class FeatureToggle(_CanaryParams, _BlueGreenParams, _RollingParams, _ToggleHead, _Watched):
+class FeatureToggle(_Hooked, _CanaryParams, _BlueGreenParams, _RollingParams, _ToggleHead,
+                    _Watched):
     """Feature toggle: ship the code dark with `ship` (reading that strategy's fields), then
     ramp the flag to users, segments and percentages, pausing with the gate."""
 
