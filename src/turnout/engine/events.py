@@ -37,7 +37,8 @@ class Recorder:
     Events outside a deployment (a restore run on its own) are only shown. A step event sets
     the step the following ones are stored under. Phase changes go through `phase`, which
     updates the deployment and stores a `phase` event (not shown: the events around it say
-    what happened in words).
+    what happened in words). Each of `taps` sees every event stored with a deployment, once
+    stored (the webhooks take theirs there).
     """
 
     def __init__(self, store: Store, emit: Emit) -> None:
@@ -45,6 +46,7 @@ class Recorder:
         self.emit = emit
         self.deployment_id: int | None = None
         self.step = -1
+        self.taps: list[Record] = []
 
     def __call__(self, event: Event) -> None:
         if event.kind == "step" and event.step is not None:
@@ -54,6 +56,8 @@ class Recorder:
         if self.deployment_id is not None:
             self.store.add_event(self.deployment_id, step=self.step, kind=event.kind, message=event.message,
                                  data=event.data)
+            for tap in self.taps:
+                tap(event)
 
     def phase(self, deployment_id: int, phase: str, message: str = "") -> DeploymentRecord:
         """Put the deployment in `phase` (with `message`) and record that."""

@@ -3,12 +3,14 @@
 This module is the run loop and one dispatch over the step types of `turnout.plan`; the work
 lives beside it: `fleet` (the instances that really run, tables, routing), `gates` (pauses
 and analyses judged on live traffic), `rollback` (going back), `flagsteps` (flag changes),
-`control` (abort and promote requests, and waits that give way to them). Every step is safe
-to run twice, because the fleet is re-read from the world before the plan runs: a plan
-interrupted by a SIGKILL resumes at the stored step. A failed step, a failed gate,
-`turnout abort` or Ctrl-C all end in `Rollback.go_back`; a deployment lock lost to another
-control plane (`halt`) ends the run where it stands, as a SIGKILL would, for the new holder
-to carry on. Every event is shown and stored with the deployment (`Recorder`).
+`control` (abort and promote requests, and waits that give way to them), `webhooks` (HTTP
+calls at the deployment's turning points: gates before it starts, before each Route and the
+Promote step, after a rollback, and every event). Every step is safe to run twice, because
+the fleet is re-read from the world before the plan runs: a plan interrupted by a SIGKILL
+resumes at the stored step. A failed step, a failed gate, `turnout abort` or Ctrl-C all end
+in `Rollback.go_back`; a deployment lock lost to another control plane (`halt`) ends the run
+where it stands, as a SIGKILL would, for the new holder to carry on. Every event is shown and
+stored with the deployment (`Recorder`).
 
 The executor does not know which metric source or judge decides a gate: the session passes
 them in (`turnout.wiring.analysis` chooses them).
@@ -30,6 +32,7 @@ from turnout.engine.flagsteps import FlagWriter
 from turnout.engine.fleet import RunningFleet
 from turnout.engine.gates import Gates
 from turnout.engine.rollback import Rollback
+from turnout.engine.webhooks import Webhooks
 from turnout.errors import ConflictError, PlatformError, TurnoutError
 from turnout.flags.store import FlagStore
 from turnout.model import Instance
@@ -74,6 +77,8 @@ class Executor:
         self.gates = Gates(spec=spec, source=source, judge=judge, clock=clock, record=self.record)
         self.rollback = Rollback(spec=spec, store=store, fleet=self.world, flags=self.flag_writer,
                                  record=self.record)
+        self.webhooks = Webhooks(hooks=spec.strategy.webhooks, http=http, clock=clock, store=store,
+                                 record=self.record)
         self._interrupted = asyncio.Event()
         self._halted: str | None = None
 
@@ -110,10 +115,17 @@ class Executor:
 
     async def go_back(self, deployment: DeploymentRecord, phase: str, reason: str) -> DeploymentRecord:
         self.record.deployment_id = deployment.id
+        self.webhooks.begin(deployment, load_plan(deployment.plan))
         try:
-            return await self.rollback.go_back(deployment, phase, reason)
+            return await self._back(deployment, phase, reason)
         finally:
+            await self.webhooks.end()
             self.record.deployment_id = None
+
+    async def _back(self, deployment: DeploymentRecord, phase: str, reason: str) -> DeploymentRecord:
+        done = await self.rollback.go_back(deployment, phase, reason)
+        await self.webhooks.rolled_back(done)
+        return done
 
     # -- running a deployment -----------------------------------------------------
 
@@ -123,9 +135,12 @@ class Executor:
         control = Control(self.store, self.clock, deployment.id, self._interrupted,
                           halted=lambda: self._halted)
         self.record.deployment_id = deployment.id
+        self.webhooks.begin(deployment, plan)
         try:
             try:
                 await self.world.refresh()  # a host lost meanwhile fails the deployment here
+                if (refused := await self.webhooks.pre_rollout(control, deployment)) is not None:
+                    return self._refused(deployment, refused)
                 async with self.gates.throughout(control, self.spec.strategy.analysis,
                                                  *self._watched(deployment)):
                     for index in range(deployment.step, len(plan)):
@@ -138,14 +153,20 @@ class Executor:
             except Halted as exc:
                 raise ConflictError(str(exc)) from None
             except Aborted as exc:
-                return await self.rollback.go_back(deployment, "aborted", str(exc) or "aborted")
+                return await self._back(deployment, "aborted", str(exc) or "aborted")
             except (StepFailed, health.CheckFailed, TurnoutError) as exc:
-                return await self.rollback.go_back(deployment, "failed", str(exc))
+                return await self._back(deployment, "failed", str(exc))
             done = self.record.phase(deployment.id, "succeeded")
             self.record(Event("succeeded", f"{deployment.version} serves all traffic"))
             return done
         finally:
+            await self.webhooks.end()
             self.record.deployment_id = None
+
+    def _refused(self, deployment: DeploymentRecord, reason: str) -> DeploymentRecord:
+        """A pre-rollout webhook refused: the deployment fails before anything changed."""
+        self.record(Event("failed", f"{reason}; nothing was changed"))
+        return self.record.phase(deployment.id, "failed", reason)
 
     def _watched(self, deployment: DeploymentRecord) -> tuple[Subject, Subject | None]:
         """What a background analysis compares: a feature toggle's cohorts, else the new
@@ -165,6 +186,7 @@ class Executor:
             case WaitHealthy():
                 await control.guard(world.wait_healthy(step.revision, step.slots))
             case Route():
+                await self.webhooks.confirm(control, "confirm-rollout")
                 await world.route(step)
             case RunTests():
                 await control.guard(world.run_tests(step))
@@ -177,6 +199,7 @@ class Executor:
             case Stop():
                 await world.stop(world.present(step.revision, step.slots))
             case Promote():
+                await self.webhooks.confirm(control, "confirm-promotion")
                 self.store.set_stable(self.spec.service, step.revision)
                 for instance in world.running.get(step.revision, {}).values():
                     self.store.set_instance_state(instance.id, "ready")  # a warm fleet flipped back
