@@ -347,3 +347,12 @@ async def test_a_call_to_a_closed_port_fails_at_once() -> None:
                                                timeout=5), {})
     assert not attempt.ok and attempt.status is None
     assert attempt.error.startswith("cannot connect") and attempt.seconds < 1
+
+
+async def test_a_body_is_sent_as_plain_json_as_the_store_keeps_events(receiver: Receiver) -> None:
+    async with client(FakePlatform(), receiver) as http:
+        attempt = await call(http, Webhook(when="event", url=f"{HOOKS}/events"),
+                             {"when": "event", "event": {"data": {"p99": float("inf"), "slots": (0, 1)}}})
+    assert attempt.ok
+    sent = receiver.bodies("/events")
+    assert sent == [{"when": "event", "event": {"data": {"p99": "inf", "slots": [0, 1]}}}]

@@ -40,6 +40,7 @@ from turnout.engine.events import Event, Recorder
 from turnout.plan import Step, describe
 from turnout.spec.webhooks import Webhook, When
 from turnout.store.db import DeploymentRecord, Store
+from turnout.store.queries import plain_json
 
 SENT = frozenset({"phase", "step", "gate", "paused", "succeeded", "failed", "rollback"})
 RETRY_PAUSE = 1.0  # seconds between two attempts of a hook with retries
@@ -75,7 +76,7 @@ def shown(url: str) -> str:
 async def call(http: httpx.AsyncClient, hook: Webhook, body: dict[str, Any]) -> Attempt:
     """POST `body` as JSON to `hook`; the whole exchange is bounded by the hook's timeout."""
     started = time.perf_counter()
-    content = json.dumps(body, default=str).encode()
+    content = json.dumps(plain_json(body), allow_nan=False).encode()  # as the store keeps events
     headers = {"content-type": "application/json", "user-agent": USER_AGENT, **hook.headers}
     try:
         async with asyncio.timeout(hook.seconds):
