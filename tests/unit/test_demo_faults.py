@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from turnout.demo.app_answers import Behaviour, DemoApp, Faults, Request
 from turnout.demo.faults import FAULT_NAMES, choose, first_step, overrides, write_spec
 from turnout.demo.faults_cli import Deployed
-from turnout.demo.faults_report import judge_run, met, short, what_turnout_did
+from turnout.demo.faults_report import judge_run, met, short, table, what_turnout_did
 from turnout.demo.load_summary import Sample
 from turnout.specfile import load_spec
 
@@ -167,3 +169,14 @@ def test_only_a_rollback_that_brought_the_previous_version_back_leaves_a_clean_f
     assert not deployed(3, dark).restored and not deployed(0).restored
     reason = "instance v2-ab-0 not healthy after 2s: http://127.0.0.1:3/healthz answered 500\n  log: x"
     assert short(reason) == "an instance not healthy after 2s: /healthz answered 500"
+
+
+def test_the_table_shows_every_row_and_why_it_ended_so() -> None:
+    run = deployed(0, {"at": 101.0, "kind": "gate", "message": "Successful: 200 requests, p99 <= 400 ms"})
+    row = judge_run("latency", "+300 ms", "canary", run, [sample("u1", version="v2", took=0.5)],
+                    faulty={"v2"}, slow_s=0.2, ended=20.0, first_share=0.1, first_users=25)
+    console = Console(width=160, record=True, file=io.StringIO())
+    console.print(table([row]))
+    text = console.export_text()
+    assert "+300 ms" in text and "NOT rolled back" in text and "10.0% = 25 users" in text
+    assert "+300 ms with canary: Successful: 200 requests, p99 <= 400 ms" in text

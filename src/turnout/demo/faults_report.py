@@ -5,7 +5,8 @@ samples) into a `FaultRow`. A request met the fault when it failed (no answer, a
 a 5xx from whichever version or the router) or, for a fault that slows answers, when the
 faulty code answered it slower than the fault's threshold; the users who met it are the
 distinct user keys of those requests. Plain values and pure functions, so the judging is
-tested on hand-made samples; `table` draws the rows for a terminal.
+tested on hand-made samples; `table` draws the rows for a terminal, with why each run
+ended as it did below them.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
+from rich.console import Group
 from rich.table import Table
+from rich.text import Text
 
 from turnout.demo.faults_cli import Deployed
 from turnout.demo.load_summary import Sample
@@ -80,7 +83,7 @@ def _reason(deployed: Deployed) -> str:
         return gates[-1]
     if deployed.code != 0:
         return message or deployed.tail(2)
-    return gates[-1] if gates else "no gate watched its traffic: only health checks and tests"
+    return gates[-1] if gates else "no gate watched its traffic, only health checks and tests"
 
 
 def _kind(sample: Sample) -> str:
@@ -110,17 +113,19 @@ def judge_run(
     )
 
 
-def table(rows: Iterable[FaultRow]) -> Table:
+def table(rows: Iterable[FaultRow]) -> Group:
+    """The rows as a table, then why each run ended as it did, one line each."""
+    rows = list(rows)
     out = Table("fault", "strategy", "exit", "turnout did", "rollback at", "users met", "requests met",
-                "first step", "users met after", "why")
+                "first step", "users met after end")
     for row in rows:
         share = "-" if row.first_share is None else f"{row.first_share:.1%} = {row.first_users} users"
         code = "-" if row.exit_code is None else str(row.exit_code)
         back = "-" if row.rollback_s is None else f"{row.rollback_s:.1f}s"
         out.add_row(row.title, row.strategy, code, row.did, back, str(row.users_met),
-                    f"{row.requests_met} of {row.requests}", share, str(row.users_met_after),
-                    short(row.reason))
-    return out
+                    f"{row.requests_met} of {row.requests}", share, str(row.users_met_after))
+    why = [Text(f"{row.title} with {row.strategy}: {short(row.reason)}") for row in rows]
+    return Group(out, Text("why:"), *why)
 
 
 def short(reason: str) -> str:
