@@ -15,6 +15,7 @@ import random
 import statistics
 from bisect import bisect_left
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import pytest
 
@@ -111,14 +112,62 @@ def test_the_bound_holds_at_every_look_of_a_random_walk() -> None:
     assert crossed <= alpha * walks, crossed  # 8 here; 25 at twice the alpha
 
 
-def test_two_more_points_of_errors_fail_within_30_seconds() -> None:
+def test_two_more_points_of_errors_fail_within_30_seconds_at_a_one_point_tolerance() -> None:
+    # 3% against 1%, `max_error_rate_increase: 1%`: failed once shown worse than the baseline
+    # and likely past the point, long before the excess past the point could be shown.
     times = []
     for seed in range(15):
-        decisions = watch(100 + seed, Side(50, error_rate=0.03), Side(450, subject="v1"), STRICT, 90)
+        decisions = watch(100 + seed, Side(50, error_rate=0.03), Side(450, subject="v1"), LOOSE, 90)
         times.append(first(decisions, Verdict.FAILED) or math.inf)
         assert decisions[-1].evidence["decided_by"] == "error_rate_increase"
+        rules = decisions[-1].evidence["rules"]
+        assert isinstance(rules, dict)
+        errors = rules["error_rate_increase"]
+        assert errors["condition"] == "shown worse than the baseline and likely past the tolerance"
+        assert 0 < errors["lower"] < 0.01 < errors["likely_at_least"] < errors["estimate"], errors
     assert statistics.median(times) <= 30, times
     assert max(times) <= 60, times
+
+
+def test_a_canary_at_its_tolerance_is_rarely_failed_and_one_within_it_is_promoted() -> None:
+    # Exactly one point worse, tolerance one point: "likely past it" is crossed at most half
+    # the time, ever; here 7 of 40 in 5 minutes. The estimate alone, past the point half the
+    # time, would fail 32 of these 40; "shown worse" alone would fail them all.
+    failed = [seed for seed in range(40) if first(watch(
+        1100 + seed, Side(50, error_rate=0.02), Side(450, subject="v1"), LOOSE, 300), Verdict.FAILED)]
+    assert len(failed) <= 12, failed
+    for seed in range(10):  # half a point worse: shown within the point, never failed
+        decisions = watch(1200 + seed, Side(50, error_rate=0.015), Side(450, subject="v1"), LOOSE, 600)
+        assert first(decisions, Verdict.FAILED) is None
+        assert first(decisions, Verdict.SUCCESSFUL) is not None, decisions[-1].reason
+
+
+def _errors(canary: tuple[int, int], baseline: tuple[int, int],
+            judge: SequentialJudge = JUDGE) -> dict[str, Any]:
+    """The error rate comparison's evidence for these (failures, requests), tolerance one point."""
+    sides = [Window(RevisionSubject(revision=name), Counters(requests=n, responses_5xx=f), 60.0)
+             for name, (f, n) in (("v2", canary), ("v1", baseline))]
+    rules = judge.judge(sides[0], sides[1], replace(LOOSE, max_p99_increase=None)).evidence["rules"]
+    assert isinstance(rules, dict)
+    return dict(rules["error_rate_increase"])
+
+
+def test_a_comparison_fails_only_when_shown_worse_and_likely_past_the_tolerance() -> None:
+    baseline = (1800, 180_000)  # 1%, beside 20,000 canary requests: a bound of about 0.4 points
+    both = _errors((500, 20_000), baseline)  # 2.5%
+    assert (both["state"], both["condition"]) == (
+        "failed", "shown worse than the baseline and likely past the tolerance")
+    near = _errors((420, 20_000), baseline)  # 2.1%: shown worse, its estimate past the point
+    assert near["lower"] > 0 and near["likely_at_least"] <= 0.01 < near["estimate"], near
+    assert (near["state"], near["condition"]) == (
+        "pending", "shown worse than the baseline, not likely past the tolerance")
+    assert _errors((420, 20_000), baseline, SequentialJudge(likely_level=None))["state"] == "failed"
+    thin = _errors((12, 300), (27, 2700))  # 4% against 1%, on 300 requests: not yet shown worse
+    assert thin["lower"] <= 0 < 0.01 < thin["likely_at_least"], thin
+    assert (thin["state"], thin["condition"]) == (
+        "pending", "likely past the tolerance, not yet shown worse than the baseline")
+    within = _errors((300, 20_000), baseline)  # 1.5%: shown within the point
+    assert (within["state"], within["condition"]) == ("within", "shown within the tolerance")
 
 
 def test_fifty_ms_slower_fails_within_60_seconds() -> None:
@@ -189,6 +238,9 @@ def test_evidence_is_json_and_holds_what_a_human_needs() -> None:
     assert errors["canary"] == [canary.failures, 2000] and errors["baseline"][1] == 18000
     assert errors["lower"] < errors["estimate"] < errors["upper"]
     assert errors["tolerance"] == 0.01 and errors["alpha"] == pytest.approx(0.01 / 3, abs=1e-6)
+    assert errors["lower"] < errors["likely_at_least"] < errors["estimate"]
+    assert errors["likely_level"] == 0.5 and errors["condition"] in errors["says"]
+    assert rules["p99_increase"]["likely_level"] == pytest.approx(0.5 / len(LATENCY_BOUNDS), abs=1e-6)
 
 
 def test_alpha_is_split_over_the_rules_that_are_on() -> None:
@@ -218,6 +270,8 @@ def test_bad_criteria_are_an_error_not_an_exception() -> None:
     assert decision.verdict is Verdict.ERROR and "alpha" in decision.reason
     decision = JUDGE.judge(canary, None, replace(LOOSE, max_p99_increase=-0.01))
     assert decision.verdict is Verdict.ERROR and "max_p99_increase" in decision.reason
+    with pytest.raises(ValueError, match="likely_level"):
+        SequentialJudge(likely_level=1.0)
 
 
 def test_the_threshold_judge_takes_criteria_of_the_old_shape() -> None:
