@@ -5,13 +5,17 @@ Every judge watches the same simulated canaries, drawn request by request in sim
 each failing with probability 1%, answered in a log-normal time around 20 ms (sigma 0.5,
 p99 about 64 ms), counted in the router's histogram (`LATENCY_BOUNDS`). A canary lasts
 10 minutes. Three kinds of canary: A/A (the canary is the baseline), +2 points of errors
-(3%), and +50 ms on every canary answer.
+(3%), and +50 ms on every canary answer. Three more within turnout's tolerances of 1 point
+and 25 ms, to count how often each judge rolls back a canary it was told to accept: +0.5
+and +1 point of errors, +25 ms.
 
 The judges:
 - turnout: `SequentialJudge`, asked every second about the windows since the start, as the
   engine asks at a 1 s gate interval; the first Failed rolls back. A good canary is
   promoted when the judge says Successful at the end (else it holds for a human). One row
-  per setting of its tolerances, guardrails at 5% errors and 500 ms, a 2-minute soak.
+  per setting of its tolerances, guardrails at 5% errors and 500 ms, a 2-minute soak; and
+  one with the point estimate where the judge has its bound at level 1/2 (a comparison
+  fails once the canary is shown worse and its estimate is past the tolerance).
 - Flagger-style: every 60 s, fixed thresholds on the last minute (Flagger's `interval: 1m`):
   error rate over 2% (one point above the baseline's), or a p99 over 100 ms by Prometheus'
   `histogram_quantile` (interpolated in its bucket); 5 failed checks roll back
@@ -43,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from turnout.analysis.judge import Criteria, Verdict, Window
-from turnout.analysis.sequential import SequentialJudge
+from turnout.analysis.sequential import LIKELY_LEVEL, SequentialJudge
 from turnout.plan import RevisionSubject
 from turnout.routers.base import LATENCY_BOUNDS, Counters
 
@@ -55,12 +59,17 @@ CANARY_RPS, BASELINE_RPS = 50, 450
 BASE_ERRORS, MEDIAN, SIGMA = 0.01, 0.020, 0.5
 SCENARIOS: dict[str, tuple[float, float]] = {  # canary's error rate, latency shift
     "A/A": (BASE_ERRORS, 0.0), "+2 pp errors": (BASE_ERRORS + 0.02, 0.0), "+50 ms": (BASE_ERRORS, 0.05),
+    "+0.5 pp errors": (BASE_ERRORS + 0.005, 0.0), "+1 pp errors": (BASE_ERRORS + 0.01, 0.0),
+    "+25 ms": (BASE_ERRORS, 0.025),
 }
+WITHIN = ("+0.5 pp errors", "+1 pp errors", "+25 ms")  # within turnout's 1 pp / +25 ms
 GUARDRAILS = {"max_error_rate": 0.05, "max_p99": 0.5, "min_requests": 20, "min_soak": 120.0}
-TURNOUT = {  # row name: (max_error_rate_increase, max_p99_increase)
-    "turnout, 1 pp / +25 ms": (0.01, 0.025),
-    "turnout, 0.25 pp / +25 ms": (0.0025, 0.025),
-    "turnout, 0 pp / +0 ms": (0.0, 0.0),
+TURNOUT: dict[str, tuple[float, float, float | None]] = {
+    # row name: (max_error_rate_increase, max_p99_increase, the judge's likely_level)
+    "turnout, 1 pp / +25 ms": (0.01, 0.025, LIKELY_LEVEL),
+    "turnout, 1 pp / +25 ms, point estimate": (0.01, 0.025, None),
+    "turnout, 0.25 pp / +25 ms": (0.0025, 0.025, LIKELY_LEVEL),
+    "turnout, 0 pp / +0 ms": (0.0, 0.0, LIKELY_LEVEL),
 }
 
 
@@ -149,8 +158,8 @@ def mann_whitney(canary: list[float], baseline: list[float]) -> tuple[float, flo
 class Turnout:
     interval = 1
 
-    def __init__(self, name: str, increase: float, p99_increase: float) -> None:
-        self.name, self.judge = name, SequentialJudge()
+    def __init__(self, name: str, increase: float, p99_increase: float, level: float | None) -> None:
+        self.name, self.judge = name, SequentialJudge(likely_level=level)
         self.criteria = Criteria(GUARDRAILS["max_error_rate"], GUARDRAILS["max_p99"],
                                  int(GUARDRAILS["min_requests"]), max_error_rate_increase=increase,
                                  max_p99_increase=p99_increase, min_soak=GUARDRAILS["min_soak"])
@@ -245,8 +254,17 @@ def summarise(outcomes: dict[str, list[dict[str, dict[str, Any]]]]) -> list[dict
             row[f"{key}_median_s"] = _median([math.inf if t is None else t for t in times])
             row[f"{key}_found"] = sum(t is not None for t in times)
             row[f"{key}_runs"] = len(times)
+        row["within"] = {scenario: _within(name, outcomes[scenario]) for scenario in WITHIN
+                         if scenario in outcomes}
         rows.append(row)
     return rows
+
+
+def _within(name: str, runs: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """A canary within the tolerances: how many `name` rolled back (and when), how many it promoted."""
+    times = [run[name]["rollback"] for run in runs if run[name]["rollback"] is not None]
+    return {"runs": len(runs), "rolled_back": len(times), "median_rollback_s": _median(times),
+            "promoted": sum(run[name]["promoted"] for run in runs)}
 
 
 def _seconds(value: float | None) -> str:
@@ -270,7 +288,25 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{r['promoted'] / n:.0%} ({_passed(r)}) | {_seconds(r['errors_median_s'])} "
             f"({r['errors_found']}/{r['errors_runs']}) | {_seconds(r['latency_median_s'])} "
             f"({r['latency_found']}/{r['latency_runs']}) |")
-    return "\n".join(lines)
+    return "\n".join(lines + _within_table(rows))
+
+
+def _rolled(w: dict[str, Any]) -> str:
+    share = f"{w['rolled_back']}/{w['runs']} ({w['rolled_back'] / w['runs']:.1%}"
+    return share + (f", median {w['median_rollback_s']:.0f} s)" if w["rolled_back"] else ")")
+
+
+def _within_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Canaries within turnout's 1 pp / +25 ms: rolled back (median time), promoted."""
+    scenarios = list(rows[0]["within"])
+    if not scenarios:
+        return []
+    lines = ["", "| judge | " + " | ".join(f"{s}: rolled back | {s}: promoted" for s in scenarios) + " |",
+             "|---|" + "---|---|" * len(scenarios)]
+    for r in rows:
+        cells = [f"{_rolled(w)} | {w['promoted'] / w['runs']:.0%}" for w in r["within"].values()]
+        lines.append(f"| {r['judge']} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def main() -> None:
