@@ -464,7 +464,7 @@ async def test_failed_analysis_rolls_back(world: World) -> None:
 
 
 COMPARED = {"max_error_rate_increase": "1%", "max_p99_increase": "50ms", "interval": "1s",
-            "min_requests": 50}
+            "min_requests": 50, "max_error_rate": "5%"}
 
 
 async def test_a_background_analysis_rolls_back_a_canary_worse_than_its_baseline(world: World) -> None:
@@ -495,6 +495,20 @@ async def test_a_background_analysis_lets_an_equal_canary_through_and_records_it
     decisions = [e for e in world.events if e.kind == "gate"]
     assert decisions[-1].data["subject"] == world.rev("v2")
     assert decisions[-1].data["evidence"]["compared"] is True
+
+
+async def test_a_deployment_waits_for_its_background_analysis_to_pass(world: World) -> None:
+    await first_release(world)
+    record = await world.create("v2", kind="rolling", analysis=COMPARED)  # no pause to wait in
+    task = world.start(record)
+    await until(phase_is(world, record.id, "paused"), "the rolling deployment waits at its end")
+    held = world.store.deployment(record.id)
+    assert held is not None and held.message.startswith("waiting for the analysis to pass")
+    assert not task.done()
+    for version in ("v1", "v2"):  # traffic comes: v1 still serves while v2's fleet is whole
+        world.router.flow(world.rev(version), traffic(300))
+    done = await finish(task)
+    assert done.phase == "succeeded", done.message
 
 
 async def test_a_gate_comparing_with_the_baseline_uses_the_sequential_judge(world: World) -> None:

@@ -142,13 +142,14 @@ class Executor:
                 if (refused := await self.webhooks.pre_rollout(control, deployment)) is not None:
                     return self._refused(deployment, refused)
                 async with self.gates.throughout(control, self.spec.strategy.analysis,
-                                                 *self._watched(deployment)):
+                                                 *self._watched(deployment)) as watching:
                     for index in range(deployment.step, len(plan)):
                         step = plan[index]
                         control.check()
                         self.record(Event("step", describe(step), step=index + 1, total=len(plan)))
                         await self._run_step(control, deployment, step)
                         self.store.update_deployment(deployment.id, step=index + 1, phase="progressing")
+                    await self.gates.settle(control, deployment.id, watching)
                     control.check()  # a background analysis that failed during the last step
             except Halted as exc:
                 raise ConflictError(str(exc)) from None

@@ -131,23 +131,40 @@ class Gates:
 
     @contextlib.asynccontextmanager
     async def throughout(self, control: Control, settings: Gate | None, watch: Subject,
-                         baseline: Subject | None) -> AsyncIterator[None]:
-        """The strategy's `analysis`, judged at its interval while the body runs. A Failed
-        decision is recorded and fails the deployment at its next check (`Control.fail`);
-        the last decision is recorded when the body ends."""
+                         baseline: Subject | None) -> AsyncIterator[Watching | None]:
+        """The strategy's `analysis`, judged at its interval while the body runs (which gets
+        it, for `settle`). A Failed decision is recorded and fails the deployment at its next
+        check (`Control.fail`); the last decision is recorded when the body ends."""
         if settings is None:
-            yield
+            yield None
             return
         watching = Watching(settings, watch, baseline, await self._reading(watch, baseline))
         task = asyncio.create_task(self._throughout(control, watching))
         try:
-            yield
+            yield watching
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if watching.last is not None and not watching.last.failed:
             self._report(watch, baseline, watching.last)
+
+    async def settle(self, control: Control, deployment_id: int, w: Watching | None) -> None:
+        """A deployment succeeds only once its background analysis passed: until it says
+        Successful, the deployment is held (phase `paused`) and still watched; a Failed
+        decision fails it (through `control`), `turnout promote` accepts it as it is."""
+        if w is None or (w.last is not None and w.last.passed):
+            return
+        why = w.last.reason if w.last is not None else "no decision yet"
+        self.record.phase(deployment_id, "paused", f"waiting for the analysis to pass: {why}")
+        self.record(Event("paused", f"waiting for the analysis to pass ({why}): it goes on by "
+                                    "itself once it passes; `turnout promote` accepts it, "
+                                    "`turnout abort` goes back"))
+        while w.last is None or not w.last.passed:
+            if await control.wait(w.settings.interval, promote_ends=True):
+                self.record(Event("info", "promoted before the analysis passed"))
+                break
+        self.record.phase(deployment_id, "progressing")
 
     async def _throughout(self, control: Control, w: Watching) -> None:
         criteria, silence = Criteria.of(w.settings), Silence(w.settings.max_silent_intervals)
