@@ -499,9 +499,12 @@ async def test_a_background_analysis_lets_an_equal_canary_through_and_records_it
 
 async def test_a_deployment_waits_for_its_background_analysis_to_pass(world: World) -> None:
     await first_release(world)
-    record = await world.create("v2", kind="rolling", analysis=COMPARED)  # no pause to wait in
-    task = world.start(record)
-    await until(phase_is(world, record.id, "paused"), "the rolling deployment waits at its end")
+    record = await world.create("v2", kind="rolling", analysis={**COMPARED, "max_wait": "30s"})
+    task = world.start(record)  # a rolling deployment: no pause to wait in
+    await until(lambda: any("waiting up to 30s" in e.message for e in world.events), "it waits")
+    began = world.clock.now()
+    await until(phase_is(world, record.id, "paused"), "after 30 s it is held for a human")
+    assert world.clock.now() - began >= 25  # not at once: it waited (the clock ran meanwhile)
     held = world.store.deployment(record.id)
     assert held is not None and held.message.startswith("waiting for the analysis to pass")
     assert not task.done()

@@ -9,8 +9,10 @@ toggle the fault sits behind the flag (`DEMO_FEATURE_*`) where it can: a process
 cannot start or never gets healthy fails before any flag is read.
 
 The settings are chosen so that every run ends in seconds: a short health deadline, a
-gate that looks every half second, a router that gives up on a silent instance after a
-second (so a hang shows as 504s), short drains. A deployment that a gate holds for a human
+gate that looks every half second with a 2% error rate and a 250 ms p99 as limits, the same
+limits judged throughout every deployment (`strategy.analysis`, which a deployment must
+pass before it succeeds), a router that gives up on a silent instance after a second (so a
+hang shows as 504s), short drains. A deployment that a gate holds for a human
 (Inconclusive at the end of a pause) is aborted by the demo at once and shown as held;
 every deployment and every load is bounded in time. Before the next run, a version that
 was left serving with a fault (or, for the toggle, its dark code) is replaced by a clean
@@ -68,17 +70,21 @@ FAULTS = (
 FAULT_NAMES = tuple(f.name for f in FAULTS)
 
 NAMED = [f"u{i}" for i in range(1, 6)]  # the toggle's first ramp step
-GATE = {"interval": "500ms", "min_requests": 10}
+GATE = {"interval": "500ms", "min_requests": 10, "max_error_rate": "2%", "max_p99": "250ms"}
+# Judged throughout every deployment, as the SLO: a strategy without pauses (big bang,
+# rolling, blue-green) has no other look at live traffic, and succeeds only once it passed.
+ANALYSIS = {**GATE, "min_requests": 20}
 STRATEGIES: dict[str, dict[str, object]] = {
-    "big-bang": {"kind": "big-bang"},
-    "rolling": {"kind": "rolling", "max_surge": 1, "max_unavailable": 0},
+    "big-bang": {"kind": "big-bang", "analysis": ANALYSIS},
+    "rolling": {"kind": "rolling", "max_surge": 1, "max_unavailable": 0, "analysis": ANALYSIS},
     # A smoke test of the main path on the green fleet, as a user would write one.
-    "blue-green": {"kind": "blue-green", "tests": [{"http": "/"}], "rollback_window": "1s"},
+    "blue-green": {"kind": "blue-green", "tests": [{"http": "/"}], "rollback_window": "1s",
+                   "analysis": ANALYSIS},
     "canary": {"kind": "canary", "steps": [{"weight": 10}, {"pause": "3s"}, {"weight": 50}, {"pause": "2s"}],
-               "gate": GATE},
+               "gate": GATE, "analysis": ANALYSIS},
     "feature-toggle": {"kind": "feature-toggle", "flag": FLAG, "ship": "rolling",
                        "ramp": [{"users": NAMED}, {"pause": "3s"}, {"percent": 20}, {"pause": "2s"}],
-                       "gate": {**GATE, "min_requests": 5}},
+                       "gate": {**GATE, "min_requests": 5}, "analysis": {**ANALYSIS, "min_requests": 5}},
 }
 LOAD_USERS = [f"u{i}" for i in range(USERS)]  # the user keys the load sends
 

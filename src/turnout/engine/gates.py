@@ -23,7 +23,7 @@ from turnout.engine.control import Control, StepFailed
 from turnout.engine.events import Event, Recorder
 from turnout.errors import AnalysisError, TurnoutError
 from turnout.plan import Analyse, Pause, Subject, describe_subject
-from turnout.spec import Gate, Spec
+from turnout.spec import Background, Gate, Spec
 
 
 @dataclass
@@ -48,7 +48,7 @@ class Silence:
 class Watching:
     """A background analysis: its settings, subjects, first reading and last decision."""
 
-    settings: Gate
+    settings: Background
     watch: Subject
     baseline: Subject | None
     start: Reading
@@ -130,7 +130,7 @@ class Gates:
             self.record.phase(deployment_id, "progressing")
 
     @contextlib.asynccontextmanager
-    async def throughout(self, control: Control, settings: Gate | None, watch: Subject,
+    async def throughout(self, control: Control, settings: Background | None, watch: Subject,
                          baseline: Subject | None) -> AsyncIterator[Watching | None]:
         """The strategy's `analysis`, judged at its interval while the body runs (which gets
         it, for `settle`). A Failed decision is recorded and fails the deployment at its next
@@ -155,16 +155,22 @@ class Gates:
         decision fails it (through `control`), `turnout promote` accepts it as it is."""
         if w is None or (w.last is not None and w.last.passed):
             return
-        why = w.last.reason if w.last is not None else "no decision yet"
-        self.record.phase(deployment_id, "paused", f"waiting for the analysis to pass: {why}")
-        self.record(Event("paused", f"waiting for the analysis to pass ({why}): it goes on by "
-                                    "itself once it passes; `turnout promote` accepts it, "
-                                    "`turnout abort` goes back"))
+        self.record(Event("info", f"waiting up to {w.settings.max_wait:g}s for the analysis to pass"))
+        held_at = self.clock.now() + w.settings.max_wait
+        held = False
         while w.last is None or not w.last.passed:
+            if not held and self.clock.now() >= held_at:
+                why = w.last.reason if w.last is not None else "no decision yet"
+                self.record.phase(deployment_id, "paused", f"waiting for the analysis to pass: {why}")
+                self.record(Event("paused", f"the analysis has not passed ({why}): it goes on by "
+                                            "itself once it does; `turnout promote` accepts it, "
+                                            "`turnout abort` goes back"))
+                held = True
             if await control.wait(w.settings.interval, promote_ends=True):
                 self.record(Event("info", "promoted before the analysis passed"))
                 break
-        self.record.phase(deployment_id, "progressing")
+        if held:
+            self.record.phase(deployment_id, "progressing")
 
     async def _throughout(self, control: Control, w: Watching) -> None:
         criteria, silence = Criteria.of(w.settings), Silence(w.settings.max_silent_intervals)

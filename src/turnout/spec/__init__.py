@@ -32,6 +32,7 @@ from turnout.spec.routing import (
 from turnout.spec.run import INHERIT_ENV, Health, PlatformChoice, PlatformField, Run
 from turnout.spec.steps import (
     Analysis,
+    Background,
     CanaryStep,
     CommandTest,
     Gate,
@@ -60,6 +61,7 @@ __all__ = [
     "INHERIT_ENV",
     "STRATEGIES",
     "Analysis",
+    "Background",
     "BigBang",
     "BlueGreen",
     "BufferSize",

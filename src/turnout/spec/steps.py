@@ -76,6 +76,16 @@ class Gate(Strict):
         return self
 
 
+class Background(Gate):
+    """`strategy.analysis`: a gate judged throughout the deployment, which it must pass to
+    succeed."""
+
+    max_wait: Duration = Field(
+        default=60.0, description="at the end: how long to wait for it to pass before the "
+        "deployment is held for a human (it still passes by itself later)",
+    )
+
+
 class Analysis(Strict):
     """A canary step that watches the new revision for a while; unset limits come from the gate."""
 

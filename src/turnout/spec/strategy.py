@@ -12,7 +12,7 @@ from typing import Annotated, Literal, get_args
 
 from pydantic import Discriminator, Field, Tag, TypeAdapter, ValidationInfo, field_validator
 
-from turnout.spec.steps import CanaryStep, Gate, Match, PreviewTest, RampStep
+from turnout.spec.steps import Background, CanaryStep, Gate, Match, PreviewTest, RampStep
 from turnout.spec.values import Count, CountOrPercent, Strict
 from turnout.spec.webhooks import Webhook
 from turnout.units import Duration
@@ -25,7 +25,7 @@ from turnout.units import Duration
 
 
 class _Watched(Strict):
-    analysis: Gate | None = Field(
+    analysis: Background | None = Field(
         default=None, description="judged throughout the deployment at its interval: the new "
         "revision against the stable one (a feature toggle: the flag's on cohort against its "
         "off cohort); a failure rolls back at once",
