@@ -786,3 +786,86 @@ async def test_a_host_lost_before_a_deployment_refuses_it_naming_the_host(world:
     world.platform.lost_hosts.add("127.0.0.2")
     with pytest.raises(PlatformError, match=r"127\.0\.0\.2 .*max_unavailable_hosts is 0"):
         await world.executor().refresh()
+
+
+# -- instances that die between steps (found by `turnout demo --faults`) --------------------
+
+def crash_all(w: World, version: str) -> list[str]:
+    """Every live instance of `version` dies; their ids."""
+    dead = [i for i in w.platform.live() if i.version == version]
+    for instance in dead:
+        w.platform.crash(instance)
+    assert dead
+    return [i.id for i in dead]
+
+
+def executor_seeing(w: World, hook: Callable[[Event], None]) -> Executor:
+    """An executor whose every event is also passed to `hook` (after the world's own)."""
+    def emit(event: Event) -> None:
+        w.emit(event)
+        hook(event)
+    return Executor(spec=w.spec, store=w.store, platform=w.platform, router=w.router, clock=w.clock,
+                    emit=emit, http=w.http, source=RouterCounters(w.router), judge=ComparingJudge(),
+                    flags=w.flags)
+
+
+def routed_addresses(w: World) -> set[str]:
+    return {b.address for p in w.router.tables[-1].pools if p.weight for b in p.backends}
+
+
+async def test_a_canary_whose_instances_died_is_rolled_back_not_promoted(world: World) -> None:
+    await first_release(world)
+    record = await world.create("v2", **CANARY_HOLD)
+    task = world.start(record)
+    await until(phase_is(world, record.id, "paused"), "the canary pauses")
+    dead = crash_all(world, "v2")  # both canary instances, during the pause
+    world.store.request(record.id, "promote")
+    done = await finish(task)
+    assert done.phase == "failed", done.message
+    assert "no longer run before the traffic change" in done.message
+    assert all(name in done.message for name in dead)
+    assert "exited with status 1" in done.message  # the end of one's log
+    assert all(t.share(world.rev("v2")) < 100 for t in world.router.tables)  # never all traffic
+    assert world.store.stable("shop") == world.rev("v1")
+    assert world.router.shares() == {"v1": 100.0}
+    assert world.running("v2") == [] and world.running("v1") == [0, 1, 2]
+
+
+async def test_a_fleet_that_dies_once_switched_to_is_not_promoted(world: World) -> None:
+    await first_release(world)
+    record = await world.create("v2", kind="blue-green", rollback_window="2m")
+    dead: list[str] = []
+
+    def crash_on_switch(event: Event) -> None:
+        if event.kind == "traffic" and event.data["shares"] == {"v2": 100.0}:
+            dead.extend(crash_all(world, "v2"))  # between the switch and the Promote step
+
+    done = await executor_seeing(world, crash_on_switch).run(record)
+    assert dead and done.phase == "failed", done.message
+    assert "no longer run before the promotion" in done.message
+    assert all(name in done.message for name in dead)
+    assert world.store.stable("shop") == world.rev("v1")
+    assert world.router.shares() == {"v1": 100.0}
+    assert world.platform.starts("v1") == 3  # blue was warm: a table flip back
+
+
+async def test_a_dead_instance_of_the_stable_fleet_is_left_out_of_the_next_table(world: World) -> None:
+    await first_release(world)
+    record = await world.create("v2", kind="canary",
+                                steps=[{"weight": 34}, {"pause": "forever"}, {"weight": 67}])
+    task = world.start(record)
+    await until(phase_is(world, record.id, "paused"), "the canary pauses")
+    old = next(i for i in world.platform.live() if i.version == "v1" and i.slot == 1)
+    world.platform.crash(old)
+    applied = len(world.router.tables)
+    world.store.request(record.id, "promote")
+    done = await finish(task)
+    assert done.phase == "succeeded", done.message  # not the canary's fault: it goes on
+    at_67 = world.router.tables[applied]
+    assert at_67.weights() == {world.rev("v2"): 67, world.rev("v1"): 33}
+    stable = at_67.pool(world.rev("v1"))
+    assert stable is not None and [b.id for b in stable.backends] == [
+        f"{world.rev('v1')}-0", f"{world.rev('v1')}-2"]
+    warnings = [e.message for e in world.events if e.kind == "warning" and old.id in e.message]
+    assert warnings == [f"{old.id} no longer run: left out of the table"]
+

@@ -188,7 +188,7 @@ class Executor:
                 await control.guard(world.wait_healthy(step.revision, step.slots))
             case Route():
                 await self.webhooks.confirm(control, "confirm-rollout")
-                await world.route(step)
+                await world.route(step, target=deployment.target_revision)  # what runs, read again
             case RunTests():
                 await control.guard(world.run_tests(step))
             case Pause():
@@ -201,6 +201,7 @@ class Executor:
                 await world.stop(world.present(step.revision, step.slots))
             case Promote():
                 await self.webhooks.confirm(control, "confirm-promotion")
+                await world.promotable(step.revision)  # its fleet still runs, read again
                 self.store.set_stable(self.spec.service, step.revision)
                 for instance in world.running.get(step.revision, {}).values():
                     self.store.set_instance_state(instance.id, "ready")  # a warm fleet flipped back

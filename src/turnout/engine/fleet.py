@@ -5,10 +5,18 @@ run (re-read from the store and the platform by `refresh`, so a resumed plan act
 world, not on memory) and does the work of the steps that start, check, route to, drain
 and stop them. A routing table is built here from a `Route` step and the instances that
 run, with the spec's limits and timeouts, and applied through the `Router` seam.
+
+Instances die between steps (a crash after some requests), and health is checked only
+when they start: so before a deployment's `Route` and before its `Promote`, what runs is
+read again (`refresh`, one listing of the platform for the whole fleet, never a call per
+instance). Instances of the deployment's target the step needs that are gone fail it,
+named, with the end of one's log; gone instances of another revision are left out of the
+table with a warning (a weighted pool left with none fails the step too).
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import httpx
@@ -37,6 +45,8 @@ class RunningFleet:
         self.running: dict[str, dict[int, Instance]] = {}
         self.lost: dict[str, str] = {}  # unreachable host -> why
         self.excused: set[tuple[str, int]] = set()  # (revision, slot) that stays empty: host lost
+        self.gone: dict[tuple[str, int], Instance] = {}  # (revision, slot) -> the instance found gone
+        self.left_out: set[str] = set()  # gone instances already warned about when routing
         self.lenient = False  # going back: carry on without lost hosts whatever the spec allows
 
     # --- lost hosts
@@ -74,6 +84,7 @@ class RunningFleet:
                 self.excused.add((record.instance.revision, record.instance.slot))  # kept: it may be back
             elif instance is None:
                 self.store.remove_instance(record.instance.id)
+                self.gone[(record.instance.revision, record.instance.slot)] = record.instance
             else:
                 self.running.setdefault(instance.revision, {})[instance.slot] = record.instance
         for instance in found.values():
@@ -90,14 +101,41 @@ class RunningFleet:
     def slots(self, revision: str) -> tuple[int, ...]:
         return tuple(sorted(self.running.get(revision, {})))
 
+    def missing(self, revision: str, slots: tuple[int, ...]) -> list[int]:
+        """The slots that do not run, leaving out those whose host was lost (see `lose`)."""
+        running = self.running.get(revision, {})
+        return [slot for slot in slots if slot not in running and (revision, slot) not in self.excused]
+
     def exactly(self, revision: str, slots: tuple[int, ...]) -> list[Instance]:
         """The instances of these slots; StepFailed if one does not run, unless its host was
         lost and that is allowed (see `lose`): then it is left out."""
+        if missing := self.missing(revision, slots):
+            raise StepFailed(f"{revision} slots {missing} are not running{self._named(revision, missing)}")
         running = self.running.get(revision, {})
-        missing = [slot for slot in slots if slot not in running and (revision, slot) not in self.excused]
-        if missing:
-            raise StepFailed(f"{revision} slots {missing} are not running")
         return [running[slot] for slot in slots if slot in running]
+
+    def _named(self, revision: str, slots: list[int]) -> str:
+        gone = [self.gone[(revision, s)] for s in slots if (revision, s) in self.gone]
+        return (": " + ", ".join(f"{i.id} (pid {i.pid}) is gone" for i in gone)) if gone else ""
+
+    async def still_running(self, revision: str, slots: tuple[int, ...], when: str) -> None:
+        """StepFailed, naming them with the end of one's log, if instances of these slots are
+        gone as of the last `refresh` (`when` says what the step was about to do)."""
+        if not (missing := self.missing(revision, slots)):
+            return
+        gone = [self.gone[(revision, s)] for s in missing if (revision, s) in self.gone]
+        names = ", ".join(f"{i.id} (pid {i.pid})" for i in gone) or f"slots {missing}"
+        tail = ""
+        with contextlib.suppress(PlatformError):  # the log is a help, not a need
+            tail = (await self.platform.log_tail(gone[0], lines=3)).strip() if gone else ""
+        log = f"\n  log of {gone[0].id}: {tail}" if tail else ""
+        raise StepFailed(f"{len(missing)} instance(s) of {revision} no longer run {when}: {names}{log}")
+
+    async def promotable(self, revision: str) -> None:
+        """Before `revision` becomes the stable one: its whole fleet still runs (one listing),
+        else StepFailed naming what is gone."""
+        await self.refresh()
+        await self.still_running(revision, tuple(range(self.spec.instances)), "before the promotion")
 
     def present(self, revision: str, slots: tuple[int, ...]) -> list[Instance]:
         """The instances of these slots that run (a resumed stop finds fewer)."""
@@ -188,8 +226,12 @@ class RunningFleet:
         current = await self.router.table()
         return (current.generation if current else 0) + 1
 
-    async def route(self, step: Route) -> None:
-        """Apply the table `step` describes, built from the instances that really run."""
+    async def route(self, step: Route, *, target: str | None = None) -> None:
+        """Apply the table `step` describes, built from the instances that really run. With
+        `target` (the deployment's new revision), what runs is read again first: see the
+        module's docstring."""
+        if target is not None:
+            step = await self._rechecked(step, target)
         table = self.table_for(step, await self.next_generation())
         try:
             await self.router.apply(table)
@@ -200,6 +242,26 @@ class RunningFleet:
                           data={"generation": table.generation, "weights": table.weights(),
                                 "shares": {p.version: round(table.share(p.revision), 1)
                                            for p in table.pools if p.weight}}))
+
+    async def _rechecked(self, step: Route, target: str) -> Route:
+        """`step` for what runs now (one listing): StepFailed if instances of `target` in its
+        pools are gone; gone ones of other revisions left out, with a warning once each."""
+        await self.refresh()
+        pools = []
+        for pool in step.pools:
+            missing = self.missing(pool.revision, pool.slots)
+            if pool.revision == target:
+                await self.still_running(target, pool.slots, "before the traffic change")
+            if pool.revision == target or not missing or len(missing) == len(pool.slots):
+                pools.append(pool)  # a pool with nothing left fails in `exactly`, naming them
+                continue
+            pools.append(pool.model_copy(update={"slots": tuple(s for s in pool.slots if s not in missing)}))
+            names = [self.gone[(pool.revision, s)].id if (pool.revision, s) in self.gone
+                     else f"{pool.revision} slot {s}" for s in missing]
+            if fresh := [name for name in names if name not in self.left_out]:
+                self.left_out.update(fresh)
+                self.record(Event("warning", f"{', '.join(fresh)} no longer run: left out of the table"))
+        return step.model_copy(update={"pools": tuple(pools)})
 
     async def route_nowhere(self) -> None:
         """A table that sends no traffic anywhere (a first release went back)."""
