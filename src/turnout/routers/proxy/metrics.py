@@ -33,11 +33,16 @@ log = logging.getLogger("turnout.proxy")
 
 
 class RevisionCounters:
-    """One revision's counters; exchanges hold a reference and count without lookups."""
+    """One revision's counters; exchanges hold a reference and count without lookups.
 
-    __slots__ = ("errors", "latency", "local", "requests", "responses_5xx")
+    `keys` are the flag cohorts of a combination's counters (None for a revision's own), so
+    that a request retried on another revision finds its counters there (`Metrics.moved`).
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("errors", "keys", "latency", "local", "requests", "responses_5xx")
+
+    def __init__(self, keys: tuple[str, ...] | None = None) -> None:
+        self.keys = keys
         self.requests = 0
         self.responses_5xx = 0
         self.errors = 0
@@ -109,8 +114,14 @@ class Metrics:
         """The counters of requests to `revision` in every one of `cohorts` (`<flag>:on|off`)."""
         counters = self.combos.get((cohorts, revision))
         if counters is None:
-            counters = self.combos[cohorts, revision] = RevisionCounters()
+            counters = self.combos[cohorts, revision] = RevisionCounters(cohorts)
         return counters
+
+    def moved(self, counters: RevisionCounters, revision: str) -> RevisionCounters:
+        """The counters a request counting into `counters` counts into once it goes to
+        `revision`: that revision's, or its flag combination's for that revision."""
+        keys = counters.keys
+        return self.revision(revision) if keys is None else self.combo(keys, revision)
 
     def begin(self, backend_id: str) -> None:
         self.in_flight[backend_id] = self.in_flight.get(backend_id, 0) + 1
@@ -163,6 +174,8 @@ class Metrics:
             revisions = {str(k): RevisionCounters.load(v) for k, v in data["revisions"].items()}
             combos = {(tuple(str(k) for k in keys), str(revision)): RevisionCounters.load(c)
                       for keys, revision, c in data["combos"]}
+            for (keys, _), c in combos.items():
+                c.keys = keys
             unrouted = RevisionCounters.load(data["unrouted"])
         except FileNotFoundError:
             return
