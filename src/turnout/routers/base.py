@@ -55,7 +55,10 @@ class Counters(BaseModel):
     `requests` counts every request routed to the revision. Each failed one counts once:
     in `responses_5xx` when the client got a 5xx status (from the instance, or a 503 from
     the router), else in `connection_errors` (the instance could not be reached or heard
-    from: a 502 or 504 the router answered, or a response cut short). `router_responses`
+    from: a 502 or 504 the router answered, or a response cut short). A request the router
+    retries on another revision after a failed connect is one request and one connection
+    error of the revision that failed it, then a request of the one that answers it (a retry
+    within the revision counts once, without an error). `router_responses`
     breaks down by status the answers the router made itself (400, 408, 413, 431, 502, 503,
     504), whatever they count as; `latency` holds only answers from instances, each timed to
     its first byte (a streamed answer such as server-sent events is as slow as its start).

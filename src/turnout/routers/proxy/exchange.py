@@ -6,7 +6,10 @@ request that dies on a reused keep-alive connection before any response byte can
 again on a fresh connection; larger requests whose body has already streamed are not
 retried (the client gets 502). A failed connect is retried on another backend of the same
 pool first, then of any pool (a preview request only within the preview pool), up to
-`MAX_ATTEMPTS` backends in all; when the last attempt timed out the answer is 504.
+`MAX_ATTEMPTS` backends in all; when the last attempt timed out the answer is 504. Counting
+follows the attempts, so a retry never hides a failure: a request retried on another
+revision counts the failed attempt under the revision it leaves and its answer under the one
+that gives it (`_count_under`).
 
 This class is the path every request takes, kept as short as it can be; what only some
 requests need (HTTP/1.0 clients, upgrades, buffered bodies) is in `SpecialExchange`, whose
@@ -141,9 +144,27 @@ class Exchange:
                 return
             if self.finished:  # answered meanwhile (a deadline, the client gone)
                 return
-            backend = self._next_backend(tried)
+            failed, backend = backend, self._next_backend(tried)
+            if backend is not None and backend.revision != failed.revision:
+                self._count_under(backend.revision)
         self.task = None
         self._fail(timed_out=timed_out)
+
+    def _count_under(self, revision: str) -> None:
+        """The request leaves the revision whose backend refused it for `revision`: the one
+        it leaves keeps the failed attempt (a request and a connection error, in the same
+        counters object: the revision's, or its flag combination's), and the request counts
+        anew under `revision`, which gets its answer (status, latency) or its failure.
+
+        A retry within the revision does not come here: the request counts once, and the
+        failed connect is no error, since the revision still answered it; counting one would
+        report a failure no client saw. The backend that failed is passed over meanwhile
+        (`Outliers`). Only the failure path calls this: nothing on a first connect that works.
+        """
+        counters = self.counters
+        counters.errors += 1
+        counters = self.counters = self.proxy.metrics.moved(counters, revision)
+        counters.requests += 1
 
     def _next_backend(self, tried: list[BackendRef]) -> BackendRef | None:
         """The next backend to try: never outside the preview pool for a preview request."""
