@@ -869,3 +869,65 @@ async def test_a_dead_instance_of_the_stable_fleet_is_left_out_of_the_next_table
     warnings = [e.message for e in world.events if e.kind == "warning" and old.id in e.message]
     assert warnings == [f"{old.id} no longer run: left out of the table"]
 
+
+def toggle_held(w: World) -> dict[str, Any]:
+    """A toggle whose pause ends held (too thin to judge), so a test can act before the gate
+    fails on the errors it sets next."""
+    w.router.flow("flag:new-checkout:on", traffic(1))
+    return {**TOGGLE, "ramp": [{"users": ["alice"]}, {"pause": "10s"}]}
+
+
+async def test_a_toggle_whose_kept_code_died_starts_it_again_in_place(world: World) -> None:
+    await first_release(world)
+    record = await world.create("v2", **toggle_held(world))
+    task = world.start(record)
+    await until(phase_is(world, record.id, "paused"), "the ramp's pause ends held")
+    crash_all(world, "v2")  # the new code path crashed every process
+    world.router.flow("flag:new-checkout:on", traffic(40, errors=20))
+    done = await finish(task)
+    assert done.phase == "failed" and "gate" in done.message, done.message  # exit 3
+    assert not flag_on(world, "alice")
+    assert world.store.stable("shop") == world.rev("v2")  # the code stays, dark, and serves
+    assert world.running("v2") == [0, 1, 2] and world.platform.starts("v2") == 6
+    assert routed_addresses(world) == {i.address for i in world.platform.live()}
+    assert world.running("v1") == []
+    said = [e.message for e in world.events if e.kind in ("rollback", "info")]
+    assert any("is gone" in m and "starting it again in place" in m for m in said)
+    assert any("serves again, dark" in m for m in said)
+
+
+async def test_a_toggle_whose_kept_code_cannot_start_again_restores_the_previous_version(
+    world: World,
+) -> None:
+    await first_release(world)
+    record = await world.create("v2", **toggle_held(world))
+    task = world.start(record)
+    await until(phase_is(world, record.id, "paused"), "the ramp's pause ends held")
+    crash_all(world, "v2")
+    world.platform.fail_start.add("v2")
+    world.router.flow("flag:new-checkout:on", traffic(40, errors=20))
+    done = await finish(task)
+    assert done.phase == "failed" and "gate" in done.message, done.message  # exit 3, not 1
+    assert not flag_on(world, "alice")
+    assert world.store.stable("shop") == world.rev("v1")
+    assert world.router.shares() == {"v1": 100.0} and world.running("v1") == [0, 1, 2]
+    assert routed_addresses(world) == {i.address for i in world.platform.live()}
+    assert any(e.kind == "rollback" and "restoring the previous version" in e.message
+               for e in world.events)
+
+
+async def test_a_toggle_whose_kept_instance_fails_its_health_check_replaces_it(world: World) -> None:
+    await first_release(world)
+    record = await world.create("v2", **toggle_held(world))
+    task = world.start(record)
+    await until(phase_is(world, record.id, "paused"), "the ramp's pause ends held")
+    sick = next(i for i in world.platform.live() if i.version == "v2" and i.slot == 1)
+    world.platform.unhealthy.add(sick.id)  # wedged: alive, but its health check answers 500
+    world.router.flow("flag:new-checkout:on", traffic(40, errors=20))
+    done = await finish(task)
+    assert done.phase == "failed", done.message
+    assert sick in [i for i, _ in world.platform.stopped]  # out of the table first (fixture check)
+    assert any(f"{sick.id} failed its health check" in e.message for e in world.events)
+    # Its replacement in slot 1 is no healthier: the previous version is restored.
+    assert world.store.stable("shop") == world.rev("v1")
+    assert world.router.shares() == {"v1": 100.0}

@@ -16,6 +16,7 @@ table with a warning (a weighted pool left with none fails the step too).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from typing import Any
 
@@ -186,6 +187,15 @@ class RunningFleet:
         await together(check(i) for i in instances)
         for instance in instances:
             self.store.set_instance_state(instance.id, "ready")
+
+    async def sick(self, instances: list[Instance]) -> dict[str, str]:
+        """Those of `instances` that fail one probe of their health check (all probed at once),
+        by id, with what went wrong."""
+        async def probe(instance: Instance) -> tuple[str, str | None]:
+            check = self.revision(instance.revision).health
+            return instance.id, await health.probe(self.http, instance, check)
+
+        return {i: why for i, why in await asyncio.gather(*(probe(i) for i in instances)) if why}
 
     async def run_tests(self, step: RunTests) -> None:
         """The blue-green tests, against the spec's preview address."""
