@@ -931,3 +931,23 @@ async def test_a_toggle_whose_kept_instance_fails_its_health_check_replaces_it(w
     # Its replacement in slot 1 is no healthier: the previous version is restored.
     assert world.store.stable("shop") == world.rev("v1")
     assert world.router.shares() == {"v1": 100.0}
+
+
+async def test_a_fleet_that_dies_after_its_promotion_fails_the_deployment_at_its_end(
+    world: World,
+) -> None:
+    await first_release(world)
+    record = await world.create("v2", kind="blue-green", rollback_window="2m")
+    dead: list[str] = []
+
+    def crash_at_the_last_step(event: Event) -> None:
+        if event.kind == "step" and event.step == event.total:  # keep blue warm, after Promote
+            dead.extend(crash_all(world, "v2"))
+
+    done = await executor_seeing(world, crash_at_the_last_step).run(record)
+    assert dead and done.phase == "failed", done.message
+    assert "no longer run at the end of the deployment" in done.message
+    assert all(name in done.message for name in dead)
+    assert not any(e.kind == "succeeded" for e in world.events)
+    assert world.store.stable("shop") == world.rev("v1")
+    assert world.router.shares() == {"v1": 100.0} and world.platform.starts("v1") == 3

@@ -151,6 +151,7 @@ class Executor:
                         self.store.update_deployment(deployment.id, step=index + 1, phase="progressing")
                     await self.gates.settle(control, deployment.id, watching)
                     control.check()  # a background analysis that failed during the last step
+                    await self.world.whole(deployment.target_revision, "at the end of the deployment")
             except Halted as exc:
                 raise ConflictError(str(exc)) from None
             except Aborted as exc:
@@ -201,7 +202,7 @@ class Executor:
                 await world.stop(world.present(step.revision, step.slots))
             case Promote():
                 await self.webhooks.confirm(control, "confirm-promotion")
-                await world.promotable(step.revision)  # its fleet still runs, read again
+                await world.whole(step.revision, "before the promotion")  # read again
                 self.store.set_stable(self.spec.service, step.revision)
                 for instance in world.running.get(step.revision, {}).values():
                     self.store.set_instance_state(instance.id, "ready")  # a warm fleet flipped back

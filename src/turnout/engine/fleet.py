@@ -9,9 +9,10 @@ run, with the spec's limits and timeouts, and applied through the `Router` seam.
 Instances die between steps (a crash after some requests), and health is checked only
 when they start: so before a deployment's `Route` and before its `Promote`, what runs is
 read again (`refresh`, one listing of the platform for the whole fleet, never a call per
-instance). Instances of the deployment's target the step needs that are gone fail it,
-named, with the end of one's log; gone instances of another revision are left out of the
-table with a warning (a weighted pool left with none fails the step too).
+instance), and once more before the deployment is said to have succeeded. Instances of
+the deployment's target the step needs that are gone fail it, named, with the end of
+one's log; gone instances of another revision are left out of the table with a warning
+(a weighted pool left with none fails the step too).
 """
 
 from __future__ import annotations
@@ -132,11 +133,12 @@ class RunningFleet:
         log = f"\n  log of {gone[0].id}: {tail}" if tail else ""
         raise StepFailed(f"{len(missing)} instance(s) of {revision} no longer run {when}: {names}{log}")
 
-    async def promotable(self, revision: str) -> None:
-        """Before `revision` becomes the stable one: its whole fleet still runs (one listing),
-        else StepFailed naming what is gone."""
+    async def whole(self, revision: str, when: str) -> None:
+        """`revision`'s whole fleet (slots 0 to instances - 1) still runs, read again (one
+        listing), else StepFailed naming what is gone: before it becomes the stable one, and
+        before its deployment is said to have succeeded."""
         await self.refresh()
-        await self.still_running(revision, tuple(range(self.spec.instances)), "before the promotion")
+        await self.still_running(revision, tuple(range(self.spec.instances)), when)
 
     def present(self, revision: str, slots: tuple[int, ...]) -> list[Instance]:
         """The instances of these slots that run (a resumed stop finds fewer)."""
