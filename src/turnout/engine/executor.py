@@ -141,7 +141,9 @@ class Executor:
                 await self.world.refresh()  # a host lost meanwhile fails the deployment here
                 if (refused := await self.webhooks.pre_rollout(control, deployment)) is not None:
                     return self._refused(deployment, refused)
-                async with self.gates.throughout(control, self.spec.strategy.analysis,
+                # A first release has nothing to go back to or compare with: not watched.
+                background = self.spec.strategy.analysis if deployment.previous_revision else None
+                async with self.gates.throughout(control, background,
                                                  *self._watched(deployment)) as watching:
                     for index in range(deployment.step, len(plan)):
                         step = plan[index]
@@ -172,7 +174,7 @@ class Executor:
 
     def _watched(self, deployment: DeploymentRecord) -> tuple[Subject, Subject | None]:
         """What a background analysis compares: a feature toggle's cohorts, else the new
-        revision with the one it replaces (none on a first release: guardrails only)."""
+        revision with the one it replaces."""
         strategy = self.spec.strategy
         if isinstance(strategy, FeatureToggle):
             return CohortSubject(flag=strategy.flag), CohortSubject(flag=strategy.flag, on=False)
