@@ -97,7 +97,8 @@ class Judge(Protocol):
 def summary(window: Window) -> dict[str, object]:
     """A window's numbers as evidence: requests, failures, error rate, p99 (seconds)."""
     c = window.counters
-    return {"requests": c.requests, "failures": c.responses_5xx + c.connection_errors,
+    return {"requests": c.requests, "in_flight": c.in_flight,
+            "failures": c.responses_5xx + c.connection_errors,
             "error_rate": round(c.error_rate, 6), "p99": c.quantile(0.99),
             "seconds": round(window.seconds, 3)}
 
@@ -115,15 +116,17 @@ class ThresholdJudge:
         evidence["criteria"] = {"max_error_rate": criteria.max_error_rate, "max_p99": criteria.max_p99,
                                 "min_requests": criteria.min_requests}
         # Too many errors to pass even once `min_requests` is reached: fail without waiting.
-        if errors > criteria.max_error_rate * max(c.requests, criteria.min_requests):
-            reason = (f"error rate {rate:.1%} over {c.requests} requests exceeds "
+        if errors > criteria.max_error_rate * max(c.finished, criteria.min_requests):
+            reason = (f"error rate {rate:.1%} over {c.finished} requests exceeds "
                       f"{criteria.max_error_rate:.1%}")
             return Decision(Verdict.FAILED, reason, evidence)
-        if c.requests < max(1, criteria.min_requests):
-            reason = f"{c.requests} requests, fewer than the {criteria.min_requests} needed to judge"
+        if c.finished < max(1, criteria.min_requests):
+            waiting = f" ({c.in_flight} more unanswered)" if c.in_flight else ""
+            reason = (f"{c.finished} requests answered{waiting}, fewer than the "
+                      f"{criteria.min_requests} needed to judge")
             return Decision(Verdict.INCONCLUSIVE, reason, evidence)
         if p99 > criteria.max_p99:
             reason = f"p99 latency up to {p99 * 1000:.0f} ms exceeds {criteria.max_p99 * 1000:.0f} ms"
             return Decision(Verdict.FAILED, reason, evidence)
-        reason = f"{c.requests} requests, error rate {rate:.2%}, p99 <= {p99 * 1000:.0f} ms"
+        reason = f"{c.finished} requests, error rate {rate:.2%}, p99 <= {p99 * 1000:.0f} ms"
         return Decision(Verdict.SUCCESSFUL, reason, evidence)

@@ -199,7 +199,7 @@ def _ms(seconds: float) -> str:
 
 
 def _failures(c: Counters) -> Share:
-    return Share(c.responses_5xx + c.connection_errors, c.requests)
+    return Share(min(c.responses_5xx + c.connection_errors, c.finished), c.finished)
 
 
 def _quantile_index(latency: list[int], q: float) -> int:

@@ -53,9 +53,14 @@ class RouterCounters:
 
 
 def counters_of(stats: RouterStats, subject: Subject) -> Counters:
+    """A subject's counters; a revision's with its requests in flight (its backends are its
+    instances, `<revision>-<slot>`), so that a request still unanswered is not judged."""
     match subject:
         case RevisionSubject(revision=revision):
-            return stats.revisions.get(revision, Counters())
+            counters = stats.revisions.get(revision, Counters())
+            waiting = sum(n for backend, n in stats.in_flight.items()
+                          if backend.rpartition("-")[0] == revision)
+            return counters.model_copy(update={"in_flight": waiting}) if waiting else counters
         case CohortSubject(flag=flag, on=on):
             return stats.cohorts.get(f"{flag}:{'on' if on else 'off'}", Counters())
     return Counters()  # pragma: no cover

@@ -70,6 +70,10 @@ class Counters(BaseModel):
     connection_errors: int = 0
     latency: list[int] = Field(default_factory=lambda: [0] * (len(LATENCY_BOUNDS) + 1))
     router_responses: dict[str, int] = Field(default_factory=dict)
+    # Of `requests`, those still waiting for their answer at the reading (a gauge, not a
+    # count: a window keeps its later reading's). The metric source fills it from the
+    # router's in-flight requests; a source that counts only answered requests leaves 0.
+    in_flight: int = 0
 
     @field_validator("latency")
     @classmethod
@@ -92,6 +96,7 @@ class Counters(BaseModel):
         ):
             return self.model_copy(deep=True)
         return Counters(
+            in_flight=min(self.in_flight, self.requests - earlier.requests),
             requests=self.requests - earlier.requests,
             responses_5xx=self.responses_5xx - earlier.responses_5xx,
             connection_errors=self.connection_errors - earlier.connection_errors,
@@ -102,10 +107,16 @@ class Counters(BaseModel):
         )
 
     @property
+    def finished(self) -> int:
+        """The requests whose outcome is known: a hung request is no success yet."""
+        return max(0, self.requests - self.in_flight)
+
+    @property
     def error_rate(self) -> float:
-        if not self.requests:
+        """Failures over finished requests."""
+        if not self.finished:
             return 0.0
-        return (self.responses_5xx + self.connection_errors) / self.requests
+        return min(1.0, (self.responses_5xx + self.connection_errors) / self.finished)
 
     def quantile(self, q: float) -> float:
         """The upper bound of the bucket holding quantile `q` (inf for the last bucket)."""
