@@ -951,3 +951,20 @@ async def test_a_fleet_that_dies_after_its_promotion_fails_the_deployment_at_its
     assert not any(e.kind == "succeeded" for e in world.events)
     assert world.store.stable("shop") == world.rev("v1")
     assert world.router.shares() == {"v1": 100.0} and world.platform.starts("v1") == 3
+
+
+async def test_a_canary_at_full_weight_goes_on_when_the_stable_fleet_it_no_longer_needs_died(
+    world: World,
+) -> None:
+    await first_release(world)
+    record = await world.create("v2", kind="canary",
+                                steps=[{"weight": 34}, {"pause": "forever"}, {"weight": 100}])
+    task = world.start(record)
+    await until(phase_is(world, record.id, "paused"), "the canary pauses")
+    dead = crash_all(world, "v1")  # its pool keeps weight 0 in the 100% step's table
+    world.store.request(record.id, "promote")
+    done = await finish(task)
+    assert done.phase == "succeeded", done.message
+    assert world.router.shares() == {"v2": 100.0} and world.running("v2") == [0, 1, 2]
+    warned = [e.message for e in world.events if e.kind == "warning"]
+    assert warned == [f"{', '.join(dead)} no longer run: left out of the table"]

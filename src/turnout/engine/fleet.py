@@ -264,8 +264,8 @@ class RunningFleet:
             missing = self.missing(pool.revision, pool.slots)
             if pool.revision == target:
                 await self.still_running(target, pool.slots, "before the traffic change")
-            if pool.revision == target or not missing or len(missing) == len(pool.slots):
-                pools.append(pool)  # a pool with nothing left fails in `exactly`, naming them
+            if pool.revision == target or not missing or (pool.weight and len(missing) == len(pool.slots)):
+                pools.append(pool)  # a weighted pool with nothing left fails in `exactly`, naming them
                 continue
             pools.append(pool.model_copy(update={"slots": tuple(s for s in pool.slots if s not in missing)}))
             names = [self.gone[(pool.revision, s)].id if (pool.revision, s) in self.gone
