@@ -30,8 +30,12 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
+# pytest in two passes (README, "Tests"): the tests not marked serial on TEST_WORKERS xdist
+# workers, then the serial ones alone; the target fails if either pass failed.
+TEST_WORKERS ?= 2
+
 test: install system-deps lint typecheck
-	$(BIN)/pytest -q -p no:cacheprovider
+	PYTEST=$(BIN)/pytest TEST_WORKERS=$(TEST_WORKERS) bash scripts/run-tests.sh
 
 bench: install system-deps
 	$(BIN)/python bench/router_bench.py
