@@ -149,7 +149,12 @@ ALL_PLATFORMS: dict[str, Callable[[pytest.FixtureRequest, Path], Rig]] = {
 }
 
 
-@pytest.fixture(params=list(ALL_PLATFORMS))
+# The ssh rigs run on the test hosts: in the serial pass, last (tests/hosts/fixtures.py).
+ON_HOSTS = [pytest.mark.serial, pytest.mark.hosts]
+
+
+@pytest.fixture(params=[pytest.param(name, marks=ON_HOSTS if name.startswith("ssh") else ())
+                        for name in ALL_PLATFORMS])
 async def rig(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Rig]:
     made = ALL_PLATFORMS[request.param](request, tmp_path)
     try:

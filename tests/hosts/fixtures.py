@@ -18,14 +18,22 @@ from tests.hosts.harness import HostFleet, default_cache
 FLEET_SIZE = 4
 
 
+def on_hosts(item: pytest.Item) -> bool:
+    """Whether a test uses the hosts: it names them, or asks for them at run time (marked `hosts`)."""
+    return "fleet" in getattr(item, "fixturenames", ()) or item.get_closest_marker("hosts") is not None
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests on the hosts run last (in their order), so the four hosts are made only after
     every other test, and the timing-sensitive ones never share the CPU with them."""
-    items.sort(key=lambda item: "fleet" in getattr(item, "fixturenames", ()))
+    items.sort(key=on_hosts)
 
 
 @pytest.fixture(scope="session")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostFleet]:
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        pytest.fail("the test hosts are for the serial pass alone (one fleet, nothing else running): "
+                    "mark the tests that use them `serial`")
     if os.geteuid() != 0:
         pytest.skip("the test hosts need root: they run a private Docker daemon and debootstrap")
     with HostFleet.start(FLEET_SIZE, tmp_path_factory.mktemp("testhosts"), cache=default_cache()) as made:

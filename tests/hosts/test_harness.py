@@ -19,6 +19,7 @@ import pytest
 
 from tests.hosts.harness import Host, HostFleet
 
+pytestmark = pytest.mark.serial  # on the test hosts: alone, after the parallel pass
 PORT = 8080
 USER_ENV = ["env", "XDG_RUNTIME_DIR=/run/user/1000"]
 

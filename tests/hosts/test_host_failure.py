@@ -24,7 +24,7 @@ from tests.hosts.harness import Host, HostFleet
 from tests.hosts.service import HostService
 from turnout.demo.load import Load
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]  # on the test hosts: alone, after the parallel pass
 
 RATE = 100.0
 ROLLING = {"kind": "rolling", "max_surge": 2, "max_unavailable": 0}

@@ -19,7 +19,7 @@ from tests.hosts.harness import HostFleet
 from tests.hosts.service import HostService
 from turnout.demo.load import Load
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]  # on the test hosts: alone, after the parallel pass
 
 RATE = 100.0
 STEPS: list[tuple[str, dict[str, object]]] = [
