@@ -12,6 +12,7 @@ of time and print the number of cases.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import shutil
@@ -69,21 +70,30 @@ def _download(into: Path) -> Path:
 
 
 def specification_dir() -> Path:
-    """The unpacked ``specifications`` folder, downloading it on first use."""
+    """The unpacked ``specifications`` folder, downloading it on first use. Runs that start
+    together (pytest-xdist's workers each collect) take turns on a lock: one downloads, the
+    others then find it there."""
     target = CACHE / "package" / "specifications"
     if (target / "index.json").is_file():
         return target
     CACHE.parent.mkdir(parents=True, exist_ok=True)
+    with (CACHE.parent / f".{VERSION}.lock").open("ab") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        if not (target / "index.json").is_file():
+            _fetch(target)
+    return target
+
+
+def _fetch(target: Path) -> None:
+    """Download and check the package, unpack it beside CACHE and move it in whole."""
     with tempfile.TemporaryDirectory(dir=CACHE.parent) as tmp:
         tarball = _download(Path(tmp) / "download")
         unpacked = Path(tmp) / "unpacked"
         with tarfile.open(tarball) as archive:
             archive.extractall(unpacked, filter="data")
         CACHE.mkdir(exist_ok=True)
-        if not (target / "index.json").is_file():  # another run may have won the race
-            shutil.rmtree(CACHE / "package", ignore_errors=True)
-            (unpacked / "package").rename(CACHE / "package")
-    return target
+        shutil.rmtree(CACHE / "package", ignore_errors=True)  # what a killed run left half done
+        (unpacked / "package").rename(CACHE / "package")
 
 
 def load_cases() -> list[SpecCase]:
