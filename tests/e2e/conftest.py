@@ -7,6 +7,7 @@ free ports, and takes the service down afterwards, so no process outlives a test
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -51,7 +52,17 @@ class CliFolder:
             sys.executable, "-m", "turnout", *args, cwd=self.folder, env=cli_env(self.database_url),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )
-        out, err = await asyncio.wait_for(proc.communicate(), timeout or self.patience)
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), timeout or self.patience)
+        except BaseException:
+            # Cancelled (a helper task stopped) or out of time: end the command and read its
+            # pipes to the end, so neither it nor its pipes outlive the test and turn into
+            # ResourceWarnings in whichever test runs when they are collected.
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.communicate(), 10)
+            raise
         assert proc.returncode is not None
         return proc.returncode, out.decode(), err.decode()
 
