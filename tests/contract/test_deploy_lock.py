@@ -87,6 +87,7 @@ def test_an_ended_lease_is_taken_over_and_its_holder_learns_by_whom(store: Store
     assert new.holder() is not None and "pid 77" in new.holder()  # type: ignore[operator]
 
 
+@pytest.mark.serial  # a 1 s lease kept by renewals every 0.2 s
 async def test_renewal_keeps_a_lease_past_its_first_end(store: Store) -> None:
     holder = LeaseLock(store, "shop", elsewhere(), lease=1.0, renew=0.2)
     other = LeaseLock(store, "shop", elsewhere(77, "ci-runner-3"))

@@ -46,6 +46,7 @@ def write(service: Service, strategy: dict[str, Any], **top: Any) -> None:
     service.spec.write_text(yaml.safe_dump(spec, sort_keys=False))
 
 
+@pytest.mark.serial  # p99 of canary and baseline alike within 100 ms
 async def test_a_a_canaries_compared_with_their_baseline_are_always_promoted(service: Service) -> None:
     # Showing a canary within 1% needs some hundreds of its requests (800 without errors):
     # 200 a second reach it during its 5 s pause.

@@ -153,6 +153,7 @@ async def test_blue_green_failing_tests_mean_no_switch(service: Service) -> None
     assert summary.versions.get("v2", 0) == 0
 
 
+@pytest.mark.serial  # traffic moves within 5 s, CLI start-up included
 async def test_blue_green_rollback_inside_the_window_is_a_flip(service: Service) -> None:
     service.write(kind="blue-green", rollback_window="60s")
     check(service.run("deploy", "v1"))

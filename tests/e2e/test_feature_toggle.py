@@ -85,6 +85,7 @@ async def test_feature_toggle_deployment_fails_no_request_and_exposes_only_targe
     assert set(NAMED) < early and len(early) < 60, sorted(early)
 
 
+@pytest.mark.serial  # the router applies 'off' within LAG (0.5 s)
 async def test_a_failing_new_code_path_is_switched_off_and_only_flagged_users_saw_errors(
     service: Service,
 ) -> None:

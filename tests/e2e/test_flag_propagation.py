@@ -20,6 +20,7 @@ from tests.e2e.sdk.server_proc import ServerProcess
 from turnout.flags.client import ClientEvent, FlagClient, Notice
 from turnout.flags.store import FlagStore
 
+pytestmark = pytest.mark.serial  # p99 of the propagation under 1 s
 CHANGES = 100
 FLAG = {"name": "new-checkout", "enabled": True, "strategies": [{"name": "default"}]}
 

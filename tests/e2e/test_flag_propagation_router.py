@@ -22,6 +22,7 @@ from turnout.flags.client import FlagClient
 from turnout.flags.store import FlagStore
 from turnout.routers.builtin import BuiltinRouter
 
+pytestmark = pytest.mark.serial  # p99 of the propagation under 1 s
 CHANGES = 100
 FLAG = {"name": "new-checkout", "enabled": True, "strategies": [{"name": "default"}]}
 

@@ -160,6 +160,7 @@ async def test_error_rate_fails_about_that_share(start_app: StartApp) -> None:
     assert 0.2 * 500 <= s.failed <= 0.4 * 500
 
 
+@pytest.mark.serial  # a health check within 0.15 s
 async def test_latency_applies_to_requests_but_not_health(start_app: StartApp) -> None:
     app = await start_app({"DEMO_LATENCY_MS": "200"})
     async with client(app) as c:
@@ -240,6 +241,7 @@ def _cpu_seconds(pid: int) -> float:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+@pytest.mark.serial  # 1000 requests a second, under 0.75 s of CPU
 async def test_app_serves_1000_rps_cheaply(start_app: StartApp) -> None:
     app = await start_app()
     cpu_before = _cpu_seconds(app.proc.pid)
@@ -251,6 +253,7 @@ async def test_app_serves_1000_rps_cheaply(start_app: StartApp) -> None:
     assert _cpu_seconds(app.proc.pid) - cpu_before < 0.75
 
 
+@pytest.mark.serial  # 50 requests within 1 s
 async def test_load_stops_at_max_requests(start_app: StartApp) -> None:
     app = await start_app()
     before = time.monotonic()
@@ -320,6 +323,7 @@ async def tiny_server(handler: Handler) -> AsyncIterator[str]:
         await server.wait_closed()
 
 
+@pytest.mark.serial  # done within 1.5 s
 async def test_load_times_out_requests_nobody_answers() -> None:
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await asyncio.sleep(10)

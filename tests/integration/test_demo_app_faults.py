@@ -83,6 +83,7 @@ async def answer(reader: asyncio.StreamReader, within: float = 2.0) -> bytes:
     return head + await asyncio.wait_for(reader.readexactly(int(length.group(1))), within)
 
 
+@pytest.mark.serial  # the app stops within 1 s of SIGTERM
 async def test_hang_takes_requests_and_never_answers_while_health_stays_200() -> None:
     proc, port = await spawn({"DEMO_FAIL": "hang"})
     try:

@@ -202,6 +202,7 @@ def make_client() -> Iterator[Callable[..., tuple[FlagClient, Recorder]]]:
         client.close()
 
 
+@pytest.mark.serial  # a change arrives within 1 s
 def test_initial_fetch_then_stream_changes(server: FakeFlagServer, make_client: Any) -> None:
     client, notes = make_client(server.url)
     assert client.wait_for_state(5.0)
@@ -221,6 +222,7 @@ def test_initial_fetch_then_stream_changes(server: FakeFlagServer, make_client: 
     assert server.fetches == 1  # the change came by stream, not by polling
 
 
+@pytest.mark.serial  # a change arrives within 1 s
 def test_server_down_goes_stale_and_recovers(server: FakeFlagServer, make_client: Any) -> None:
     client, notes = make_client(server.url, poll_interval=0.2, backoff_max=0.5)
     notes.wait(ClientEvent.READY)
@@ -243,6 +245,7 @@ def test_server_down_goes_stale_and_recovers(server: FakeFlagServer, make_client
     assert client.is_enabled("alpha")
 
 
+@pytest.mark.serial  # two polls of 0.1 s within 0.35 s
 def test_polling_only(server: FakeFlagServer, make_client: Any) -> None:
     client, notes = make_client(server.url, stream=False, poll_interval=0.1)
     notes.wait(ClientEvent.READY)
@@ -256,6 +259,7 @@ def test_polling_only(server: FakeFlagServer, make_client: Any) -> None:
     assert client.status is ClientStatus.READY
 
 
+@pytest.mark.serial  # counts retries in 0.8 s
 def test_broken_stream_falls_back_to_polling_and_retries_with_backoff(
         server: FakeFlagServer, make_client: Any) -> None:
     server.stream_broken = True
@@ -323,6 +327,7 @@ def test_wrong_token_is_an_error(server: FakeFlagServer, make_client: Any) -> No
     assert client.status is ClientStatus.ERROR
 
 
+@pytest.mark.serial  # closed within 1 s
 def test_close_is_prompt_while_the_stream_is_open(server: FakeFlagServer, make_client: Any) -> None:
     client, notes = make_client(server.url)
     notes.wait(ClientEvent.READY)

@@ -76,6 +76,7 @@ def world(tmp_path: Path) -> Iterator[World]:
     w.close()
 
 
+@pytest.mark.serial  # a change arrives within 1 s
 def test_initial_fetch_then_changes_by_stream(world: World) -> None:
     client, notes = world.client()
     notes.wait(ClientEvent.READY)

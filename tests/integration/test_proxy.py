@@ -486,6 +486,7 @@ async def _fresh_get(port: int) -> bool:
     return data.startswith(b"HTTP/1.1 200") and data.endswith(b"\r\n\r\nold")
 
 
+@pytest.mark.serial  # a new worker and 50 answers within 1.5 s
 async def test_killed_worker_is_replaced_and_new_connections_are_served(
     proxy: Running, ups: list[Upstream]
 ) -> None:
@@ -524,6 +525,7 @@ async def test_killed_worker_is_replaced_and_new_connections_are_served(
     assert stats.worker == health["worker"] and stats.generation == 1  # table reloaded
 
 
+@pytest.mark.serial  # a table change within a 0.8 s request
 async def test_in_flight_count_drains_after_backend_removal(
     proxy: Running, ups: list[Upstream]
 ) -> None:
@@ -546,6 +548,7 @@ async def test_in_flight_count_drains_after_backend_removal(
     assert (await proxy.router.stats()).in_flight == {"new-0": 0}
 
 
+@pytest.mark.serial  # a request in flight 0.2 s after it was sent
 async def test_stop_lets_in_flight_requests_finish(proxy: Running, ups: list[Upstream]) -> None:
     old, _, _ = ups
     await proxy.router.apply(RoutingTable(generation=1, pools=(pool("old", 100, old),)))
@@ -558,6 +561,7 @@ async def test_stop_lets_in_flight_requests_finish(proxy: Running, ups: list[Ups
     assert proxy.router.pid() is None
 
 
+@pytest.mark.serial  # a request every 0.25 s against a 1 s idle timeout
 async def test_idle_keepalive_clients_are_closed_busy_ones_are_not(
     state_dir: Path, ups: list[Upstream]
 ) -> None:

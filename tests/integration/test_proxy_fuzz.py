@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from bench.fuzz_router import run
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]  # CPU-bound; its counts and 3 s hang check
 
 
 def test_a_short_fuzz_run_finds_no_crash_hang_or_growth() -> None:

@@ -76,6 +76,7 @@ async def test_endless_header_is_cut_at_the_limit_not_buffered(proxy: Running, u
     assert (await proxy.router.stats()).unrouted.router_responses == {"431": 1}
 
 
+@pytest.mark.serial  # cut within 0.9-2 s
 async def test_trickled_head_is_cut_at_the_header_deadline(proxy: Running, ups: list[Upstream]) -> None:
     await apply(proxy, ups[0], timeouts=Timeouts(header=1.0))
     reader, writer = await asyncio.open_connection("127.0.0.1", port_of(proxy.url))
@@ -99,6 +100,7 @@ async def test_trickled_head_is_cut_at_the_header_deadline(proxy: Running, ups: 
     assert (await proxy.router.stats()).unrouted.router_responses == {"408": 1}
 
 
+@pytest.mark.serial  # 408 within 0.9-2.5 s
 async def test_stalled_body_gets_408_and_is_counted_for_its_revision(
     proxy: Running, ups: list[Upstream]
 ) -> None:
@@ -112,6 +114,7 @@ async def test_stalled_body_gets_408_and_is_counted_for_its_revision(
     assert counters.router_responses == {"408": 1} and counters.error_rate == 0.0
 
 
+@pytest.mark.serial  # 504 within 0.9-2.5 s
 async def test_an_instance_that_never_answers_gets_504_counted(proxy: Running, ups: list[Upstream]) -> None:
     await apply(proxy, ups[0], timeouts=Timeouts(response=1.0))
     started = time.monotonic()
@@ -144,6 +147,7 @@ def blackhole() -> Iterator[str]:
         sock.close()
 
 
+@pytest.mark.serial  # 504 within 2 s of a 0.5 s connect timeout
 async def test_connect_timeout_gives_504(proxy: Running, blackhole: str) -> None:
     table = RoutingTable(generation=1, timeouts=Timeouts(connect=0.5),
                          pools=(Pool(revision="old", version="old", weight=100,
@@ -271,6 +275,7 @@ async def test_an_exception_in_routing_is_a_counted_502(
 # --- found in review: every way an exchange could hang or be counted wrong
 
 
+@pytest.mark.serial  # refused within 1 s
 async def test_a_malformed_chunk_in_a_body_refuses_that_request(proxy: Running, ups: list[Upstream]) -> None:
     await apply(proxy, ups[0], timeouts=Timeouts(body=1.0, response=1.0))
     broken = (b"POST /digest HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -370,6 +375,7 @@ async def test_a_buffered_request_that_stalls_is_counted(proxy: Running, ups: li
     assert counters.requests == 1 and counters.router_responses == {"408": 1}
 
 
+@pytest.mark.serial  # counted within 0.3 s of the client leaving
 async def test_a_client_that_gives_up_counts_as_499_with_its_wait(
     proxy: Running, ups: list[Upstream]
 ) -> None:
@@ -386,6 +392,7 @@ async def test_a_client_that_gives_up_counts_as_499_with_its_wait(
     assert (await proxy.router.stats()).in_flight["old-0"] == 0
 
 
+@pytest.mark.serial  # 408 within 1.6 s
 async def test_a_new_connections_first_head_is_due_within_the_header_timeout(
     proxy: Running, ups: list[Upstream]
 ) -> None:

@@ -118,6 +118,7 @@ async def test_curl_http10_gets_the_whole_streamed_body(proxy: Running, ups: lis
     assert out == b"x" * 655360
 
 
+@pytest.mark.serial  # events 0.2-0.35 s apart, p99 under 0.1 s
 async def test_server_sent_events_arrive_as_sent_and_count_their_start_as_latency(
     proxy: Running, ups: list[Upstream]
 ) -> None:
@@ -297,6 +298,7 @@ async def test_websocket_closed_by_the_instance_reaches_the_client_cleanly(
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
 
 
+@pytest.mark.serial  # closed within 0.9-2.5 s
 async def test_silent_tunnel_is_closed_after_the_tunnel_timeout(
     proxy: Running, echoes: tuple[EchoServer, EchoServer]
 ) -> None:

@@ -188,6 +188,7 @@ def _events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
             yield json.loads(line[6:])
 
 
+@pytest.mark.serial  # a change streamed within 1 s
 def test_stream_sends_the_state_then_each_change_from_another_process(world: World) -> None:
     headers = {"Authorization": world.client}
     with httpx.Client(base_url=world.server.url, timeout=5.0) as http, \

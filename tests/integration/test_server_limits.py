@@ -176,6 +176,7 @@ def test_too_many_headers_get_431(world: World) -> None:
     assert status_of(raw) == 431 and b"headers: more than 20" in raw
 
 
+@pytest.mark.serial  # cut between 0.9 and 1.5 s
 def test_trickled_head_is_cut_at_the_deadline(world: World) -> None:
     """One byte every 0.2 s never extends the 1 s deadline measured from the first byte."""
     head = get("/health", world.client)
@@ -198,6 +199,7 @@ def test_trickled_head_is_cut_at_the_deadline(world: World) -> None:
 
 
 # -- keep-alive and pipelining -------------------------------------------------------------
+@pytest.mark.serial  # a request every 0.5 s against a 1 s idle timeout, closed within 0.9-1.6 s
 def test_idle_connection_is_closed_after_the_idle_timeout_not_before(world: World) -> None:
     with world.connect() as sock:
         for _ in range(4):  # busy for 2 s, a request every 0.5 s: kept open
@@ -331,6 +333,7 @@ def flags_cli(world: World, *args: str) -> subprocess.CompletedProcess[str]:
                           cwd=world.folder, capture_output=True, text=True, timeout=60, env=env)
 
 
+@pytest.mark.serial  # refused within 1.5 s of the revocation
 def test_a_revoked_token_gets_401_from_the_running_server(world: World) -> None:
     secret = world.store.create_token("laptop", "client")
     assert ask(world, "/api/client/features", secret)[0] == 200  # now in the server's cache
@@ -426,6 +429,7 @@ def _ask(server: ServerProcess, token: str, source: str) -> tuple[int, bytes]:
     return status_of(raw), raw
 
 
+@pytest.mark.serial  # a 1.5 s block over within 3 s
 def test_repeated_bad_tokens_get_429_and_other_addresses_still_work(
         small: tuple[World, ServerProcess]) -> None:
     world, server = small

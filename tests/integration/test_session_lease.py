@@ -49,6 +49,7 @@ async def session(postgres_url: str, tmp_path: Path) -> AsyncIterator[Session]:
             yield opened
 
 
+@pytest.mark.serial  # a 1.5 s lease kept by renewals every 0.2 s
 async def test_a_taken_lease_stops_the_deployment_where_it_stands(
     session: Session, postgres_url: str
 ) -> None:

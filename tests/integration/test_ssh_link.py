@@ -109,6 +109,7 @@ async def test_an_unknown_host_key_is_refused_naming_the_host(tmp_path: Path, se
     assert server.commands == []
 
 
+@pytest.mark.serial  # answered from memory within 50 ms
 async def test_an_unreachable_host_is_said_so_and_remembered_for_a_moment(tmp_path: Path) -> None:
     with socket.socket() as sock:  # a port nothing listens on
         sock.bind(("127.0.0.1", 0))

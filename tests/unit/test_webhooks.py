@@ -226,6 +226,7 @@ async def test_a_refused_confirm_promotion_rolls_back_and_the_rollback_hook_is_t
                                              ("confirm-promotion", 403, False), ("rollback", 200, True)]
 
 
+@pytest.mark.serial  # failed within 3 s
 async def test_a_gate_that_never_answers_fails_when_its_timeout_ends(
     world: World, receiver: Receiver
 ) -> None:
@@ -239,6 +240,7 @@ async def test_a_gate_that_never_answers_fails_when_its_timeout_ends(
     assert world.router.shares() == {"v1": 100.0}
 
 
+@pytest.mark.serial  # back within 2 s
 async def test_abort_during_a_hanging_gate_goes_back_at_once(world: World, receiver: Receiver) -> None:
     await first_release(world)
     receiver.hang.add("/promotion")
@@ -293,6 +295,7 @@ async def test_the_event_hook_gets_every_event_that_matters_in_order(
 
 
 @pytest.mark.parametrize("fault", ["refuse", "hang", "500"])
+@pytest.mark.serial  # deployed within 2.5 s
 async def test_a_failing_event_hook_never_holds_the_deployment_up_and_is_noted_once(
     world: World, receiver: Receiver, fault: str
 ) -> None:
@@ -315,6 +318,7 @@ async def test_a_failing_event_hook_never_holds_the_deployment_up_and_is_noted_o
 
 # -- real sockets ----------------------------------------------------------------------------
 
+@pytest.mark.serial  # ends within 0.25-1.5 s
 async def test_a_call_to_a_server_that_never_answers_ends_at_its_timeout() -> None:
     accepted: list[asyncio.StreamWriter] = []
 

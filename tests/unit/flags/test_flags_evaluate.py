@@ -6,6 +6,8 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
 from turnout.flags import ErrorCode, FlagState, Reason, evaluate, is_enabled, variant
 from turnout.flags.hashing import normalized_hash
 
@@ -182,6 +184,7 @@ def test_missing_rollout_parameter_is_a_parse_error() -> None:
     assert result.error_code is ErrorCode.PARSE_ERROR and "rollout" in (result.error_message or "")
 
 
+@pytest.mark.serial  # under 25 us a call, by the wall clock
 def test_evaluation_is_precompiled_not_parsed_per_call() -> None:
     constraint = {"contextName": "version", "operator": "SEMVER_GTE", "value": "2.0.0"}
     state = state_of(flag("f", {**rollout(50), "constraints": [constraint]},
