@@ -117,6 +117,11 @@ async def test_an_unknown_or_changed_host_key_is_refused(shop: HostService, tmp_
     assert result.returncode != 0
     assert f"host {first}" in result.stderr and "host key is not accepted" in result.stderr, result.stderr
     assert all(not names for names in shop.units().values())  # nothing started anywhere
+    # `down` cannot list the hosts either, but the router on this machine stops all the same.
+    pid_file = shop.folder / ".turnout" / "router" / "proxy.pid"
+    assert pid_file.exists()
+    assert shop.run("down").returncode != 0
+    assert not pid_file.exists()
 
 
 async def test_status_and_logs_show_instances_per_host(shop: HostService) -> None:

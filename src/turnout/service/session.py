@@ -246,11 +246,11 @@ class Session(SessionBase):
             if active is not None:
                 self.store.update_deployment(active.id, phase="aborted", message="service taken down")
             stopped = 0
+            reaper.stop(self.state)
+            await self.router.stop()  # first: hosts that cannot be listed do not keep it running
             records = self.store.instances(self.spec.service)
             found: dict[str, Instance] = {r.instance.id: r.instance for r in records}
             found.update({i.id: i for i in await self.platform.instances(self.spec.service)})
-            reaper.stop(self.state)
-            await self.router.stop()
             for instance in found.values():
                 await self.platform.stop(instance, grace=self.spec.run.grace)
                 self.store.remove_instance(instance.id)
