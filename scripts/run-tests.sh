@@ -40,7 +40,9 @@ count() {
     awk '{n += $1} END {print n + 0}'
 }
 
-run_pass parallel -m "not serial" -n "$workers" --basetemp "$tmp/parallel" "$@"
+# worksteal: an idle worker takes half of another's queue. xdist's default hands out long runs
+# of consecutive tests, so one worker could be left with most of tests/e2e while the other idles.
+run_pass parallel -m "not serial" -n "$workers" --dist worksteal --basetemp "$tmp/parallel" "$@"
 run_pass serial -m serial --basetemp "$tmp/serial" "$@"
 
 read -r parallel_code parallel_s <"$logs/parallel.status"
