@@ -250,6 +250,7 @@ async def test_ctrl_c_during_a_deployment_rolls_back(service: Service) -> None:
     assert len(app_processes(service.folder)) == 3
 
 
+@pytest.mark.serial  # blue-green exposes nobody only if the demo sees the switch before v2's first answer
 def test_demo_prints_one_row_per_strategy_as_json(tmp_path: Path) -> None:
     import subprocess
 
