@@ -28,6 +28,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tests.system import missing
+
 SERVER_USER = "postgres"
 START_TIMEOUT = 30
 SETTINGS = {
@@ -129,9 +131,7 @@ def postgres_server() -> Iterator[PostgresServer]:
     if bin_dir is None:
         message = ("PostgreSQL is not installed (no initdb in /usr/lib/postgresql/*/bin or on "
                    "PATH): install Debian's postgresql package")
-        if os.geteuid() == 0:
-            pytest.fail(f"{message} (scripts/install-system-deps.sh does it as root)")
-        pytest.skip(message)
+        missing(message)
     server = PostgresServer.start(bin_dir)
     try:
         yield server

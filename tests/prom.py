@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -31,6 +30,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from tests.system import missing
 
 START_TIMEOUT = 30.0
 SCRAPE_INTERVAL = "1s"
@@ -165,9 +166,7 @@ def prometheus_server() -> Iterator[PrometheusServer]:
     binary = shutil.which("prometheus")
     if binary is None:
         message = "Prometheus is not installed (no prometheus on PATH): install Debian's prometheus package"
-        if os.geteuid() == 0:
-            pytest.fail(f"{message} (scripts/install-system-deps.sh does it as root)")
-        pytest.skip(message)
+        missing(message)
     server = PrometheusServer.start(binary)
     try:
         yield server
