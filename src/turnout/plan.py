@@ -138,6 +138,9 @@ class Analyse(_Step):
     max_p99_increase: float | None = None
     min_soak: float = 0.0
     alpha: float = 0.01
+    # Blue-green's check before the switch: the window opens with the preview (so the tests'
+    # traffic counts) and closes `seconds` after this step starts.
+    since_preview: bool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -232,9 +235,10 @@ def describe(step: Step) -> str:
             return "pause until `turnout promote`"
         case Pause(seconds=s):
             return f"pause {s:g}s"
-        case Analyse(subject=subject, baseline=baseline, seconds=s):
+        case Analyse(subject=subject, baseline=baseline, seconds=s, since_preview=preview):
             against = f" against {describe_subject(baseline)}" if baseline else ""
-            return f"analyse {describe_subject(subject)}{against} for {s:g}s"
+            traffic = " on its preview traffic" if preview else ""
+            return f"analyse {describe_subject(subject)}{traffic}{against} for {s:g}s"
         case Drain(revision=r, slots=s):
             return f"drain {r} slots {list(s)}"
         case Stop(revision=r, slots=s):

@@ -27,6 +27,7 @@ from turnout.flags import FlagState, evaluate
 from turnout.flags.store import FlagStore
 from turnout.model import Revision
 from turnout.plan import Pause, dump_plan, load_plan, plan_hash
+from turnout.routers.base import Counters
 from turnout.spec import Spec, parse_strategy
 from turnout.store.db import DeploymentRecord, Store
 from turnout.strategies import Fleet
@@ -621,6 +622,62 @@ async def test_blue_green_tests_on_the_preview_address_gate_the_switch(world: Wo
     assert "expected 200, got 503" in done.message
     assert world.router.shares() == {"v2": 100.0}
     assert world.running("v3") == []
+
+
+def preview_answering(w: World, green_traffic: Counters) -> Callable[[httpx.Request], httpx.Response | None]:
+    """The preview address, as the router counts it: every test request there brings
+    `green_traffic` to the green fleet (a smoke test that answers 200 while the load the
+    tests send meets errors)."""
+    def preview(request: httpx.Request) -> httpx.Response | None:
+        if f"{request.url.host}:{request.url.port}" != w.spec.preview_listen():
+            return None
+        w.router.count(w.rev("v2"), green_traffic)
+        return httpx.Response(200)
+    return preview
+
+
+PREVIEW_ANALYSIS = {"duration": "5s", "max_error_rate": "5%", "min_requests": 20}
+
+
+async def test_blue_green_judges_the_green_fleets_test_traffic_before_the_switch(world: World) -> None:
+    await first_release(world)
+    world.http = fake_http(world.platform, other=preview_answering(world, traffic(30, errors=15)))
+    async with world.http:
+        done = await world.deploy("v2", kind="blue-green", tests=[{"http": "/smoke"}],
+                                  preview_analysis=PREVIEW_ANALYSIS)
+    assert done.phase == "failed", done.message
+    assert done.message.startswith("analysis failed") and "error rate" in done.message
+    assert world.router.shares() == {"v1": 100.0}  # never switched
+    assert all(t.share(world.rev("v2")) == 0 for t in world.router.tables)
+    assert any("on its preview traffic since the preview opened" in e.message for e in world.events)
+
+
+async def test_blue_green_switches_once_the_test_traffic_passed_its_analysis(world: World) -> None:
+    await first_release(world)
+    world.http = fake_http(world.platform, other=preview_answering(world, traffic(30)))
+    async with world.http:
+        done = await world.deploy("v2", kind="blue-green", tests=[{"http": "/smoke"}],
+                                  preview_analysis=PREVIEW_ANALYSIS)
+    assert done.phase == "succeeded", done.message
+    verdicts = [e.data["verdict"] for e in world.events if e.kind == "gate"]
+    assert verdicts == ["Successful"]  # judged once, at the end of its 5 s, on the tests' 30
+    steps = [e.message for e in world.events if e.kind == "step"]
+    assert any(m.startswith(f"analyse {world.rev('v2')} on its preview traffic") for m in steps)
+
+
+async def test_a_toggle_gate_fails_at_once_when_its_code_takes_down_every_user(world: World) -> None:
+    await first_release(world)
+    # The flag's few users and everyone else alike: connections refused (a crashed process).
+    world.router.flow("flag:new-checkout:on", traffic(2, connection_errors=2))
+    world.router.flow("flag:new-checkout:off", traffic(60, connection_errors=60))
+    gate = {"interval": "1s", "max_error_rate_increase": "1%", "min_requests": 50}
+    began = world.clock.now()
+    done = await world.deploy("v2", **{**TOGGLE, "ramp": [{"users": ["alice"]}, {"pause": "5m"}]},
+                              gate=gate)
+    assert done.phase == "failed", done.message
+    assert "both cohorts together" in done.message
+    assert world.clock.now() - began < 30  # the cohort's own 2 a second would need far longer
+    assert not flag_on(world, "alice")
 
 
 # -- problems found and fixed: these keep them fixed ----

@@ -49,7 +49,14 @@ CASES = [
      5, "strategy.stesp", "unknown field; did you mean 'steps'?"),
     ("unknown field lists the kind's own", "  kind: blue-green\n  wibble: 1\n",
      5, "strategy.wibble",
-     "known fields here: analysis, auto_promote, kind, rollback_window, tests, webhooks"),
+     "known fields here: analysis, auto_promote, kind, preview_analysis, rollback_window, tests, "
+     "webhooks"),
+    ("preview analysis in a canary", "  kind: canary\n  steps: [{weight: 5}]\n"
+     "  preview_analysis: {duration: 10s}\n", 6, "strategy.preview_analysis",
+     "only a blue-green strategy uses preview_analysis; this one is 'canary'"),
+    ("preview analysis with a misspelt limit", "  kind: blue-green\n  preview_analysis:\n"
+     "    duration: 10s\n    max_eror_rate: 5%\n", 7, "strategy.preview_analysis.max_eror_rate",
+     "did you mean 'max_error_rate'?"),
     ("analysis alpha out of range",
      "  kind: rolling\n  analysis: {max_error_rate_increase: 1%, alpha: 60%}\n",
      5, "strategy.analysis", "alpha must be above 0 and below 50%"),

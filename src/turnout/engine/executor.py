@@ -182,6 +182,16 @@ class Executor:
         return (RevisionSubject(revision=deployment.target_revision),
                 RevisionSubject(revision=previous) if previous else None)
 
+    def _judges_preview(self) -> bool:
+        """Whether the plan judges a preview (blue-green's `preview_analysis`)."""
+        return getattr(self.spec.strategy, "preview_analysis", None) is not None
+
+    @staticmethod
+    def _live(step: Route) -> Subject | None:
+        """The revision with the most live traffic in a table (a preview's baseline)."""
+        pools = sorted((p for p in step.pools if p.revision != step.preview), key=lambda p: -p.weight)
+        return RevisionSubject(revision=pools[0].revision) if pools else None
+
     async def _run_step(self, control: Control, deployment: DeploymentRecord, step: Step) -> None:
         world = self.world
         match step:
@@ -192,6 +202,9 @@ class Executor:
             case Route():
                 await self.webhooks.confirm(control, "confirm-rollout")
                 await world.route(step, target=deployment.target_revision)  # what runs, read again
+                if step.preview is not None and self._judges_preview():
+                    await self.gates.preview_opened(RevisionSubject(revision=step.preview),
+                                                    self._live(step))
             case RunTests():
                 await control.guard(world.run_tests(step))
             case Pause():

@@ -7,6 +7,8 @@ another and asks the `Judge` about the two windows since the start. Every decisi
 recorded with its evidence. Failed rolls back at once; a step only continues on its own
 after Successful: a pause or analysis that ends Inconclusive (or Error) holds the
 deployment, phase `paused`, still watched, until `turnout promote` or `turnout abort`.
+Blue-green's analysis before the switch starts from the reading taken when the preview
+opened (`preview_opened`), so the tests' traffic is judged too.
 """
 
 from __future__ import annotations
@@ -16,13 +18,13 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from turnout.analysis.judge import Criteria, Decision, Judge, Verdict
+from turnout.analysis.judge import Criteria, Decision, Judge, Verdict, Window
 from turnout.analysis.sources import MetricSource, Reading
 from turnout.clock import Clock
 from turnout.engine.control import Control, StepFailed
 from turnout.engine.events import Event, Recorder
 from turnout.errors import AnalysisError, TurnoutError
-from turnout.plan import Analyse, Pause, Subject, describe_subject
+from turnout.plan import Analyse, CohortSubject, Pause, Subject, describe_subject
 from turnout.spec import Background, Gate, Spec
 
 
@@ -61,6 +63,7 @@ class Gates:
     ) -> None:
         self.spec, self.source, self.judge = spec, source, judge
         self.clock, self.record = clock, record
+        self._opened: dict[Subject, Reading] = {}  # by preview subject: when its preview opened
 
     @property
     def gate(self) -> Gate:
@@ -105,9 +108,15 @@ class Gates:
             decision = await self._decide(step.watch, step.baseline, start, criteria, silence)
         return decision, False
 
+    async def preview_opened(self, subject: Subject, baseline: Subject | None) -> None:
+        """The preview now serves `subject`: the reading its analysis `since_preview` starts
+        from. A source that cannot be read now leaves none (that analysis starts at its step)."""
+        with contextlib.suppress(AnalysisError):
+            self._opened[subject] = await self._reading(subject, baseline)
+
     async def analyse(self, control: Control, deployment_id: int, step: Analyse) -> None:
         criteria = Criteria.of(step)
-        start = await self._reading(step.subject, step.baseline)
+        start = await self._start(step)
         end = self.clock.now() + step.seconds
         silence = Silence(self.gate.max_silent_intervals)
         decision: Decision | None = None
@@ -190,6 +199,19 @@ class Gates:
                 control.fail(f"analysis failed: {w.last.reason}")
                 return
 
+    async def _start(self, step: Analyse) -> Reading:
+        """Where an analysis's window opens: now, or when the preview opened."""
+        opened = self._opened.pop(step.subject, None) if step.since_preview else None
+        if opened is not None and (step.baseline is None or step.baseline in opened.counters):
+            ago = self.clock.now() - opened.at
+            self.record(Event("info", f"judging {describe_subject(step.subject)} on its preview "
+                                      f"traffic since the preview opened {ago:.1f}s ago"))
+            return opened
+        if step.since_preview:  # resumed after a crash: the earlier traffic is not known
+            self.record(Event("info", "judging the preview traffic from now on (the reading "
+                                      "taken when the preview opened is gone)"))
+        return await self._reading(step.subject, step.baseline)
+
     async def _reading(self, subject: Subject, baseline: Subject | None) -> Reading:
         subjects = [subject] if baseline is None else [subject, baseline]
         return Reading(self.clock.now(), await self.source.read(subjects))
@@ -209,8 +231,10 @@ class Gates:
                 self._report(subject, baseline, decision)
             return decision
         window = start.window(now, subject)
-        decision = self.judge.judge(window, start.window(now, baseline) if baseline is not None else None,
-                                    criteria)
+        against = start.window(now, baseline) if baseline is not None else None
+        decision = self.judge.judge(window, against, criteria)
+        if against is not None and isinstance(subject, CohortSubject) and not decision.failed:
+            decision = self._whole(window, against, criteria, decision)
         if not silence.heard(window.counters.requests):
             decision = Decision(Verdict.FAILED, f"no data: no request for {describe_subject(subject)} "
                                 f"in {silence.limit} looks in a row", decision.evidence)
@@ -220,6 +244,19 @@ class Gates:
         if decision.failed:
             raise StepFailed(f"gate failed: {decision.reason}")
         return decision
+
+    def _whole(self, on: Window, off: Window, criteria: Criteria, decision: Decision) -> Decision:
+        """A flag's code runs in every user's process, so its cohorts together (the whole
+        service) are held to the absolute limits too: a crash that takes down the users
+        outside the cohort as well fails the gate as soon as it shows, not once the cohort's
+        own share has piled up enough failures. Judged without a baseline, which leaves the
+        judge only its guardrails (always-valid bounds where the criteria compare)."""
+        whole = Window(on.subject, on.counters.plus(off.counters), on.seconds)
+        guard = self.judge.judge(whole, None, criteria)
+        if not guard.failed:
+            return decision
+        return Decision(Verdict.FAILED, f"both cohorts together: {guard.reason}",
+                        {**decision.evidence, "whole service": guard.evidence.get("canary")})
 
     def _report(self, subject: Subject, baseline: Subject | None, decision: Decision) -> None:
         self.record(Event("gate", f"{decision.verdict.value}: {decision.reason}", data={

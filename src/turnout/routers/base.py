@@ -106,6 +106,19 @@ class Counters(BaseModel):
                               if n - earlier.router_responses.get(k, 0)},
         )
 
+    def plus(self, other: Counters) -> Counters:
+        """The traffic of both (two cohorts of one service: the whole service)."""
+        statuses = set(self.router_responses) | set(other.router_responses)
+        return Counters(
+            requests=self.requests + other.requests,
+            responses_5xx=self.responses_5xx + other.responses_5xx,
+            connection_errors=self.connection_errors + other.connection_errors,
+            latency=[a + b for a, b in zip(self.latency, other.latency, strict=True)],
+            router_responses={k: self.router_responses.get(k, 0) + other.router_responses.get(k, 0)
+                              for k in sorted(statuses)},
+            in_flight=self.in_flight + other.in_flight,
+        )
+
     @property
     def finished(self) -> int:
         """The requests whose outcome is known: a hung request is no success yet."""

@@ -12,7 +12,7 @@ from typing import Annotated, Literal, get_args
 
 from pydantic import Discriminator, Field, Tag, TypeAdapter, ValidationInfo, field_validator
 
-from turnout.spec.steps import Background, CanaryStep, Gate, Match, PreviewTest, RampStep
+from turnout.spec.steps import Analysis, Background, CanaryStep, Gate, Match, PreviewTest, RampStep
 from turnout.spec.values import Count, CountOrPercent, Strict
 from turnout.spec.webhooks import Webhook
 from turnout.units import Duration
@@ -74,6 +74,12 @@ class _RollingParams(_Params):
 class _BlueGreenParams(_Params):
     tests: list[PreviewTest] = Field(
         default_factory=list, description="blue-green: checks on the green fleet before the switch"
+    )
+    preview_analysis: Analysis | None = Field(
+        default=None, description="blue-green: the green fleet judged before the switch on its "
+        "preview traffic (the tests' and any other), from the moment the preview opens until "
+        "`duration` after the tests; unset limits are the gate's defaults, and with an increase "
+        "set it is compared with the blue fleet's live traffic",
     )
     auto_promote: bool = Field(default=True, description="blue-green: switch when the tests pass")
     rollback_window: Duration = Field(

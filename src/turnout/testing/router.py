@@ -37,15 +37,6 @@ def traffic(
                     latency=buckets)
 
 
-def _plus(a: Counters, b: Counters) -> Counters:
-    return Counters(
-        requests=a.requests + b.requests,
-        responses_5xx=a.responses_5xx + b.responses_5xx,
-        connection_errors=a.connection_errors + b.connection_errors,
-        latency=[x + y for x, y in zip(a.latency, b.latency, strict=True)],
-    )
-
-
 @dataclass
 class _Life:
     """Whether the fake router's "process" runs, shared by every adapter over it."""
@@ -135,7 +126,7 @@ class FakeRouter:
         self._answering()
         self.stats_reads += 1
         for revision, flow in self.flows.items():
-            self.counters[revision] = _plus(self.counters.get(revision, Counters()), flow)
+            self.counters[revision] = self.counters.get(revision, Counters()).plus(flow)
         table = self.tables[-1] if self.tables else RoutingTable()
         cohorts = {f"{name}:{side}": Counters() for name in self.flag_settings["evaluate"]
                    for side in ("on", "off")}
@@ -179,7 +170,7 @@ class FakeRouter:
 
     # -- for tests -----------------------------------------------------------------
     def count(self, revision: str, counters: Counters) -> None:
-        self.counters[revision] = _plus(self.counters.get(revision, Counters()), counters)
+        self.counters[revision] = self.counters.get(revision, Counters()).plus(counters)
 
     def flow(self, revision: str, counters: Counters) -> None:
         self.flows[revision] = counters
