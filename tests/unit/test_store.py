@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from alembic.runtime.migration import MigrationContext
 
 from turnout.errors import ConflictError, StoreError
 from turnout.store import Store
+from turnout.store import engine as engine_module
 from turnout.store.schema import metadata
 
 PY = sys.executable
@@ -56,6 +58,32 @@ def test_fresh_database_is_migrated_to_head_and_reopens(tmp_path: Path) -> None:
         assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"services", "revisions", "deployments", "events", "instances"} <= tables
+
+
+def test_every_migration_is_numbered_by_its_file_and_the_newest_is_the_head() -> None:
+    versions = Path(engine_module.__file__).parent / "migrations" / "versions"
+    chain: list[tuple[str, str | None]] = []
+    for script in sorted(versions.glob("*.py")):
+        text = script.read_text()
+        revision = re.search(r'^revision: str = "(\w+)"', text, re.M)
+        down = re.search(r'^down_revision: str \| None = (None|"\w+")', text, re.M)
+        assert revision and down, script.name
+        assert revision.group(1) == script.name[:4], f"{script.name}: revision {revision.group(1)}"
+        chain.append((revision.group(1), None if down.group(1) == "None" else down.group(1).strip('"')))
+    previous = None
+    for revision_id, down_id in chain:  # one line of scripts, each after the one before
+        assert down_id == previous, f"{revision_id} follows {down_id}, not {previous}"
+        previous = revision_id
+    assert engine_module.head() == previous
+
+
+def test_a_database_at_the_head_opens_without_importing_alembic(tmp_path: Path) -> None:
+    url = url_of(tmp_path / "state.db")
+    Store.open(url).close()  # created and migrated
+    probe = ("import sys; from turnout.store.db import Store; "
+             f"Store.open({url!r}).close(); print('alembic' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False", result.stderr
 
 
 def test_migrations_match_the_tables_the_code_uses(tmp_path: Path) -> None:

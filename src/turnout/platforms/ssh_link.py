@@ -7,6 +7,9 @@ ever pasted into a command string). Host keys are always checked against the spe
 `parallel` commands run on one host at once. A connection lost under a command is opened
 again and the command run once more (every command the platform sends is safe to repeat);
 a second loss, a timeout or a refusal is a `PlatformError` that names the host.
+
+asyncssh is imported when a host is first reached, not with this module: every command
+imports the platforms, and most never open a connection.
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import asyncssh
+from typing import TYPE_CHECKING
 
 from turnout.errors import PlatformError
 from turnout.platforms.base import HostUnreachable
+
+if TYPE_CHECKING:
+    import asyncssh
 
 UNREACHABLE_FOR = 3.0  # seconds a failed connect is answered from memory, without trying again
 
@@ -73,6 +78,7 @@ class HostLink:
         self, argv: Sequence[str], *, stdin: bytes | None = None, limit: float | None = None
     ) -> Output:
         """Run `argv` on the host and return its output, whatever its exit status."""
+        import asyncssh
         command = shlex.join(argv)
         limit = self.login.command_timeout if limit is None else limit
         async with self._slots:
@@ -119,6 +125,7 @@ class HostLink:
         return await self._connection()
 
     async def aclose(self) -> None:
+        import asyncssh
         if self._conn is not None:
             conn, self._conn = self._conn, None
             conn.close()
@@ -151,6 +158,7 @@ class HostLink:
         conn.abort()
 
     async def _connect(self) -> asyncssh.SSHClientConnection:
+        import asyncssh
         login = self.login
         keys: dict[str, object] = {}
         if login.identity is not None:  # this key alone; else the agent and the default keys

@@ -33,9 +33,8 @@ import sysconfig
 import tempfile
 from functools import cache
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import asyncssh
 import httpx
 
 from turnout.errors import PlatformError, RouterError
@@ -47,6 +46,9 @@ from turnout.routers.builtin import BuiltinRouter
 from turnout.spec import Spec
 from turnout.spec.hosts import SshPlatformSpec, host_address
 from turnout.statedir import StateDir
+
+if TYPE_CHECKING:
+    import asyncssh
 
 # The proxy's entry points: what the host must be able to import.
 ENTRY = ("turnout.routers.proxy.supervisor", "turnout.routers.proxy.worker",
@@ -142,6 +144,7 @@ class HostedRouter(BuiltinRouter):
 
     # --- the admin API, through a forwarded socket
     async def _http(self) -> httpx.AsyncClient:
+        import asyncssh  # with the connection: see turnout.platforms.ssh_link
         try:
             conn = await self.link.connection()
             home = await self._host_home()

@@ -14,11 +14,10 @@ from contextlib import contextmanager
 from typing import Concatenate, ParamSpec, Self, TypeVar
 
 import sqlalchemy as sa
-from alembic.util.exc import CommandError
 from sqlalchemy.exc import SQLAlchemyError
 
 from turnout.errors import StoreError
-from turnout.store.engine import create_engine, migrate
+from turnout.store.engine import MigrationError, create_engine, migrate
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -64,7 +63,7 @@ class Database:
             raise StoreError(f"cannot open the state database {shown}: {reason(exc)}") from exc
         try:
             migrate(engine)
-        except (SQLAlchemyError, CommandError, OSError) as exc:
+        except (SQLAlchemyError, MigrationError, OSError) as exc:
             engine.dispose()
             raise StoreError(f"cannot open the state database {shown}: {reason(exc)}") from exc
         return cls(engine, now=now)

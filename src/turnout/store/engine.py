@@ -4,7 +4,9 @@ SQLite gets WAL (readers never block the writer), a busy timeout (a writer waits
 other instead of failing at once) and explicit transaction starts: the driver's own
 implicit BEGIN is turned off so that DDL is transactional and write transactions start
 with `BEGIN IMMEDIATE` (two writers queue up front instead of failing half way when a
-read lock cannot be upgraded). Migrations are the Alembic scripts shipped in this package.
+read lock cannot be upgraded). Migrations are the Alembic scripts shipped in this package;
+a database already at the newest of them is not handed to Alembic at all (importing it is a
+third of a command's start-up), so it is imported only when there is something to upgrade.
 """
 
 from __future__ import annotations
@@ -15,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 
 _HERE = Path(__file__).resolve().parent
+_VERSIONS = _HERE / "migrations" / "versions"
 BUSY_TIMEOUT_MS = 15_000
 
 
@@ -68,14 +69,45 @@ def _sqlite_begin(conn: sa.Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
+class MigrationError(Exception):
+    """Alembic could not bring the schema up to date (its own error, in words)."""
+
+
+def head() -> str:
+    """The newest migration's revision: each script's revision is its file's number
+    (`0005_deploy_locks.py` is "0005"; a test holds every script to it)."""
+    return max(p.name[:4] for p in _VERSIONS.glob("[0-9][0-9][0-9][0-9]_*.py"))
+
+
+def _current(conn: sa.Connection) -> str | None:
+    """The revision the database is at; None before the first migration."""
+    if not sa.inspect(conn).has_table("alembic_version"):
+        return None
+    return conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+
+
 def migrate(engine: sa.Engine) -> None:
-    """`alembic upgrade head` on the store's own connection, one process at a time."""
-    config = Config(str(_HERE / "alembic.ini"))
-    config.set_main_option("script_location", str(_HERE / "migrations"))
+    """`alembic upgrade head` on the store's own connection, one process at a time; nothing
+    (and no Alembic) when the database is already at the head."""
     with engine.connect() as conn:
         conn.execution_options(turnout_write=True)
         with conn.begin():
             if conn.dialect.name == "postgresql":
                 conn.exec_driver_sql("SELECT pg_advisory_xact_lock(74160001)")
-            config.attributes["connection"] = conn
-            command.upgrade(config, "head")
+            if _current(conn) == head():
+                return
+            _upgrade(conn)
+
+
+def _upgrade(conn: sa.Connection) -> None:
+    from alembic import command  # here: only when there is something to upgrade
+    from alembic.config import Config
+    from alembic.util.exc import CommandError
+
+    config = Config(str(_HERE / "alembic.ini"))
+    config.set_main_option("script_location", str(_HERE / "migrations"))
+    config.attributes["connection"] = conn
+    try:
+        command.upgrade(config, "head")
+    except CommandError as exc:
+        raise MigrationError(str(exc)) from exc
