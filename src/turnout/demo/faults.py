@@ -74,12 +74,16 @@ GATE = {"interval": "500ms", "min_requests": 10, "max_error_rate": "2%", "max_p9
 # Judged throughout every deployment, as the SLO: a strategy without pauses (big bang,
 # rolling, blue-green) has no other look at live traffic, and succeeds only once it passed.
 ANALYSIS = {**GATE, "min_requests": 20}
+PREVIEW_LIMITS = {k: v for k, v in ANALYSIS.items() if k != "interval"}
 STRATEGIES: dict[str, dict[str, object]] = {
     "big-bang": {"kind": "big-bang", "analysis": ANALYSIS},
     "rolling": {"kind": "rolling", "max_surge": 1, "max_unavailable": 0, "analysis": ANALYSIS},
-    # A smoke test of the main path on the green fleet, as a user would write one.
-    "blue-green": {"kind": "blue-green", "tests": [{"http": "/"}], "rollback_window": "1s",
-                   "analysis": ANALYSIS},
+    # A smoke test of the main path on the green fleet, as a user would write one, and a
+    # short load on it that the analysis before the switch judges with the live limits.
+    "blue-green": {"kind": "blue-green", "rollback_window": "1s", "analysis": ANALYSIS,
+                   "tests": [{"http": "/"}, {"command": [sys.executable, "-m", "turnout.demo.preview_load",
+                                                         "--requests", "60", "--rate", "100"]}],
+                   "preview_analysis": {**PREVIEW_LIMITS, "duration": "0s"}},
     "canary": {"kind": "canary", "steps": [{"weight": 10}, {"pause": "3s"}, {"weight": 50}, {"pause": "2s"}],
                "gate": GATE, "analysis": ANALYSIS},
     "feature-toggle": {"kind": "feature-toggle", "flag": FLAG, "ship": "rolling",
