@@ -81,6 +81,7 @@ def test_global_and_defaults_come_from_the_folder_and_the_tables_timeouts_and_li
     assert {"timeout http-request 3000ms", "timeout http-keep-alive 4000ms", "timeout client 8000ms",
             "timeout connect 250ms", "timeout server 7000ms", "timeout tunnel 90000ms",
             "option redispatch", "retry-on conn-failure empty-response", "retries 3",
+            "option idle-close-on-response",
             "load-server-state-from-file global", "option http-buffer-request"} <= set(defaults)
     assert "http-request set-header X-Forwarded-Proto http" in section(text, "frontend web")
     trusting = section(render(made(Slot())), "frontend web")

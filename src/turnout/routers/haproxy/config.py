@@ -15,6 +15,11 @@ How requests pick a pool (the Lua and its map, `turnout.routers.haproxy.maps`) c
 lines: `Layout.global_lines` and `Service.frontend_lines` / `preview_lines`. Without them a
 frontend sends everything to its `default_pool` (or answers 503 when it has none).
 
+Frontends keep idle keep-alive connections open through a reload (`option
+idle-close-on-response`): the old worker closes each after answering its next request with
+`Connection: close`, so no client loses a request it sent just as HAProxy closed an idle
+connection. An old worker may thus stay until its last idle client comes back or times out.
+
 The global section runs HAProxy in master-worker mode with a runtime API socket readable by
 its owner only, and a server-state file that `turnout.routers.haproxy.process` fills just
 before each reload. Defaults come from the routing table's timeouts and limits.
@@ -153,6 +158,7 @@ def _defaults(layout: Layout) -> tuple[str, list[str]]:
         "mode http",
         "option forwardfor",
         "option redispatch",
+        "option idle-close-on-response",
         f"retries {RETRIES}",
         "retry-on conn-failure empty-response",
         "load-server-state-from-file global",

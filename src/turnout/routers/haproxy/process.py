@@ -35,7 +35,7 @@ from turnout import procs
 from turnout.errors import RouterError
 from turnout.files import write_atomic
 from turnout.routers.haproxy.config import ADMIN_SOCKET, STATE_FILE
-from turnout.routers.haproxy.runtime import ProcInfo, Runtime
+from turnout.routers.haproxy.runtime import ProcInfo, Runtime, parse_stat
 from turnout.routers.proxy.process import router_env
 
 CONFIG_FILE = "haproxy.cfg"
@@ -100,7 +100,7 @@ class HaproxyProcess:
         """`haproxy -c` on the file (by default the folder's haproxy.cfg); RouterError with
         HAProxy's own words when it refuses it."""
         path = self.config_path if config_path is None else config_path
-        argv = [self._program(), "-c", "-q", "-f", str(path)]
+        argv = [self._program(), "-c", "-f", str(path)]
         try:
             child = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
@@ -115,7 +115,9 @@ class HaproxyProcess:
             await child.wait()
             raise RouterError(f"HAProxy did not check {path} within {CHECK_SECONDS:g}s") from exc
         if child.returncode != 0:
-            said = output.decode(errors="replace").strip() or f"exit status {child.returncode}"
+            lines = output.decode(errors="replace").splitlines()
+            said = "\n".join(line for line in lines if "[NOTICE]" not in line).strip()
+            said = said or f"exit status {child.returncode}"
             raise RouterError(f"HAProxy refuses the configuration {path}:\n{said}")
 
     # --- starting
@@ -209,19 +211,40 @@ class HaproxyProcess:
 
     # --- stopping
     async def stop(self) -> None:
-        """Soft-stop HAProxy (requests in progress finish), kill its process group if it
-        lingers past STOP_SECONDS. Only the very master the pid file names is signalled; a
-        stopped HAProxy is no error. PermissionError when it is not ours to signal."""
+        """Soft-stop HAProxy: its listeners close and the requests in progress finish; once
+        none is left (HAProxy keeps idle keep-alive connections open until their next request,
+        so they would hold it up) end it with SIGTERM, and kill its process group if it is
+        still there after STOP_SECONDS. Only the very master the pid file names is signalled;
+        a stopped HAProxy is no error. PermissionError when it is not ours to signal."""
         found = self.identity()
         if found is None:
             return
         pid, started = found
         if not procs.signal_process(pid, started, signal.SIGUSR1):
             return
-        if await self._gone(pid, started, STOP_SECONDS):
-            return
-        procs.signal_group(pid, started, signal.SIGKILL)
-        await self._gone(pid, started, 5.0)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STOP_SECONDS
+        ended = False
+        while loop.time() < deadline and procs.is_running(pid, started):
+            if not ended and await self._in_flight() == 0:
+                ended = procs.signal_process(pid, started, signal.SIGTERM)
+            await asyncio.sleep(0.02)
+        if procs.is_running(pid, started):
+            procs.signal_group(pid, started, signal.SIGKILL)
+            await self._gone(pid, started, 5.0)
+
+    async def _in_flight(self) -> int | None:
+        """Requests the workers are still serving or queueing (their backends' scur and
+        qcur, asked through the master CLI); None when the master does not tell."""
+        try:
+            total = 0
+            for worker in await self.workers():
+                for row in parse_stat(await self.master.command(f"@!{worker.pid} show stat")):
+                    if row.name == "BACKEND":
+                        total += row.number("scur") + row.number("qcur")
+        except (RouterError, ValueError):
+            return None
+        return total
 
     @staticmethod
     async def _gone(pid: int, started: float, seconds: float) -> bool:
