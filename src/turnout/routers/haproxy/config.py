@@ -12,7 +12,7 @@ here too, so a reload or a restart serves what the runtime API last set; an empt
 workers of a reload take no new request there, while the old ones finish theirs.
 
 How requests pick a pool (the Lua and its map, `turnout.routers.haproxy.maps`) comes in as
-lines: `Layout.global_lines` and `Service.frontend_lines` / `preview_lines`. Without them a
+lines: `Layout.global_lines`, `Service.frontend_lines` / `preview_lines` and `Pool.lines`. Without them a
 frontend sends everything to its `default_pool` (or answers 503 when it has none).
 
 Frontends keep idle keep-alive connections open through a reload (`option
@@ -59,6 +59,7 @@ class Pool:
     slots: tuple[Slot, ...]
     revision: str | None = None
     weight: int = 0
+    lines: tuple[str, ...] = ()  # more lines of the backend (the Lua's latency timing)
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +214,7 @@ def _backend(service: Service, index: int, pool: Pool) -> tuple[str, list[str]]:
         f"timeout check {_ms(health.timeout)}",
         f"default-server check inter {_ms(health.interval)} fall {health.fall} rise {health.rise}",
     ]
+    lines += pool.lines
     lines += [_server(i, slot) for i, slot in enumerate(pool.slots)]
     return f"backend {service.backend(index)}", lines
 
