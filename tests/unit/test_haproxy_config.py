@@ -104,6 +104,7 @@ def test_what_a_line_cannot_hold_is_refused() -> None:
 
 def test_a_pools_own_lines_come_before_its_slots() -> None:
     timed = Pool(slots=(Slot(),), lines=("http-response set-var(txn.t) str(1)",))
-    text = render(Layout(folder=FOLDER, services=(Service(name="web", listen="127.0.0.1:1", pools=(timed,)),)))
+    service = Service(name="web", listen="127.0.0.1:1", pools=(timed,))
+    text = render(Layout(folder=FOLDER, services=(service,)))
     backend = section(text, "backend web_p0")
     assert backend[-2:] == ["http-response set-var(txn.t) str(1)", "server s0 127.0.0.1:1 disabled"]
