@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import httpx
 import pytest
+from tests.integration.haproxy_rig import need_haproxy
 from tests.integration.test_proxy import Upstream
 
 from turnout.errors import RouterError
@@ -143,7 +144,23 @@ class FakeRig:
         await self.fake.aclose()
 
 
-ALL_ROUTERS: dict[str, Callable[[], Rig]] = {"fake": FakeRig, "builtin": BuiltinRig}
+class HaproxyRig(BuiltinRig):
+    """HAProxy as a real master-worker process, steered by `HaproxyRouter`, real upstreams."""
+
+    def __init__(self) -> None:
+        need_haproxy()
+        super().__init__()
+
+    def _adapter(self) -> Any:
+        from turnout.routers.haproxy.router import HaproxyRouter  # the other rigs never need it
+
+        return HaproxyRouter(self.folder / "router", service="web", listen="127.0.0.1:0",
+                             preview_listen="127.0.0.1:0", slots=4)
+
+
+ALL_ROUTERS: dict[str, Callable[[], Rig]] = {
+    "fake": FakeRig, "builtin": BuiltinRig, "haproxy": HaproxyRig,
+}
 
 
 @pytest.fixture(params=list(ALL_ROUTERS))
