@@ -1,0 +1,313 @@
+-- turnout's routing inside HAProxy (Lua 5.3, loaded once with lua-load: one shared state).
+--
+-- Converters, not actions: HAProxy builds a transaction object with a dozen Lua tables for
+-- every action call, which cost more than all the routing below; a converter gets a string.
+--
+--   req.hdrs,lua.turnout_route(<service>)    the pool backend of a request, from its headers
+--   str(-),lua.turnout_preview(<service>)    the backend the preview listener serves
+--   <µs>,lua.turnout_observe(<backend>)      counts an answer's time into the backend's
+--                                            histogram (returns the µs)
+--   runtime API: turnout latency             prints the histograms
+--
+-- turnout/routers/haproxy/maps.py writes the configuration lines that use them.
+--
+-- The routing is the builtin router's contract (turnout/routers/table.py): match rules first,
+-- in order, the first match wins; else the user key (a header, else a cookie) hashed with
+-- MurmurHash3 (x86, 32 bits, seed 0) into 10,000 buckets, which the pools split in
+-- consecutive ranges; without a user key a random bucket. The plan of each service comes from
+-- the map named by the environment variable TURNOUT_MAP, in the format maps.py documents; it
+-- is compiled again whenever the service's version entry changes, so a committed map swap
+-- routes the very next request.
+
+local BUCKETS = 10000
+-- upper bounds of the latency buckets in microseconds (turnout.routers.base.LATENCY_BOUNDS);
+-- one more bucket counts what is above the last
+local BOUNDS_US = {
+    1000, 2000, 3000, 5000, 7500, 10000, 15000, 20000, 30000, 40000, 50000, 75000, 100000,
+    150000, 200000, 300000, 400000, 500000, 750000, 1000000, 1500000, 2000000, 3000000,
+    5000000, 10000000,
+}
+local SLOTS = #BOUNDS_US + 1
+
+local map_path = os.getenv("TURNOUT_MAP")
+if map_path == nil or map_path == "" then
+    error("turnout.lua: set TURNOUT_MAP to the map file (setenv in the global section)")
+end
+local routes = Map.new(map_path, Map._str)
+
+local char, find, sub, match, unpack = string.char, string.find, string.sub, string.match, string.unpack
+local random = math.random
+math.randomseed(os.time() + math.floor(os.clock() * 1000000))
+
+-- MurmurHash3 x86 32-bit of the bytes of s, seed 0 (what Python's mmh3.hash(s, signed=False)
+-- gives). Integers are 64 bits wide: a product keeps its low 32 bits right whatever lies
+-- above them, so the high bits are cut off only before a right shift or rotation reads them.
+-- Unrolled to four blocks per string.unpack: each Lua instruction and each call into C counts.
+local function murmur3(s)
+    local h, len = 0, #s
+    local pos = 1
+    local k1, k2, k3, k4
+    while pos + 15 <= len do
+        k1, k2, k3, k4, pos = unpack("<I4I4I4I4", s, pos)
+        k1 = (k1 * 0xcc9e2d51) & 0xffffffff
+        h = (h ~ ((k1 << 15 | k1 >> 17) * 0x1b873593)) & 0xffffffff
+        h = (h << 13 | h >> 19) * 5 + 0xe6546b64
+        k2 = (k2 * 0xcc9e2d51) & 0xffffffff
+        h = (h ~ ((k2 << 15 | k2 >> 17) * 0x1b873593)) & 0xffffffff
+        h = (h << 13 | h >> 19) * 5 + 0xe6546b64
+        k3 = (k3 * 0xcc9e2d51) & 0xffffffff
+        h = (h ~ ((k3 << 15 | k3 >> 17) * 0x1b873593)) & 0xffffffff
+        h = (h << 13 | h >> 19) * 5 + 0xe6546b64
+        k4 = (k4 * 0xcc9e2d51) & 0xffffffff
+        h = (h ~ ((k4 << 15 | k4 >> 17) * 0x1b873593)) & 0xffffffff
+        h = (h << 13 | h >> 19) * 5 + 0xe6546b64
+    end
+    while pos + 3 <= len do
+        k1, pos = unpack("<I4", s, pos)
+        k1 = (k1 * 0xcc9e2d51) & 0xffffffff
+        h = (h ~ ((k1 << 15 | k1 >> 17) * 0x1b873593)) & 0xffffffff
+        h = (h << 13 | h >> 19) * 5 + 0xe6546b64
+    end
+    h = h & 0xffffffff
+    local left = len - pos + 1
+    if left > 0 then
+        k1 = unpack(left == 3 and "<I3" or left == 2 and "<I2" or "<I1", s, pos)
+        k1 = (k1 * 0xcc9e2d51) & 0xffffffff
+        h = h ~ (((k1 << 15 | k1 >> 17) * 0x1b873593) & 0xffffffff)
+    end
+    h = h ~ len
+    h = ((h ~ h >> 16) * 0x85ebca6b) & 0xffffffff
+    h = ((h ~ h >> 13) * 0xc2b2ae35) & 0xffffffff
+    return h ~ h >> 16
+end
+
+local function unhex(pair)
+    return char(tonumber(pair, 16))
+end
+
+local function decode(text)
+    return (text:gsub("%%(%x%x)", unhex))
+end
+
+-- the comma-separated items of an entry, each as (its first character, the rest decoded)
+local function items(value)
+    local found = {}
+    if value == nil then return found end
+    for item in value:gmatch("[^,]+") do
+        found[#found + 1] = {item:sub(1, 1), decode(item:sub(2))}
+    end
+    return found
+end
+
+local function read_rule(prefix)
+    local rule = {values = {}, users = {}}
+    local chunks = 0
+    for _, item in ipairs(items(routes:lookup(prefix))) do
+        local kind, text = item[1], item[2]
+        if kind == "b" then rule.backend = text
+        elseif kind == "h" then rule.header = text
+        elseif kind == "c" then rule.cookie = text
+        elseif kind == "n" then chunks = tonumber(text) or 0 end
+    end
+    for j = 0, chunks - 1 do
+        for _, item in ipairs(items(routes:lookup(prefix .. "/" .. j))) do
+            if item[1] == "v" then rule.values[item[2]] = true
+            elseif item[1] == "u" then rule.users[item[2]] = true end
+        end
+    end
+    return rule
+end
+
+-- a service's routing as its map entries describe it
+local function read(service)
+    local found = {ends = {}, backends = {}, rules = {}}
+    for _, item in ipairs(items(routes:lookup(service .. "/user"))) do
+        if item[1] == "h" then found.key_header = item[2]
+        elseif item[1] == "c" then found.key_cookie = item[2] end
+    end
+    local pools = routes:lookup(service .. "/pools")
+    if pools ~= nil then
+        for ends, backend in pools:gmatch("(%d+)=([^,]+)") do
+            found.ends[#found.ends + 1] = tonumber(ends)
+            found.backends[#found.backends + 1] = decode(backend)
+        end
+    end
+    local preview = routes:lookup(service .. "/preview")
+    found.preview = preview and decode(preview)
+    found.cookies = found.key_cookie ~= nil
+    for i = 0, (tonumber(routes:lookup(service .. "/rules")) or 0) - 1 do
+        local rule = read_rule(service .. "/rule/" .. i)
+        found.rules[#found.rules + 1] = rule
+        found.cookies = found.cookies or rule.cookie ~= nil
+    end
+    return found
+end
+
+-- a Cookie header's cookies by name, the first of a name winning, values without
+-- surrounding spaces and double quotes (turnout.routers.proxy.balancer.parse_cookies)
+local function parse_cookies(value)
+    local cookies = {}
+    for part in value:gmatch("[^;]+") do
+        local name, text = match(part, "^([^=]*)=(.*)$")
+        if name ~= nil then
+            name = match(name, "^%s*(.-)%s*$")
+            if cookies[name] == nil then
+                cookies[name] = match(match(text, "^%s*(.-)%s*$"), '^"*(.-)"*$')
+            end
+        end
+    end
+    return cookies
+end
+
+-- The routing of one plan is Lua source generated for it and compiled once: every request
+-- then runs only the checks its plan has, with header names and backends as constants.
+-- HAProxy counts every Lua instruction (to pre-empt long scripts), and calls into C cost
+-- the most, so a header is found with as few of them as can be: HAProxy writes req.hdrs as
+-- "<lowercase name>: <value>\r\n" lines; the builtin router keeps a header's last value.
+local EXTRACT = [[
+_, stop = find(block, %s, 1, true)
+if stop ~= nil then
+    _, again = find(block, %s, stop, true)
+    while again ~= nil do
+        stop = again
+        _, again = find(block, %s, stop, true)
+    end
+    %s = match(block, "^[^\r]*", stop + 1)
+elseif sub(block, 1, %d) == %s then
+    %s = match(block, "^[^\r]*", %d)
+else
+    %s = nil
+end]]
+
+local function quote(text)
+    return string.format("%q", text)
+end
+
+local function extract(name, into)
+    local needle, first = quote("\n" .. name .. ": "), quote(name .. ": ")
+    return EXTRACT:format(needle, needle, needle, into, #name + 2, first, into, #name + 3, into)
+end
+
+local function rule_lines(rule, set, emit)
+    local backend = quote(rule.backend)
+    if rule.header ~= nil then
+        emit(extract(rule.header, "value"))
+        emit(("if value ~= nil and %s[value] then return %s end"):format(set(rule.values), backend))
+    end
+    if rule.cookie ~= nil then
+        emit(("if cookies ~= nil then value = cookies[%s]"):format(quote(rule.cookie)))
+        emit(("    if value ~= nil and %s[value] then return %s end end"):format(set(rule.values), backend))
+    end
+    if next(rule.users) ~= nil then
+        emit(("if key ~= nil and %s[key] then return %s end"):format(set(rule.users), backend))
+    end
+end
+
+local function bucket_of(key)
+    return murmur3(key) % BUCKETS
+end
+
+local function generate(found)
+    local code, sets = {}, {}
+    local function emit(line) code[#code + 1] = line end
+    local function set(members)
+        sets[#sets + 1] = members
+        return "sets[" .. #sets .. "]"
+    end
+    emit("local find, sub, match, bucket_of, random, parse_cookies, sets = ...")
+    emit("return function(block)")
+    emit("local key, value, cookies, _, stop, again")
+    if found.key_header ~= nil then
+        emit(extract(found.key_header, "key"))
+        emit('if key == "" then key = nil end')
+    end
+    if found.cookies then
+        emit(extract("cookie", "value"))
+        emit("if value ~= nil then cookies = parse_cookies(value) end")
+    end
+    if found.key_cookie ~= nil then
+        emit(("if key == nil and cookies ~= nil then key = cookies[%s]"):format(quote(found.key_cookie)))
+        emit('    if key == "" then key = nil end end')
+    end
+    for _, rule in ipairs(found.rules) do rule_lines(rule, set, emit) end
+    if found.ends[1] ~= nil then
+        emit(("local bucket = key ~= nil and bucket_of(key) or random(0, %d)"):format(BUCKETS - 1))
+        for i, ends in ipairs(found.ends) do
+            emit(("if bucket < %d then return %s end"):format(ends, quote(found.backends[i])))
+        end
+    end
+    emit("return nil")
+    emit("end")
+    local chunk = assert(load(table.concat(code, "\n"), "=turnout route", "t", {}))
+    return chunk(find, sub, match, bucket_of, random, parse_cookies, sets)
+end
+
+local plans = {}  -- service -> {version =, route = function(block), preview =}
+
+-- the plan of a service, compiled again when its version entry changed; a swap committed
+-- while reading the entries is seen by the second lookup of the version, and read in turn
+local function plan_of(service, version)
+    local plan
+    plans[service] = nil
+    for _ = 1, 3 do
+        if version == nil then return nil end
+        local found = read(service)
+        plan = {version = version, route = generate(found), preview = found.preview}
+        local now = routes:lookup(service)
+        if now == version then
+            plans[service] = plan
+            return plan
+        end
+        version = now
+    end
+    return plan
+end
+
+core.register_converters("turnout_route", function(block, service)
+    local version = routes:lookup(service)
+    local plan = plans[service]
+    if plan == nil or plan.version ~= version then
+        plan = plan_of(service, version)
+        if plan == nil then return nil end
+    end
+    return plan.route(block)
+end)
+
+core.register_converters("turnout_preview", function(_, service)
+    local version = routes:lookup(service)
+    local plan = plans[service]
+    if plan == nil or plan.version ~= version then plan = plan_of(service, version) end
+    return plan and plan.preview
+end)
+
+local histograms = {}  -- backend name -> counts per latency bucket
+
+-- an answer's time to its headers in µs (a string, as converters get their input), counted
+-- into the histogram of the backend that sent it; a time without a start (the request was not
+-- routed by turnout_route) would be the whole date, and is left out
+core.register_converters("turnout_observe", function(spent, backend)
+    spent = tonumber(spent)
+    if spent == nil or spent > 3600000000 then return nil end
+    local counts = histograms[backend]
+    if counts == nil then
+        counts = {}
+        for i = 1, SLOTS do counts[i] = 0 end
+        histograms[backend] = counts
+    end
+    local slot = 1
+    while slot < SLOTS and spent > BOUNDS_US[slot] do slot = slot + 1 end
+    counts[slot] = counts[slot] + 1
+    return spent
+end)
+
+core.register_cli({"turnout", "latency"}, "turnout latency : answers' latency histograms per pool backend",
+    function(applet)
+        local names = {}
+        for name in pairs(histograms) do names[#names + 1] = name end
+        table.sort(names)
+        local lines = {"# turnout latency bounds_us " .. table.concat(BOUNDS_US, " ")}
+        for _, name in ipairs(names) do
+            lines[#lines + 1] = name .. " " .. table.concat(histograms[name], " ")
+        end
+        applet:send(table.concat(lines, "\n") .. "\n")
+    end)
