@@ -69,8 +69,9 @@ async def test_a_pid_file_naming_another_process_is_not_trusted_nor_signalled(
     haproxy: Running,
 ) -> None:
     stranger = subprocess.Popen(["sleep", "30"])
+    mine = haproxy.process.pid_path.read_text()
     try:
-        record = json.loads(haproxy.process.pid_path.read_text())
+        record = json.loads(mine)
         record["pid"] = stranger.pid  # a reused pid: same number, another start time
         haproxy.process.pid_path.write_text(json.dumps(record))
         assert haproxy.process.pid() is None
@@ -79,6 +80,8 @@ async def test_a_pid_file_naming_another_process_is_not_trusted_nor_signalled(
     finally:
         stranger.kill()
         stranger.wait()
+        haproxy.process.pid_path.write_text(mine)  # for the fixture to stop HAProxy
+    assert haproxy.process.pid() is not None
 
 
 async def test_a_configuration_haproxy_refuses_starts_nothing_and_reloads_nothing(
