@@ -23,6 +23,7 @@ Needs `haproxy`, `wrk` and `taskset` (apt-get install -y haproxy wrk).
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import subprocess
 import sys
@@ -184,6 +185,7 @@ def main() -> None:
         for proc in procs:
             proc.terminate()
             proc.wait(timeout=10)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":
