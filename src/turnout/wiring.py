@@ -31,6 +31,7 @@ from turnout.platforms.base import Platform
 from turnout.platforms.local import LocalPlatform
 from turnout.platforms.ssh import SshPlatform
 from turnout.routers.base import CANNOT, Capability, Router
+from turnout.routers.haproxy.router import HaproxyRouter
 from turnout.routers.hosted import BuiltinKind
 from turnout.spec import BlueGreen, Canary, FeatureToggle, PrometheusMetrics, Spec
 from turnout.spec.hosts import SshPlatformSpec
@@ -57,6 +58,7 @@ class PlatformKind(Protocol):
 
 ROUTERS: dict[str, RouterKind] = {
     "builtin": BuiltinKind,
+    "haproxy": HaproxyRouter,
 }
 PLATFORMS: dict[str, PlatformKind] = {
     "local": LocalPlatform,

@@ -19,6 +19,7 @@ from turnout.flags.push import push_flags
 from turnout.platforms.local import LocalPlatform
 from turnout.routers.base import Capability, NotSupported
 from turnout.routers.builtin import BuiltinRouter
+from turnout.routers.haproxy.router import HaproxyRouter
 from turnout.service import Session
 from turnout.spec import Spec
 from turnout.statedir import StateDir
@@ -100,9 +101,10 @@ def test_router_and_platform_are_a_kind_or_its_shorthand(tmp_path: Path) -> None
 
 
 def test_an_unknown_kind_is_refused_listing_the_known_ones(tmp_path: Path) -> None:
-    path = spec_file(tmp_path, BASE + "router: haproxy\nplatform:\n  kind: k8s\n")
+    path = spec_file(tmp_path, BASE + "router: traefik\nplatform:\n  kind: k8s\n")
     assert refusal(path) == [
-        "turnout.yaml:4: router.kind: unknown router 'haproxy'; known: bare, builtin, fake, flagging",
+        "turnout.yaml:4: router.kind: unknown router 'traefik'; known: bare, builtin, fake, flagging, "
+        "haproxy",
         "turnout.yaml:6: platform.kind: unknown platform 'k8s'; known: fake, local, ssh",
     ]
 
@@ -115,6 +117,18 @@ def test_a_spec_needing_what_its_router_lacks_is_refused_at_each_field(tmp_path:
         "turnout.yaml:9: strategy.match: the router 'bare' cannot send chosen users to a revision",
     ]
     assert wiring.load_spec(spec_file(tmp_path, NEEDY.replace("router: bare", "router: builtin")))
+
+
+def test_haproxy_is_a_router_kind_that_refuses_router_side_flags_at_their_field(
+    tmp_path: Path,
+) -> None:
+    spec = wiring.load_spec(spec_file(tmp_path, BASE + "router: haproxy\n"))
+    router = wiring.build_router(spec, StateDir.beside(tmp_path))
+    assert isinstance(router, HaproxyRouter)
+    assert Capability.FLAGS not in router.capabilities
+    toggle = BASE + "router: haproxy\nstrategy:\n  kind: feature-toggle\n  flag: checkout\n"
+    assert refusal(spec_file(tmp_path, toggle)) == [
+        "turnout.yaml:6: strategy.kind: the router 'haproxy' cannot evaluate flags for each request"]
 
 
 NEEDS = [

@@ -20,7 +20,8 @@ class RouterChoice(Strict):
     """Which router carries users' requests. The kinds are those `turnout.wiring` knows; it
     refuses an unknown one, and a spec that needs what the chosen router cannot do."""
 
-    kind: str = Field(default="builtin", description="builtin: turnout's own proxy process")
+    kind: str = Field(default="builtin", description="builtin: turnout's own proxy process; "
+                      "haproxy: an HAProxy that turnout configures, starts and steers")
     host: str | None = Field(
         default=None, description="one of `platform.hosts` to run the router on, reached over "
         "SSH like them (`listen` is then an address of that host); default: this machine",
@@ -28,7 +29,8 @@ class RouterChoice(Strict):
 
 
 RouterField = Annotated[RouterChoice, BeforeValidator(kind_shorthand),
-                        kind_schema("builtin: turnout's own proxy process")]
+                        kind_schema("builtin: turnout's own proxy process; haproxy: an HAProxy "
+                                    "that turnout configures, starts and steers")]
 
 
 class UserKey(Strict):
