@@ -59,6 +59,10 @@ DEFAULT_SLOTS = 8
 EMPTY_LATENCY = [0] * (len(LATENCY_BOUNDS) + 1)
 
 
+class NoFreeSlot(RouterError):
+    """A pool has no server slot free for a backend."""
+
+
 class Baseline(BaseModel):
     """A pool backend's counters when its revision took it over (and the worker that had them)."""
 
@@ -265,7 +269,12 @@ class HaproxyRouter:
                 self._write(interim)
                 await self.process.reload()
             servers = {(s.backend, s.server): s for s in await self.runtime.servers_state()}
-            placement = self._place(before, table, servers)
+            try:
+                placement = self._place(before, table, servers)
+            except NoFreeSlot:
+                await self._reclaim(before)
+                servers = {(s.backend, s.server): s for s in await self.runtime.servers_state()}
+                placement = self._place(before, table, servers)
             placement = await self._baselines(before, placement)
             await self._fill(placement, servers)
             await self._swap(placement)
@@ -318,8 +327,16 @@ class HaproxyRouter:
             state = servers.get((backend, config.slot_name(j)))
             if (pool, j) not in used and (state is None or state.state == "maint"):
                 return pool, j
-        raise RouterError(f"HAProxy router: no free server slot left in {backend} "
+        raise NoFreeSlot(f"HAProxy router: no free server slot left in {backend} "
                           f"({self.slot_count} slots, some still draining)")
+
+    async def _reclaim(self, placement: Placement) -> None:
+        """Released slots with no request in flight go to maintenance (free again), as
+        `drained` would set them: nobody asks `drained` about a blue-green warm fleet, which
+        the tidy stops once its rollback window has ended."""
+        for where in placement.released.values():
+            if await self._in_flight(where) == 0:
+                await self.runtime.set_server_state(*self._names(where), "maint")
 
     def _server(self, servers: dict[tuple[str, str], ServerState], where: tuple[int, int]) -> str | None:
         """The administrative state of slot `where` as last read, None if HAProxy lacks it."""
