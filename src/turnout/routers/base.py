@@ -167,6 +167,7 @@ class Capability(StrEnum):
     PREVIEW = "preview"  # serve a revision not in traffic on a second address
     FLAGS = "flags"  # evaluate flags for each request and count their cohorts
     DRAIN = "drain"  # report the requests in flight to each instance
+    LATENCY = "latency"  # time each answer into `Counters.latency`, for the gates' p99
 
 
 # What a router lacking a capability cannot do, as the refusal of a spec says it.
@@ -177,6 +178,8 @@ CANNOT: dict[Capability, str] = {
     Capability.PREVIEW: "serve a revision on a preview address",
     Capability.FLAGS: "evaluate flags for each request",
     Capability.DRAIN: "tell when an instance has no request in flight",
+    Capability.LATENCY: "time answers, which a p99 limit and a comparing gate need (a "
+                        "Prometheus `metrics.latency` query can)",
 }
 
 

@@ -91,7 +91,7 @@ class HaproxyRouter:
     kind = "haproxy"
     capabilities: ClassVar[frozenset[Capability]] = frozenset(
         {Capability.WEIGHTS, Capability.STICKINESS, Capability.MATCH, Capability.PREVIEW,
-         Capability.DRAIN}
+         Capability.DRAIN, Capability.LATENCY}
     )
 
     @classmethod
