@@ -9,11 +9,47 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BeforeValidator, Field, WithJsonSchema
+from pydantic import BeforeValidator, Field, WithJsonSchema, field_validator
 
 from turnout.routers.table import MIB, Limits, Timeouts
 from turnout.spec.values import Strict, kind_schema, kind_shorthand
 from turnout.units import Duration, parse_size
+
+SOCKET_PATH_BYTES = 107  # what an AF_UNIX address holds on Linux
+
+
+class Adopt(Strict):
+    """An HAProxy the user already runs, of which turnout steers one backend (and nothing else)."""
+
+    socket: str = Field(description="absolute path of its runtime API socket (`stats socket ... "
+                        "level admin`)")
+    backend: str = Field(description="the backend turnout owns: its servers are turnout's slots")
+    config: str | None = Field(
+        default=None, description="absolute path of its configuration file, whose `server` lines "
+        "in that backend turnout keeps in step with the runtime changes (so a reload keeps the "
+        "routing); default: only the running HAProxy changes",
+    )
+
+    @field_validator("socket", "config")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise ValueError(f"must be an absolute path, not {value!r}")
+        return value
+
+    @field_validator("socket")
+    @classmethod
+    def _fits(cls, value: str) -> str:
+        if len(value.encode()) > SOCKET_PATH_BYTES:
+            raise ValueError(f"a UNIX socket path holds at most {SOCKET_PATH_BYTES} bytes")
+        return value
+
+    @field_validator("backend")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not value or any(c.isspace() or c in "#'\"\\" for c in value):
+            raise ValueError(f"not an HAProxy backend name: {value!r}")
+        return value
 
 
 class RouterChoice(Strict):
@@ -21,10 +57,15 @@ class RouterChoice(Strict):
     refuses an unknown one, and a spec that needs what the chosen router cannot do."""
 
     kind: str = Field(default="builtin", description="builtin: turnout's own proxy process; "
-                      "haproxy: an HAProxy that turnout configures, starts and steers")
+                      "haproxy: an HAProxy that turnout configures, starts and steers (or, with "
+                      "`adopt`, one the user runs)")
     host: str | None = Field(
         default=None, description="one of `platform.hosts` to run the router on, reached over "
         "SSH like them (`listen` is then an address of that host); default: this machine",
+    )
+    adopt: Adopt | None = Field(
+        default=None, description="haproxy: steer one backend of an HAProxy already running "
+        "(`{socket: ..., backend: ..., config: ...}`) instead of starting one",
     )
 
 
