@@ -8,11 +8,13 @@ else holds a `Router` or a `Platform` (`turnout.routers.base`, `turnout.platform
 `check` refuses, before anything starts, an unknown kind (listing the known ones) and a
 spec that needs a capability its router lacks, at the field that needs it:
 `turnout.yaml:14: strategy.match: the router 'x' cannot send chosen users to a revision`.
+What a router can do may depend on the rest of `router:` (an adopted HAProxy can do less
+than one turnout runs), so a kind answers `capabilities_for` the spec's router choice.
 `load_spec` loads a spec file with that check, so every command that acts on a service
 gets it. `flag_router` finds the router of a spec (file or folder) for flag pushes.
 
 Adding a platform or a router is one module plus one line here: a class with a
-`build(spec, state)` class method (and, for a router, its `capabilities`), added to
+`build(spec, state)` class method (and, for a router, `capabilities_for(choice)`), added to
 `PLATFORMS` or `ROUTERS` under the kind the spec names it by.
 """
 
@@ -21,6 +23,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
+
+from pydantic import BaseModel
 
 from turnout.analysis.judge import Judge
 from turnout.analysis.prometheus import PrometheusSource
@@ -31,10 +35,11 @@ from turnout.platforms.base import Platform
 from turnout.platforms.local import LocalPlatform
 from turnout.platforms.ssh import SshPlatform
 from turnout.routers.base import CANNOT, Capability, Router
-from turnout.routers.haproxy.router import HaproxyRouter
+from turnout.routers.haproxy.kind import HaproxyKind
 from turnout.routers.hosted import BuiltinKind
 from turnout.spec import BlueGreen, Canary, FeatureToggle, PrometheusMetrics, Spec
 from turnout.spec.hosts import SshPlatformSpec
+from turnout.spec.routing import RouterChoice
 from turnout.specfile import SPEC_NAME
 from turnout.specfile import load_spec as _load_spec
 from turnout.spectext import FieldPath
@@ -44,8 +49,9 @@ from turnout.statedir import StateDir
 class RouterKind(Protocol):
     """A router adapter class: what it can do, and how it is made from a spec."""
 
-    @property
-    def capabilities(self) -> frozenset[Capability]: ...
+    def capabilities_for(self, choice: RouterChoice) -> frozenset[Capability]:
+        """What the router of `choice` (the spec's `router:`) can do."""
+        ...
 
     def build(self, spec: Spec, state: StateDir) -> Router: ...
 
@@ -58,7 +64,7 @@ class PlatformKind(Protocol):
 
 ROUTERS: dict[str, RouterKind] = {
     "builtin": BuiltinKind,
-    "haproxy": HaproxyRouter,
+    "haproxy": HaproxyKind,
 }
 PLATFORMS: dict[str, PlatformKind] = {
     "local": LocalPlatform,
@@ -87,6 +93,32 @@ def needs(spec: Spec) -> list[tuple[FieldPath, Capability]]:
             found.append((("strategy", "match"), Capability.MATCH))
     if isinstance(strategy, BlueGreen | FeatureToggle) and strategy.tests:
         found.append((("strategy", "tests"), Capability.PREVIEW))
+    return found + _latency_needs(spec)
+
+
+# Gate fields that need answers timed: a p99 limit, and a comparison with the baseline (the
+# sequential judge holds the canary to the gate's p99 too, and waits for timed answers).
+TIMED_FIELDS = ("max_p99", "max_p99_increase", "max_error_rate_increase")
+
+
+def _latency_needs(spec: Spec) -> list[tuple[FieldPath, Capability]]:
+    """The gates that need the router to time answers: those setting one of `TIMED_FIELDS`,
+    unless Prometheus gives the latency (or, without a latency query, nothing does)."""
+    if isinstance(spec.metrics, PrometheusMetrics):
+        return []
+    strategy = spec.strategy
+    gates: list[tuple[FieldPath, BaseModel | None]] = [
+        (("strategy", name), getattr(strategy, name, None))
+        for name in ("gate", "analysis", "preview_analysis")]
+    for steps in ("steps", "ramp"):
+        gates += [(("strategy", steps, i, "analysis"), getattr(step, "analysis", None))
+                  for i, step in enumerate(getattr(strategy, steps, None) or ())]
+    found: list[tuple[FieldPath, Capability]] = []
+    for path, gate in gates:
+        named = [f for f in TIMED_FIELDS if gate is not None and f in gate.model_fields_set
+                 and getattr(gate, f) is not None]
+        if named:
+            found.append(((*path, named[0]), Capability.LATENCY))
     return found
 
 
@@ -97,11 +129,11 @@ def check(spec: Spec) -> list[tuple[FieldPath, str]]:
     if router is None:
         problems.append((("router", "kind"), _unknown("router", spec.router.kind, ROUTERS)))
     else:
+        capabilities = router.capabilities_for(spec.router)
+        name = repr(spec.router.kind) + (" (adopted)" if spec.router.adopt is not None else "")
         for path, capability in needs(spec):
-            if capability not in router.capabilities:
-                problems.append(
-                    (path, f"the router {spec.router.kind!r} cannot {CANNOT[capability]}")
-                )
+            if capability not in capabilities:
+                problems.append((path, f"the router {name} cannot {CANNOT[capability]}"))
     if isinstance(spec.platform, SshPlatformSpec) and spec.instances != spec.platform.fleet_size:
         problems.append((("instances",), (
             f"the ssh platform runs hosts x instances_per_host = {spec.platform.fleet_size} "
@@ -111,6 +143,7 @@ def check(spec: Spec) -> list[tuple[FieldPath, str]]:
         problems.append((("run", "cwd"), "with the ssh platform and no `platform.release`, "
                          "the folder must be absolute (it is on the hosts)"))
     problems += _router_host(spec)
+    problems += _router_adopt(spec)
     if spec.platform.kind not in PLATFORMS:
         problems.append((("platform", "kind"), _unknown("platform", spec.platform.kind, PLATFORMS)))
     return problems
@@ -129,6 +162,19 @@ def _router_host(spec: Spec) -> list[tuple[FieldPath, str]]:
         return [(("router", "host"), f"{host!r} is not one of platform.hosts "
                  f"({', '.join(spec.platform.hosts)})")]
     return []
+
+
+def _router_adopt(spec: Spec) -> list[tuple[FieldPath, str]]:
+    """`router.adopt` is for an HAProxy, which then keeps its own limits and timeouts."""
+    if spec.router.adopt is None:
+        return []
+    if spec.router.kind != "haproxy":
+        return [(("router", "adopt"), f"the router {spec.router.kind!r} cannot adopt a running "
+                 "one: only `kind: haproxy` can")]
+    return [(("routing", name), "an adopted HAProxy keeps its own configuration's; turnout "
+             "changes only the servers of router.adopt.backend")
+            for name in ("limits", "timeouts", "buffer_requests", "trust_forwarded")
+            if name in spec.routing.model_fields_set]
 
 
 def _unknown(what: str, kind: str, known: Mapping[str, object]) -> str:

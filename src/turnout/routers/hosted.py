@@ -45,6 +45,7 @@ from turnout.routers.base import Capability, Router, RouterInfo
 from turnout.routers.builtin import BuiltinRouter
 from turnout.spec import Spec
 from turnout.spec.hosts import SshPlatformSpec, host_address
+from turnout.spec.routing import RouterChoice
 from turnout.statedir import StateDir
 
 if TYPE_CHECKING:
@@ -255,6 +256,10 @@ class BuiltinKind:
     """The `builtin` router kind for `turnout.wiring`: on this machine, or on `router.host`."""
 
     capabilities: ClassVar[frozenset[Capability]] = BuiltinRouter.capabilities
+
+    @staticmethod
+    def capabilities_for(choice: RouterChoice) -> frozenset[Capability]:
+        return BuiltinRouter.capabilities  # the same wherever it runs
 
     @staticmethod
     def build(spec: Spec, state: StateDir) -> Router:

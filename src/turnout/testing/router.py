@@ -23,6 +23,7 @@ from turnout.routers.base import (
 from turnout.routers.proxy.flags import SettingsError, empty_settings, parse_settings
 from turnout.routers.table import RoutingTable
 from turnout.spec import Spec
+from turnout.spec.routing import RouterChoice
 from turnout.statedir import StateDir
 from turnout.testing.journal import Journal
 
@@ -64,6 +65,11 @@ class FakeRouter:
     def build(cls, spec: Spec, state: StateDir) -> FakeRouter:
         """For `turnout.wiring` registries in tests."""
         return cls()
+
+    @classmethod
+    def capabilities_for(cls, choice: RouterChoice) -> frozenset[Capability]:
+        """For `turnout.wiring` registries in tests: the class's `capabilities`."""
+        return cls.capabilities
 
     def __init__(self, *, journal: Journal | None = None, running: bool = True) -> None:
         self.journal = journal or Journal()
