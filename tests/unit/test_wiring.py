@@ -139,6 +139,8 @@ NEEDS = [
     ("strategy:\n  kind: feature-toggle\n  flag: checkout\n", "strategy.kind", Capability.FLAGS),
     ("strategy:\n  kind: feature-toggle\n  flag: checkout\n  ship: canary\n"
      "  steps: [{weight: 50}, {weight: 100}]\n", "strategy.steps.0.weight", Capability.WEIGHTS),
+    ("strategy:\n  kind: canary\n  steps: [{weight: 100}]\n  gate: {max_p99: 200ms}\n",
+     "strategy.gate.max_p99", Capability.LATENCY),
 ]
 
 
