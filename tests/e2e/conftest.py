@@ -79,6 +79,7 @@ class Service(CliFolder):
 
     port: int = 0
     preview_port: int = 0
+    router: str | None = None  # the spec's `router` (None: left out, the builtin one)
 
     @property
     def url(self) -> str:
@@ -95,6 +96,8 @@ class Service(CliFolder):
                         "preview_listen": f"127.0.0.1:{self.preview_port}", "drain_timeout": "5s"},
             "strategy": strategy or {"kind": "rolling"},
         }
+        if self.router is not None:
+            spec["router"] = self.router
         self.spec.write_text(yaml.safe_dump(spec, sort_keys=False))
 
 

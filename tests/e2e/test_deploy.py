@@ -52,6 +52,12 @@ def app_processes(folder: Path) -> list[int]:
 
 @pytest.mark.parametrize("name", list(STRATEGIES))
 async def test_ten_deployments_under_load_fail_no_request(service: Service, name: str) -> None:
+    await deploy_ten_times(service, name)
+
+
+async def deploy_ten_times(service: Service, name: str) -> None:
+    """v1, then v2 to v11 with strategy `name`, each under load: no request failed or re-sent,
+    and only the new version answers what is sent once the command has ended."""
     service.write(**STRATEGIES[name])
     check(service.run("deploy", "v1"))
     for number in range(2, 12):
