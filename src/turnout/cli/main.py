@@ -286,14 +286,21 @@ def server(ctx: click.Context) -> None:
               help="deploy faulty versions with each strategy: what turnout did, who met each fault")
 @click.option("--only", "faults_only", multiple=True, metavar="FAULT",
               help="with --faults, only these: start, health, hang, errors, latency, crash")
-def demo(as_json: bool, rate: float, only: tuple[str, ...], faults: bool,
-         faults_only: tuple[str, ...]) -> None:
+@click.option("--router", type=click.Choice(["builtin", "haproxy"]), default="builtin", show_default=True,
+              help="the router users' requests go through")
+def demo(*, as_json: bool, rate: float, only: tuple[str, ...], faults: bool,
+         faults_only: tuple[str, ...], router: str) -> None:
     """Deploy a sample service with each strategy under live load; print what was measured."""
-    from turnout.demo.runner import run_demo
+    from turnout.demo.runner import run_demo, strategies
 
     if faults or faults_only:
+        if router != "builtin":
+            raise click.UsageError("--faults runs with the builtin router only")
         sys.exit(_faults_demo(as_json, rate, only, faults_only))
-    rows = run_async(lambda: run_demo(rate=rate, only=only, quiet=as_json))
+    chosen, left_out = strategies(only, router)
+    if not chosen and left_out:
+        raise click.UsageError(left_out)
+    rows = run_async(lambda: run_demo(rate=rate, only=only, quiet=as_json, router=router))
     if as_json:
         click.echo(json.dumps([row.as_json() for row in rows], indent=2))
     else:

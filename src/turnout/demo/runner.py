@@ -6,6 +6,10 @@ response, and measures what a user would have seen: failed requests, requests th
 load had to send twice because a kept-alive connection was closed under them, the
 longest time without a successful response, and how many users met the new version
 before it took all traffic.
+
+With `router="haproxy"` the same spec names HAProxy as its router (turnout writes its
+configuration, starts it and steers it); the feature toggle is left out then, with a line
+saying why (`HAPROXY_TOGGLE`): HAProxy evaluates no flags per request.
 """
 
 from __future__ import annotations
@@ -41,6 +45,21 @@ STRATEGIES: dict[str, dict[str, object]] = {
                                 {"pause": "2s"}],
                        "gate": {"interval": "500ms", "min_requests": 5}},
 }
+HAPROXY_TOGGLE = (
+    "feature-toggle left out: it needs flags evaluated per request by the router, which HAProxy "
+    "does not do. With HAProxy, ship the code with another strategy, let the app evaluate the "
+    "flag with an Unleash SDK connected to `turnout server` (`turnout flags rollout NAME 25` "
+    "ramps it), and judge its cohorts on the app's own metrics in Prometheus."
+)
+
+
+def strategies(only: tuple[str, ...], router: str) -> tuple[list[str], str | None]:
+    """The strategies the demo runs (`only` those, if any), and a line about what the router
+    leaves out (None: nothing)."""
+    chosen = [name for name in STRATEGIES if not only or name in only]
+    if router == "haproxy" and "feature-toggle" in chosen:
+        return [name for name in chosen if name != "feature-toggle"], HAPROXY_TOGGLE
+    return chosen, None
 
 
 @dataclass(frozen=True)
@@ -74,8 +93,8 @@ def free_port() -> int:
         return port
 
 
-def write_spec(folder: Path, port: int, instances: int = 3) -> Path:
-    spec = {
+def write_spec(folder: Path, port: int, instances: int = 3, router: str = "builtin") -> Path:
+    spec: dict[str, object] = {
         "service": "demo",
         "listen": f"127.0.0.1:{port}",
         "instances": instances,
@@ -85,6 +104,8 @@ def write_spec(folder: Path, port: int, instances: int = 3) -> Path:
         "routing": {"user_key": {"header": "X-User-Id"}, "preview_listen": f"127.0.0.1:{free_port()}",
                     "drain_timeout": "10s"},
     }
+    if router != "builtin":
+        spec["router"] = router
     path = folder / "turnout.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
@@ -113,11 +134,14 @@ class Cutover:
             print(f"    {event.message}", flush=True)
 
 
-async def run_demo(*, rate: float = 200.0, only: tuple[str, ...] = (), quiet: bool = False) -> list[DemoRow]:
-    chosen = [name for name in STRATEGIES if not only or name in only]
+async def run_demo(*, rate: float = 200.0, only: tuple[str, ...] = (), quiet: bool = False,
+                   router: str = "builtin") -> list[DemoRow]:
+    chosen, left_out = strategies(only, router)
+    if left_out is not None:  # on stderr with --json, so that stdout stays JSON
+        print(left_out, file=sys.stderr if quiet else sys.stdout, flush=True)
     rows: list[DemoRow] = []
     with tempfile.TemporaryDirectory(prefix="turnout-demo-") as tmp:
-        demo = Demo(write_spec(Path(tmp), free_port()), rate, Cutover(quiet), quiet)
+        demo = Demo(write_spec(Path(tmp), free_port(), router=router), rate, Cutover(quiet), quiet)
         async with Session.open(demo.path, emit=demo.cutover) as session:
             try:
                 demo.say("deploying v1, the first release")
