@@ -173,8 +173,11 @@ async def test_slots_fill_drain_and_are_free_again(users: Users) -> None:
     ups = users.ups
     await router.apply(RoutingTable(generation=1, pools=(pool("a", 100, ups["old"]),)))
     async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
-        held = asyncio.create_task(client.get(f"{users.url}/sleep?s=0.8"))
-        await asyncio.sleep(0.2)
+        held = asyncio.create_task(client.get(f"{users.url}/sleep?s=1.5"))
+        for _ in range(100):  # until HAProxy has it in flight (1 s at most)
+            if (await router.stats()).in_flight.get("a-0"):
+                break
+            await asyncio.sleep(0.01)
         await router.apply(RoutingTable(generation=2, pools=(
             Pool(revision="a", version="a", weight=100,
                  backends=(Backend(id="a-1", address=ups["new"].address),)),)))
