@@ -108,7 +108,9 @@ def test_the_default_p99_limit_is_not_judged_without_timed_answers() -> None:
     subject = RevisionSubject(revision="v2-abcdef12")
     clean = Window(subject, Counters(requests=100), 10.0)
     failing = Window(subject, Counters(requests=100, responses_5xx=2, connection_errors=1), 10.0)
-    assert ThresholdJudge().judge(clean, None, criteria).verdict is Verdict.SUCCESSFUL
+    passed = ThresholdJudge().judge(clean, None, criteria)
+    assert passed.verdict is Verdict.SUCCESSFUL
+    assert passed.reason == "100 requests, error rate 0.00%, no answer timed: p99 not judged"
     assert ThresholdJudge().judge(failing, None, criteria).verdict is Verdict.FAILED
 
 

@@ -128,5 +128,7 @@ class ThresholdJudge:
         if p99 > criteria.max_p99:
             reason = f"p99 latency up to {p99 * 1000:.0f} ms exceeds {criteria.max_p99 * 1000:.0f} ms"
             return Decision(Verdict.FAILED, reason, evidence)
-        reason = f"{c.finished} requests, error rate {rate:.2%}, p99 <= {p99 * 1000:.0f} ms"
+        # no answer timed (a router or a Prometheus source without latency): say so, never "p99 <= 0"
+        latency = f"p99 <= {p99 * 1000:.0f} ms" if sum(c.latency) else "no answer timed: p99 not judged"
+        reason = f"{c.finished} requests, error rate {rate:.2%}, {latency}"
         return Decision(Verdict.SUCCESSFUL, reason, evidence)
