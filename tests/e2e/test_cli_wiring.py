@@ -24,7 +24,7 @@ def turnout(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize(("tail", "line", "problem"), [
-    ("router: haproxy\n", 5, "router.kind: unknown router 'haproxy'; known: builtin"),
+    ("router: traefik\n", 5, "router.kind: unknown router 'traefik'; known: builtin, haproxy"),
     ("router:\n  kind: envoy\n", 6, "router.kind: unknown router 'envoy'; known: builtin"),
     ("platform: {kind: k8s}\n", 5, "platform.kind: unknown platform 'k8s'; known: local, ssh"),
 ])
