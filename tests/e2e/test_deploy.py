@@ -76,8 +76,11 @@ async def deploy_ten_times(service: Service, name: str) -> None:
     assert status["deployment"] is None
 
 
+# Every strategy with both failures runs in tests/e2e/test_demo_faults.py (the faults demo's
+# table); here a big bang, which starts the old fleet again, and a canary, which shrinks back,
+# are also held to what runs and is stored after the rollback.
 @pytest.mark.parametrize("failure", ["health", "start"])
-@pytest.mark.parametrize("name", ["big-bang", *STRATEGIES])
+@pytest.mark.parametrize("name", ["big-bang", "canary"])
 async def test_a_version_that_never_gets_healthy_is_rolled_back(
     service: Service, name: str, failure: str
 ) -> None:

@@ -14,4 +14,5 @@ pytestmark = [pytest.mark.slow, pytest.mark.serial]  # CPU-bound; its counts and
 def test_a_short_fuzz_run_finds_no_crash_hang_or_growth() -> None:
     summary = run(seconds=15, memory_mb=8, batch=60)
     assert summary["ok"], summary
-    assert int(summary["connections"]) > 200  # type: ignore[call-overload]
+    # it ran: more than a few connections (about 400 in 15 s on an idle 2-core machine)
+    assert int(summary["connections"]) > 100  # type: ignore[call-overload]
