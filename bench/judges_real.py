@@ -164,21 +164,30 @@ def served(samples: Iterable[Sample], version: str, since: float, until: float) 
 
 
 async def stored_events(spec: Path, deployment: int) -> list[dict[str, Any]]:
-    """`turnout history --events ID --json`: every stored event of one deployment."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "turnout", "history", "--events", str(deployment), "--json",
-        cwd=spec.parent, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE)
-    try:
-        async with asyncio.timeout(60.0):
-            out, err = await proc.communicate()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+    """`turnout history --events ID --json`: every stored event of one deployment. Its output
+    goes to a file, not a pipe: through a pipe, an A/A canary's 90 KB of events once came back
+    cut after 64 KiB with the command exiting 0 (see BENCHMARKS.md)."""
+    out = spec.parent / f"events-{deployment}.json"
+    with out.open("wb") as sink:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "turnout", "history", "--events", str(deployment), "--json",
+            cwd=spec.parent, stdin=asyncio.subprocess.DEVNULL, stdout=sink, stderr=asyncio.subprocess.PIPE)
+        try:
+            async with asyncio.timeout(60.0):
+                _, err = await proc.communicate()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    text = out.read_text()
     if proc.returncode != 0:
         raise RuntimeError(f"turnout history --events {deployment} failed: {err.decode(errors='replace')}")
-    events: list[dict[str, Any]] = json.loads(out)["events"]
+    try:
+        events: list[dict[str, Any]] = json.loads(text)["events"]
+    except ValueError as exc:
+        raise RuntimeError(f"turnout history --events {deployment}: {len(text)} characters, not JSON "
+                           f"({exc})") from None
+    out.unlink()
     return events
 
 
@@ -210,9 +219,13 @@ class Bench:
             await asyncio.sleep(SETTLE_S)
         record: dict[str, Any] = {"scenario": scenario, "version": version, "exit_code": deployed.code}
         deployment = deployed.outcome.get("deployment")
-        if deployment is None:
-            return {**record, "outcome": "error", "tail": deployed.tail()}
-        events = await stored_events(self.spec, int(deployment))
+        try:
+            if deployment is None:
+                raise RuntimeError(f"no outcome from turnout deploy: {deployed.tail()}")
+            events = await stored_events(self.spec, int(deployment))
+        except RuntimeError as exc:  # counted as an error, the next runs go on from a clean version
+            await self.restore()
+            return record | {"outcome": "error", "tail": str(exc)}
         record |= read_events(events, deployed.code, deployed.held)
         if record["traffic_at"] is not None and record["judged_until"] is not None:
             offset = (load.started or 0.0) - (load.started_wall or 0.0)  # wall clock to the samples'
