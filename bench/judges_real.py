@@ -165,8 +165,8 @@ def served(samples: Iterable[Sample], version: str, since: float, until: float) 
 
 async def stored_events(spec: Path, deployment: int) -> list[dict[str, Any]]:
     """`turnout history --events ID --json`: every stored event of one deployment. Its output
-    goes to a file, not a pipe: through a pipe, an A/A canary's 90 KB of events once came back
-    cut after 64 KiB with the command exiting 0 (see BENCHMARKS.md)."""
+    goes to a file, not a pipe: through a pipe, an A/A canary's events (over 100 KB) once came
+    back cut after 64 KiB with the command exiting 0 (see BENCHMARKS.md)."""
     out = spec.parent / f"events-{deployment}.json"
     with out.open("wb") as sink:
         proc = await asyncio.create_subprocess_exec(
