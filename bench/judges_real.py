@@ -47,6 +47,7 @@ from typing import Any
 
 import yaml
 from bench import judges
+from bench.cli import cli_json
 
 from turnout.analysis.judge import Criteria
 from turnout.analysis.sequential import LIKELY_LEVEL
@@ -164,30 +165,10 @@ def served(samples: Iterable[Sample], version: str, since: float, until: float) 
 
 
 async def stored_events(spec: Path, deployment: int) -> list[dict[str, Any]]:
-    """`turnout history --events ID --json`: every stored event of one deployment. Its output
-    goes to a file, not a pipe: through a pipe, an A/A canary's events (over 100 KB) once came
-    back cut after 64 KiB with the command exiting 0 (see BENCHMARKS.md)."""
-    out = spec.parent / f"events-{deployment}.json"
-    with out.open("wb") as sink:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "turnout", "history", "--events", str(deployment), "--json",
-            cwd=spec.parent, stdin=asyncio.subprocess.DEVNULL, stdout=sink, stderr=asyncio.subprocess.PIPE)
-        try:
-            async with asyncio.timeout(60.0):
-                _, err = await proc.communicate()
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-    text = out.read_text()
-    if proc.returncode != 0:
-        raise RuntimeError(f"turnout history --events {deployment} failed: {err.decode(errors='replace')}")
-    try:
-        events: list[dict[str, Any]] = json.loads(text)["events"]
-    except ValueError as exc:
-        raise RuntimeError(f"turnout history --events {deployment}: {len(text)} characters, not JSON "
-                           f"({exc})") from None
-    out.unlink()
+    """`turnout history --events ID --json`: every stored event of one deployment."""
+    answer = await cli_json(spec, "history", "--events", str(deployment), "--json",
+                            name=f"events-{deployment}.json")
+    events: list[dict[str, Any]] = answer["events"]
     return events
 
 

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from bench.cli import cli_json
 
 from turnout.demo.faults_cli import turnout
 from turnout.demo.load import Load, Sample
@@ -69,26 +70,6 @@ def write_spec(folder: Path, router: str) -> Path:
     path = folder / "turnout.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
-
-
-async def cli_json(spec: Path, *args: str) -> Any:
-    """`turnout ARGS` (a `--json` command) beside `spec`: its output read as JSON. The output
-    goes to a file, not a pipe (see `bench/judges_real.py`'s `stored_events`)."""
-    out = spec.parent / "out.json"
-    with out.open("wb") as sink:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "turnout", *args, cwd=spec.parent, stdin=asyncio.subprocess.DEVNULL,
-            stdout=sink, stderr=asyncio.subprocess.PIPE)
-        try:
-            async with asyncio.timeout(60.0):
-                _, err = await proc.communicate()
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-    if proc.returncode != 0:
-        raise RuntimeError(f"turnout {' '.join(args)} failed: {err.decode(errors='replace')}")
-    return json.loads(out.read_text())
 
 
 def all_new_from(samples: Sequence[Sample], version: str) -> float | None:
