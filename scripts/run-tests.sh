@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # pytest as `make test` runs it, in two passes (README, "Tests"):
-#   1. every test not marked `serial`, on TEST_WORKERS pytest-xdist workers (default 2): most
+#   1. every test not marked `serial`, on TEST_WORKERS pytest-xdist workers (default 3): most
 #      tests wait on processes, sockets and pauses, so the workers share the cores well;
 #   2. the `serial` tests alone, without xdist: the ones whose assertions hold only on an idle
 #      CPU (time bounds, latency, throughput) and the ones on the test hosts, which sort last.
@@ -11,7 +11,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 pytest=${PYTEST:-.venv/bin/pytest}
-workers=${TEST_WORKERS:-2}
+workers=${TEST_WORKERS:-3}
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
 # The tests' folders, short: xdist puts a worker's under popen-gwN, and a service folder nested
