@@ -18,14 +18,12 @@ their order, and the line keeps its indentation, a trailing comment and its line
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import stat
 from collections.abc import Mapping
 from pathlib import Path
 
 from turnout.addresses import join_host_port
+from turnout.files import write_atomic
 from turnout.routers.haproxy.runtime import ServerState
 
 # The keywords that open a section of haproxy.cfg (HAProxy 2.6).
@@ -117,21 +115,4 @@ def replace_file(path: Path, data: bytes) -> None:
     """Replace the file `path` names (a symbolic link's target) in one rename, keeping its
     mode and, where this process may, its owner and group. Raises OSError."""
     real = path.resolve()
-    info = real.stat()
-    tmp = real.with_name(f".{real.name}.turnout.{os.getpid()}.{os.urandom(4).hex()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        try:
-            os.fchmod(fd, stat.S_IMODE(info.st_mode))
-            with contextlib.suppress(PermissionError):
-                os.fchown(fd, info.st_uid, info.st_gid)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, real)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(real, data, like=real.stat())
