@@ -27,6 +27,7 @@ class Server:
     commands: list[str] = field(default_factory=list)
     drop_next: bool = False  # abort the connection under the next command
     hang: bool = False
+    deaf: bool = False  # end every command at once with exit 1, its input unread
 
 
 @pytest.fixture
@@ -49,6 +50,9 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
             return
         if state.hang:
             await asyncio.sleep(30)
+        if state.deaf:
+            process.exit(1)
+            return
         process.stdout.write(f"ran {process.command}\n")
         process.exit(0)
 
@@ -98,6 +102,20 @@ async def test_a_connection_lost_under_a_command_is_opened_again_once(
         assert server.connections == 2 and server.commands[-2:] == ["echo again", "echo again"]
     finally:
         await link.aclose()
+
+
+async def test_a_command_that_ends_without_reading_its_input_is_no_lost_connection(
+    tmp_path: Path, server: Server,
+) -> None:
+    server.deaf = True  # as `cmp FILE -` of a FILE that is not there: it exits, input unread
+    link = HostLink("web1", "127.0.0.1", server.port, login(tmp_path, server))
+    try:
+        outs = [await link.run(["cmp", "-s", "missing", "-"], stdin=b"x" * size)
+                for size in (0, 10, 100_000, 2_000_000)]
+    finally:
+        await link.aclose()
+    assert [o.status for o in outs] == [1, 1, 1, 1]
+    assert server.connections == 1 and len(server.commands) == 4  # none sent again
 
 
 async def test_an_unknown_host_key_is_refused_naming_the_host(tmp_path: Path, server: Server) -> None:

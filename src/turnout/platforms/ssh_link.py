@@ -85,9 +85,7 @@ class HostLink:
             for attempt in (1, 2):
                 conn = await self._connection()
                 try:
-                    result = await asyncio.wait_for(
-                        conn.run(command, input=stdin, encoding=None, check=False), limit
-                    )
+                    result = await asyncio.wait_for(_run(conn, command, stdin), limit)
                 except TimeoutError:
                     self._forget(conn)
                     raise self._lost(
@@ -190,6 +188,19 @@ class HostLink:
             raise self._lost(f"cannot connect: {_said(exc)}") from exc
         except ValueError as exc:  # a key file asyncssh cannot read, say
             raise PlatformError(f"host {self.name}: cannot connect: {_said(exc)}") from exc
+
+
+async def _run(conn: asyncssh.SSHClientConnection, command: str,
+               stdin: bytes | None) -> asyncssh.SSHCompletedProcess:
+    """`command` with `stdin` as its input, to its end. A command may end before it has read
+    all its input (`cmp` of a file that is not there): the channel is then closed to what is
+    left of it, which is no lost connection; its exit status says how it went."""
+    process = await conn.create_process(command, encoding=None)
+    if stdin is not None:
+        with contextlib.suppress(BrokenPipeError):  # "Channel not open for sending"
+            process.stdin.write(stdin)
+            process.stdin.write_eof()
+    return await process.wait(check=False)
 
 
 def _said(exc: BaseException) -> str:
