@@ -18,7 +18,14 @@ on purpose so that deployments have something to roll back from:
 With DEMO_FEATURE=FLAG, a request the router marks `FLAG=on` takes the new code path
 (answered as `<version>+FLAG`), and DEMO_FEATURE_FAIL=errors|hang, DEMO_FEATURE_ERROR_RATE,
 DEMO_FEATURE_LATENCY_MS and DEMO_FEATURE_CRASH_AFTER (counting only that path's answers)
-break that path alone. A bad value exits 2 naming the variable.
+break that path alone. With DEMO_FLAGS_URL=URL (a `turnout server`, http:// or https://)
+and DEMO_FLAGS_TOKEN=TOKEN (a client token of it) as well, the app evaluates the flag
+itself instead, with turnout's flag client (`turnout.flags.client.FlagClient`) for each
+request's X-User-Id, and ignores X-Turnout-Flags; it waits up to `FIRST_STATE_S` for the
+client's first state before listening (without one, the flag is off until it comes), and
+a flag change reaches it over the client's event stream. With DEMO_FEATURE, `/metrics`
+also counts requests by cohort (`turnout.demo.app_metrics`). A bad value exits 2 naming
+the variable.
 
 The request path is an asyncio protocol over httptools (no framework), so one core serves
 thousands of requests a second. SIGTERM/SIGINT stop it gracefully: the listener closes,
@@ -38,24 +45,76 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from urllib.parse import urlsplit
 
 from turnout.demo.app_answers import Behaviour, DemoApp
 from turnout.demo.app_connection import AppConnection
 from turnout.demo.app_metrics import AppMetrics
+
+FIRST_STATE_S = 5.0  # how long the app waits for its flag client's first state before listening
 
 
 def _log(message: str) -> None:
     print(f"turnout-demo-app pid={os.getpid()} {message}", flush=True)
 
 
-async def serve(app: DemoApp, host: str, port: int, *, drain_timeout: float = 5.0) -> None:
-    """Listen until SIGTERM/SIGINT, then drain in-flight requests and return."""
+def flag_source(env: Mapping[str, str], feature: str) -> tuple[str, str] | None:
+    """The turnout server and client token the app evaluates `feature` with (DEMO_FLAGS_URL,
+    DEMO_FLAGS_TOKEN), or None to go by X-Turnout-Flags; ValueError names a bad variable."""
+    url = env.get("DEMO_FLAGS_URL", "").strip()
+    token = env.get("DEMO_FLAGS_TOKEN", "").strip()
+    if not url:
+        if token:
+            raise ValueError("DEMO_FLAGS_TOKEN needs DEMO_FLAGS_URL, the turnout server it is a token of")
+        return None
+    try:
+        parts = urlsplit(url)
+        good = (parts.scheme in ("http", "https") and bool(parts.hostname) and not parts.query
+                and not parts.fragment and (parts.port is None or parts.port > 0))
+    except ValueError:  # a port out of range
+        good = False
+    if not good:
+        raise ValueError("DEMO_FLAGS_URL must be the http:// or https:// base URL of a turnout server; "
+                         f"got {url!r}")
+    if not feature:
+        raise ValueError("DEMO_FLAGS_URL needs DEMO_FEATURE, the flag the app evaluates with it")
+    if not token:
+        raise ValueError("DEMO_FLAGS_URL needs DEMO_FLAGS_TOKEN, a client token of that server")
+    return url, token
+
+
+async def _first_flag_state(ready: Callable[[float], bool], stop: asyncio.Event, version: str) -> bool:
+    """Wait up to FIRST_STATE_S until `ready(0)` (the flag client holds a state); False if
+    stopped meanwhile."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + FIRST_STATE_S
+    while not ready(0):
+        if loop.time() >= deadline:
+            _log(f"version={version} no flag state within {FIRST_STATE_S:g} s: "
+                 "the flag is off until one comes")
+            return True
+        try:
+            await asyncio.wait_for(stop.wait(), 0.01)
+            return False
+        except TimeoutError:
+            pass
+    _log(f"version={version} flag state received")
+    return True
+
+
+async def serve(app: DemoApp, host: str, port: int, *, drain_timeout: float = 5.0,
+                flags_ready: Callable[[float], bool] | None = None) -> None:
+    """Listen until SIGTERM/SIGINT, then drain in-flight requests and return. `flags_ready`
+    (a flag client's `wait_for_state`) is waited on, within FIRST_STATE_S, before listening."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     version = app.behaviour.version
+    if flags_ready is not None and not await _first_flag_state(flags_ready, stop, version):
+        _log(f"version={version} stopped before listening")
+        return
     if app.behaviour.startup_s > 0:
         try:
             await asyncio.wait_for(stop.wait(), app.behaviour.startup_s)
@@ -97,14 +156,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     try:
         behaviour = Behaviour.from_env(os.environ, args.version)
-        metrics = AppMetrics.from_env(os.environ, behaviour.version)
+        metrics = AppMetrics.from_env(os.environ, behaviour.version, behaviour.feature)
+        source = flag_source(os.environ, behaviour.feature)
     except ValueError as exc:
         print(f"turnout-demo-app: {exc}", file=sys.stderr)
         return 2
     if behaviour.fail == "start":
         _log(f"version={behaviour.version} failing at start (DEMO_FAIL=start)")
         return 1
-    app = DemoApp(behaviour)
+    client = None
+    if source is not None:
+        from turnout.flags.client import FlagClient  # only then: it brings httpx
+
+        client = FlagClient(*source)
+        client.start()
+    app = DemoApp(behaviour, flags=client)
     app.metrics = metrics
     try:
         import uvloop
@@ -112,8 +178,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
     except ImportError:  # pragma: no cover - uvloop is a dependency, but stay runnable
         runner = asyncio.Runner()
-    with runner:
-        runner.run(serve(app, args.host, args.port, drain_timeout=args.drain_timeout))
+    try:
+        with runner:
+            runner.run(serve(app, args.host, args.port, drain_timeout=args.drain_timeout,
+                             flags_ready=client.wait_for_state if client else None))
+    finally:
+        if client is not None:
+            client.close()
     return 0
 
 

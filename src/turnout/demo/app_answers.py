@@ -6,6 +6,9 @@ version (the new code path of a feature toggle answers as `<version>+<flag>`), w
 it is never answered (a hang) and whether the process dies once it is sent (a crash),
 and `render` writes it as HTTP/1.1. The faults that show in answers (`Faults`) are read
 twice: `DEMO_*` for every request, `DEMO_FEATURE_*` for the new code path only.
+Whether a request takes the new code path is the router's word (`X-Turnout-Flags`), or,
+when `DemoApp` is given a `FlagEvaluator` (the process's flag client), the app's own
+local evaluation of the flag for the request's `X-User-Id`, the header then ignored.
 `DemoApp` also keeps the open connections, so a stop can drain them. No sockets here:
 the connection protocol is `turnout.demo.app_connection`.
 """
@@ -18,7 +21,7 @@ import os
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import parse_qs
 
 from turnout.demo.app_metrics import CHECKOUT_PATH, METRICS_PATH, AppMetrics
@@ -30,6 +33,12 @@ FAIL_MODES = ("", "start", "health", "errors", "refuse", "hang")
 FEATURE_FAIL_MODES = ("", "errors", "hang")  # also 1/true/yes (errors) and 0/false/no (none)
 MAX_SLOW_MS = 60_000
 _REASONS = {200: "OK", 400: "Bad Request", 500: "Internal Server Error"}
+
+
+class FlagEvaluator(Protocol):
+    """Evaluates a flag locally and at once (`turnout.flags.client.FlagClient` is one)."""
+
+    def is_enabled(self, name: str, context: Mapping[str, str] | None = None, /) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +66,7 @@ class Behaviour:
     error_rate: float = 0.0
     latency_s: float = 0.0
     startup_s: float = 0.0
-    feature: str = ""  # a flag whose `on` (X-Turnout-Flags from the router) takes the new code path
+    feature: str = ""  # a flag whose `on` (X-Turnout-Flags, or the app's evaluator) takes the new code path
     feature_faults: Faults = Faults()  # the new code path's own (DEMO_FEATURE_*)
     crash_after: int = 0  # exit 1 once this many requests other than /healthz were answered
 
@@ -153,7 +162,7 @@ class DemoApp:
 
     def __init__(
         self, behaviour: Behaviour, *, rng: random.Random | None = None,
-        crash: Callable[[], object] | None = None,
+        crash: Callable[[], object] | None = None, flags: FlagEvaluator | None = None,
     ) -> None:
         self.behaviour = behaviour
         self.crash = crash or _exit_now  # called once the answer that reached DEMO_CRASH_AFTER is sent
@@ -165,7 +174,9 @@ class DemoApp:
         self.refusing = asyncio.Event()  # DEMO_FAIL=refuse: set by the first passed health check
         self._rng = rng or random.Random()
         self._version_header = b"X-Version: " + behaviour.version.encode("latin-1") + b"\r\n"
-        self.metrics = AppMetrics(behaviour.version)  # the process's own reads DEMO_CHECKOUT_FAIL_RATE
+        self.flags = flags  # given: it, not X-Turnout-Flags, says who takes the new code path
+        # the process's own metrics also read DEMO_CHECKOUT_FAIL_RATE
+        self.metrics = AppMetrics(behaviour.version, feature=behaviour.feature)
 
     def answer(self, request: Request) -> Answer:
         """The answer to `request`, counted in the app's metrics, which `/metrics` answers
@@ -174,14 +185,25 @@ class DemoApp:
         if path == METRICS_PATH:
             body, kind = self.metrics.exposition()
             return Answer(200, body, content_type=kind)
-        answer = self._decide(request)
+        new_path = path != b"/healthz" and self._takes_new_path(request)
+        answer = self._decide(request, new_path)
         if path != b"/healthz" and answer.status:
-            self.metrics.observe(answer.status, answer.delay_s)
+            self.metrics.observe(answer.status, answer.delay_s, new_path)
             if path == CHECKOUT_PATH:
                 answer = replace(answer, body=self.metrics.checkout(answer.status, answer.body))
         return answer
 
-    def _decide(self, request: Request) -> Answer:
+    def _takes_new_path(self, request: Request) -> bool:
+        """Whether the feature is on for `request`: by the evaluator if the app has one (for
+        the request's X-User-Id), else by the router's X-Turnout-Flags."""
+        feature = self.behaviour.feature
+        if not feature:
+            return False
+        if self.flags is not None:
+            return self.flags.is_enabled(feature, {"userId": request.user} if request.user else {})
+        return f"{feature}=on" in request.flags.replace(" ", "").split(",")
+
+    def _decide(self, request: Request, new_path: bool) -> Answer:
         b = self.behaviour
         path, _, query = request.target.partition(b"?")
         if path == b"/healthz":
@@ -199,7 +221,7 @@ class DemoApp:
             delay += min(max(ms, 0.0), MAX_SLOW_MS) / 1000.0
         version = b.version
         paths = [(0, b.faults, b'{"error": "injected failure"}')]
-        if b.feature and f"{b.feature}=on" in request.flags.replace(" ", "").split(","):
+        if new_path:
             version = f"{b.version}+{b.feature}"  # the new code path says so in X-Version
             paths.insert(0, (1, b.feature_faults, b'{"error": "new code path failed"}'))
         if any(faults.fail == "hang" for _, faults, _ in paths):
