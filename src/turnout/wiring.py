@@ -28,6 +28,7 @@ from pydantic import BaseModel
 
 from turnout.analysis.judge import Judge
 from turnout.analysis.prometheus import PrometheusSource
+from turnout.analysis.promql import QueryTemplate
 from turnout.analysis.sequential import ComparingJudge
 from turnout.analysis.sources import MetricSource, RouterCounters
 from turnout.errors import UserError
@@ -83,7 +84,7 @@ def needs(spec: Spec) -> list[tuple[FieldPath, Capability]]:
     if routing.flags:
         found.append((("routing", "flags"), Capability.FLAGS))
     strategy = spec.strategy
-    if isinstance(strategy, FeatureToggle):
+    if isinstance(strategy, FeatureToggle) and strategy.evaluated_by == "router":
         found.append((("strategy", "kind"), Capability.FLAGS))
     if isinstance(strategy, Canary | FeatureToggle):  # a toggle keeps its ship's fields
         split = [i for i, step in enumerate(strategy.steps) if step.weight not in (None, 0, 100)]
@@ -133,7 +134,9 @@ def check(spec: Spec) -> list[tuple[FieldPath, str]]:
         name = repr(spec.router.kind) + (" (adopted)" if spec.router.adopt is not None else "")
         for path, capability in needs(spec):
             if capability not in capabilities:
-                problems.append((path, f"the router {name} cannot {CANNOT[capability]}"))
+                hint = ("; set `strategy.evaluated_by: app` to have the app's SDK evaluate it"
+                        if path == ("strategy", "kind") and capability is Capability.FLAGS else "")
+                problems.append((path, f"the router {name} cannot {CANNOT[capability]}{hint}"))
     if isinstance(spec.platform, SshPlatformSpec) and spec.instances != spec.platform.fleet_size:
         problems.append((("instances",), (
             f"the ssh platform runs hosts x instances_per_host = {spec.platform.fleet_size} "
@@ -144,6 +147,7 @@ def check(spec: Spec) -> list[tuple[FieldPath, str]]:
                          "the folder must be absolute (it is on the hosts)"))
     problems += _router_host(spec)
     problems += _router_adopt(spec)
+    problems += _app_flags(spec)
     if spec.platform.kind not in PLATFORMS:
         problems.append((("platform", "kind"), _unknown("platform", spec.platform.kind, PLATFORMS)))
     return problems
@@ -175,6 +179,24 @@ def _router_adopt(spec: Spec) -> list[tuple[FieldPath, str]]:
              "changes only the servers of router.adopt.backend")
             for name in ("limits", "timeouts", "buffer_requests", "trust_forwarded")
             if name in spec.routing.model_fields_set]
+
+
+def _app_flags(spec: Spec) -> list[tuple[FieldPath, str]]:
+    """A toggle whose flag the app evaluates is judged on the app's metrics: only they know
+    which cohort each request was in, so every query must name `{cohort}`."""
+    strategy = spec.strategy
+    if not isinstance(strategy, FeatureToggle) or strategy.evaluated_by != "app":
+        return []
+    metrics = spec.metrics
+    if not isinstance(metrics, PrometheusMetrics):
+        return [(("strategy", "evaluated_by"), (
+            "the app evaluates the flag, so only its metrics know each request's cohort: set "
+            "`metrics: {kind: prometheus, ...}` with queries that name {cohort}"))]
+    queries = {"requests": metrics.requests, "errors": metrics.errors, "latency": metrics.latency}
+    return [(("metrics", name), "the app evaluates strategy.flag, so this query must tell the "
+             "cohorts apart with {cohort} (on or off), e.g. cohort=\"{cohort}\"")
+            for name, query in queries.items()
+            if query is not None and "cohort" not in QueryTemplate.parse(query).placeholders]
 
 
 def _unknown(what: str, kind: str, known: Mapping[str, object]) -> str:

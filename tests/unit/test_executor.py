@@ -751,6 +751,19 @@ async def test_feature_toggle_ships_dark_then_ramps_to_everyone(world: World) ->
     assert world.flags.history("new-checkout")[-1].who.startswith("turnout deploy")
 
 
+async def test_a_toggle_the_app_evaluates_ramps_in_the_store_and_tells_the_router_nothing(
+    world: World,
+) -> None:
+    await first_release(world)
+    world.router.flow("flag:new-checkout:on", traffic(40))  # as the app's metrics would count it
+    done = await world.deploy("v2", **TOGGLE, evaluated_by="app")
+    assert done.phase == "succeeded", done.message
+    assert world.router.flag_pushes == []  # the app's SDK gets the flag from the server
+    assert all(flag_on(world, f"user-{i}") for i in range(50))
+    assert world.flags is not None
+    assert len(world.flags.history("new-checkout")) >= 4  # off, alice, 30%, everyone: each stored
+
+
 async def test_feature_toggle_gate_switches_the_flag_off_and_keeps_the_code(world: World) -> None:
     await first_release(world)
     world.router.flow("flag:new-checkout:on", traffic(40, errors=20))  # the new path fails

@@ -74,7 +74,8 @@ strategy:
     ]
     toggle = BASE + ADOPT + "strategy:\n  kind: feature-toggle\n  flag: checkout\n"
     assert load(tmp_path, toggle) == [
-        f"turnout.yaml:8: strategy.kind: {adopted} evaluate flags for each request"]
+        f"turnout.yaml:8: strategy.kind: {adopted} evaluate flags for each request; set "
+        "`strategy.evaluated_by: app` to have the app's SDK evaluate it"]
     comparing = BASE + ADOPT + ("strategy:\n  kind: canary\n  steps: [{weight: 50}]\n"
                                 "  gate: {max_error_rate_increase: 1%}\n")
     assert [p.split(": ")[1] for p in load(tmp_path, comparing)] == [

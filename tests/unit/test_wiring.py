@@ -128,7 +128,34 @@ def test_haproxy_is_a_router_kind_that_refuses_router_side_flags_at_their_field(
     assert Capability.FLAGS not in router.capabilities
     toggle = BASE + "router: haproxy\nstrategy:\n  kind: feature-toggle\n  flag: checkout\n"
     assert refusal(spec_file(tmp_path, toggle)) == [
-        "turnout.yaml:6: strategy.kind: the router 'haproxy' cannot evaluate flags for each request"]
+        "turnout.yaml:6: strategy.kind: the router 'haproxy' cannot evaluate flags for each "
+        "request; set `strategy.evaluated_by: app` to have the app's SDK evaluate it"]
+
+
+APP_METRICS = ("metrics:\n  kind: prometheus\n  url: http://127.0.0.1:9090\n"
+               "  requests: 'sum(app_requests_total{flag=\"{flag}\",cohort=\"{cohort}\"})'\n"
+               "  errors: 'sum(app_errors_total{cohort=\"{cohort}\"})'\n")
+APP_TOGGLE = BASE + ("router: haproxy\nstrategy:\n  kind: feature-toggle\n  flag: checkout\n"
+                     "  evaluated_by: app\n")
+
+
+def test_a_toggle_the_app_evaluates_needs_no_router_flags_but_its_cohorts_in_prometheus(
+    tmp_path: Path,
+) -> None:
+    spec = wiring.load_spec(spec_file(tmp_path, APP_TOGGLE + APP_METRICS))
+    assert spec.router_flags() == []  # the router is told of no flag
+    router_side = spec_file(tmp_path, BASE + "strategy:\n  kind: feature-toggle\n  flag: checkout\n"
+                            "routing:\n  flags: [banner]\n")
+    assert wiring.load_spec(router_side).router_flags() == ["banner", "checkout"]
+    assert refusal(spec_file(tmp_path, APP_TOGGLE)) == [
+        "turnout.yaml:8: strategy.evaluated_by: the app evaluates the flag, so only its metrics "
+        "know each request's cohort: set `metrics: {kind: prometheus, ...}` with queries that "
+        "name {cohort}"]
+    blind = APP_METRICS.replace('errors_total{cohort="{cohort}"}', 'errors_total{code="500"}')
+    assert blind != APP_METRICS
+    problems = refusal(spec_file(tmp_path, APP_TOGGLE + blind))
+    assert [p.split(": ", 2)[:2] for p in problems] == [["turnout.yaml:13", "metrics.errors"]]
+    assert "must tell the cohorts apart with {cohort}" in problems[0]
 
 
 NEEDS = [

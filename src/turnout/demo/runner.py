@@ -46,10 +46,10 @@ STRATEGIES: dict[str, dict[str, object]] = {
                        "gate": {"interval": "500ms", "min_requests": 5}},
 }
 HAPROXY_TOGGLE = (
-    "feature-toggle left out: it needs flags evaluated per request by the router, which HAProxy "
-    "does not do. With HAProxy, ship the code with another strategy, let the app evaluate the "
-    "flag with an Unleash SDK connected to `turnout server` (`turnout flags rollout NAME 25` "
-    "ramps it), and judge its cohorts on the app's own metrics in Prometheus."
+    "feature-toggle left out: HAProxy does not evaluate flags per request, so there the app "
+    "evaluates the flag (`strategy.evaluated_by: app`, its SDK connected to `turnout server`) and "
+    "the gates read its cohorts from Prometheus, which this demo does not run (README: \"Feature "
+    "toggles evaluated by the app\")."
 )
 
 

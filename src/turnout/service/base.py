@@ -157,12 +157,11 @@ class SessionBase:
         return bool(self.spec.routing.flags) or self.spec.strategy.kind == "feature-toggle"
 
     async def sync_flags(self) -> None:
-        """Give the router the current flags and the names it evaluates for each request."""
-        if not self.uses_flags():
+        """Give the router the current flags and the names it evaluates for each request
+        (none when the app evaluates the toggle's flag and the router evaluates no other)."""
+        evaluate = self.spec.router_flags()
+        if not evaluate:
             return
-        evaluate = list(self.spec.routing.flags)
-        if self.spec.strategy.kind == "feature-toggle" and self.spec.strategy.flag:
-            evaluate = list(dict.fromkeys([*evaluate, self.spec.strategy.flag]))
         header = self.spec.routing.flags_header
         state = self.flags.state()  # its meta.revision is read in the same transaction
         await self.router.set_flags(state, evaluate=evaluate, header=header,

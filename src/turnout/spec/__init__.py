@@ -157,6 +157,15 @@ class Spec(Strict):
             return address
         return join_host_port(host_address(self.router.host)[0], port)
 
+    def router_flags(self) -> list[str]:
+        """The flags the router evaluates for each request: `routing.flags`, and a feature
+        toggle's own flag unless the app evaluates it (`strategy.evaluated_by: app`)."""
+        names = list(self.routing.flags)
+        strategy = self.strategy
+        if isinstance(strategy, FeatureToggle) and strategy.evaluated_by == "router":
+            names.append(strategy.flag)
+        return list(dict.fromkeys(names))
+
     def preview_listen(self) -> str:
         if self.routing.preview_listen:
             return self.routing.preview_listen

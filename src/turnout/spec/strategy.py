@@ -139,6 +139,12 @@ class _ToggleHead(Strict):
     ship: ShipKind = Field(
         default="rolling", description="feature-toggle: the strategy that puts the code out, flag off"
     )
+    evaluated_by: Literal["router", "app"] = Field(
+        default="router",
+        description="feature-toggle: who evaluates the flag for each request: the router (and "
+                    "tells the app in a header), or the app (its SDK asks `turnout server`; the "
+                    "gates then read the app's metrics per cohort from Prometheus)",
+    )
 
 
 class FeatureToggle(_Hooked, _CanaryParams, _BlueGreenParams, _RollingParams, _ToggleHead,
