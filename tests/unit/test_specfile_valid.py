@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import jsonschema
 import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from turnout.demo.runner import STRATEGIES as DEMO_STRATEGIES
+from turnout.demo.runner import write_spec
 from turnout.spec import Canary, CommandTest, Count, HttpTest, Rolling, Spec
 from turnout.specfile import dump_spec, format_duration, load_spec, parse_spec, spec_json_schema
 from turnout.units import parse_duration
@@ -206,6 +209,39 @@ def test_json_schema_describes_every_field() -> None:
     assert {"const": "pause", "description": "wait for `turnout promote`"} in step
     for name, model in schema["$defs"].items():
         assert model.get("description"), f"{name} has no description"
+
+
+SHAPES = {
+    "ssh platform and router on a host": MINIMAL + (
+        "platform: {kind: ssh, hosts: [web1, 'web2:2222'], user: deploy, instances_per_host: 2}\n"
+        "router: {kind: builtin, host: web1}\n"),
+    "adopted haproxy": MINIMAL + (
+        "router: {kind: haproxy, adopt: {socket: /run/haproxy/admin.sock, backend: shop}}\n"),
+    "toggle the app evaluates": MINIMAL + (
+        "router: haproxy\nstrategy: {kind: feature-toggle, flag: f, evaluated_by: app}\n"
+        "metrics: {kind: prometheus, url: 'http://127.0.0.1:9090',\n"
+        "  requests: 'sum(r{cohort=\"{cohort}\"})', errors: 'sum(e{cohort=\"{cohort}\"})'}\n"),
+    "names alone": MINIMAL + "router: haproxy\nplatform: local\nmetrics: router\n",
+}
+
+
+@pytest.mark.parametrize("text", [FULL, *SHAPES.values()], ids=["full", *SHAPES])
+def test_every_valid_spec_is_valid_by_the_json_schema_editors_read(text: str) -> None:
+    parse_spec(text)  # turnout reads it
+    jsonschema.validate(yaml.safe_load(text), spec_json_schema())
+
+
+@pytest.mark.parametrize("name", list(DEMO_STRATEGIES))
+def test_the_demos_specs_are_valid_by_the_json_schema(tmp_path: Path, name: str) -> None:
+    spec = yaml.safe_load(write_spec(tmp_path, 8080, router="haproxy").read_text())
+    spec["strategy"] = DEMO_STRATEGIES[name]
+    jsonschema.validate(spec, spec_json_schema())
+
+
+def test_the_json_schema_refuses_a_field_no_router_has() -> None:
+    spec = yaml.safe_load(MINIMAL + "router: {kind: haproxy, hots: web1}\n")
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(spec, spec_json_schema())
 
 
 @given(st.floats(min_value=0, max_value=10_000_000, allow_nan=False, allow_infinity=False))

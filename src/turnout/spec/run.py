@@ -8,7 +8,7 @@ runs (the kinds are those `turnout.wiring` knows).
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Discriminator, Field, Tag, field_validator
 
@@ -43,6 +43,10 @@ PlatformField = Annotated[
 ]
 
 
+# A number or a boolean is read as its text (`--workers, 2`; `DEBUG: false`), and the schema
+# for editors says so.
+TEXT_LIKE: dict[str, Any] = {"type": ["string", "number", "boolean"]}
+
 # What instances and test commands take from the deployer's environment unless the spec says
 # otherwise: enough to find programs and speak the user's locale, and no tokens or credentials.
 INHERIT_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ")
@@ -53,12 +57,14 @@ class Run(Strict):
     """How to start one instance of the service."""
 
     command: list[str] = Field(
-        min_length=1, description="argv, never a shell; {port} {version} {slot}"
+        min_length=1, description="argv, never a shell; {port} {version} {slot}",
+        json_schema_extra={"items": TEXT_LIKE},
     )
     cwd: str = Field(default=".", description="relative to the spec file; {version} substituted")
     env: dict[str, str] = Field(
         default_factory=dict,
         description="extra environment; PORT and TURNOUT_VERSION are always set",
+        json_schema_extra={"additionalProperties": TEXT_LIKE},
     )
     inherit_env: list[str] = Field(
         default_factory=lambda: list(INHERIT_ENV),

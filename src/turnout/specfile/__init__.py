@@ -24,10 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from turnout.errors import SpecError, UserError
 from turnout.spec import STRATEGIES, Spec
+from turnout.spec.hosts import SshPlatformSpec
+from turnout.spec.routing import RouterChoice
+from turnout.spec.run import PlatformChoice
 from turnout.specfile.checks import PLACEHOLDERS, check_semantics
 from turnout.specfile.overrides import (
     Override,
@@ -130,6 +133,11 @@ def spec_json_schema() -> dict[str, Any]:
         "anyOf": [step, {"const": "pause", "description": "wait for `turnout promote`"}],
     }
     _strategy_schema(schema)
+    _object_forms(schema, "router", [RouterChoice])
+    _object_forms(schema, "platform", [PlatformChoice, SshPlatformSpec])
+    metrics = schema["properties"]["metrics"]  # `metrics: router` is short for {kind: router}
+    metrics["anyOf"] = [{"const": "router", "description": "the router's own counters"},
+                        {"oneOf": metrics.pop("oneOf")}]
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema, "title": SPEC_NAME}
 
 
@@ -150,6 +158,18 @@ def _strategy_schema(schema: dict[str, Any]) -> None:
         "oneOf": kinds,
     }
     schema["properties"]["strategy"] = {"$ref": "#/$defs/Strategy"}
+
+
+def _object_forms(schema: dict[str, Any], field: str, models: Sequence[type[BaseModel]]) -> None:
+    """`field` is a kind's name alone or an object with that kind's fields (`models`): the
+    field's own schema names only `kind`, so each model's is put in with its fields."""
+    forms = [schema["properties"][field]["anyOf"][0]]  # the name alone
+    for model in models:
+        own = model.model_json_schema(mode="validation", ref_template="#/$defs/{model}")
+        schema["$defs"].update(own.pop("$defs", {}))
+        schema["$defs"][model.__name__] = own
+        forms.append({"$ref": f"#/$defs/{model.__name__}"})
+    schema["properties"][field]["anyOf"] = forms
 
 
 def dump_spec(spec: Spec, *, defaults: bool = True) -> str:
