@@ -104,9 +104,23 @@ TIMED_FIELDS = ("max_p99", "max_p99_increase", "max_error_rate_increase")
 
 def _latency_needs(spec: Spec) -> list[tuple[FieldPath, Capability]]:
     """The gates that need the router to time answers: those setting one of `TIMED_FIELDS`,
-    unless Prometheus gives the latency (or, without a latency query, nothing does)."""
+    unless Prometheus gives the latency (`_prometheus_latency` then checks it can)."""
     if isinstance(spec.metrics, PrometheusMetrics):
         return []
+    return [(path, Capability.LATENCY) for path in _timed_gates(spec)]
+
+
+def _prometheus_latency(spec: Spec) -> list[tuple[FieldPath, str]]:
+    """With Prometheus, a gate that needs answers timed needs its `latency` query: without
+    one, no answer is ever timed and such a gate would wait for them forever."""
+    if not isinstance(spec.metrics, PrometheusMetrics) or spec.metrics.latency is not None:
+        return []
+    return [(path, "needs answers timed, and `metrics` has no `latency` query: add one "
+             "(a histogram by `le`), or leave this out") for path in _timed_gates(spec)]
+
+
+def _timed_gates(spec: Spec) -> list[FieldPath]:
+    """Each gate setting one of `TIMED_FIELDS`, as the path of the first it sets."""
     strategy = spec.strategy
     gates: list[tuple[FieldPath, BaseModel | None]] = [
         (("strategy", name), getattr(strategy, name, None))
@@ -114,12 +128,12 @@ def _latency_needs(spec: Spec) -> list[tuple[FieldPath, Capability]]:
     for steps in ("steps", "ramp"):
         gates += [(("strategy", steps, i, "analysis"), getattr(step, "analysis", None))
                   for i, step in enumerate(getattr(strategy, steps, None) or ())]
-    found: list[tuple[FieldPath, Capability]] = []
+    found: list[FieldPath] = []
     for path, gate in gates:
         named = [f for f in TIMED_FIELDS if gate is not None and f in gate.model_fields_set
                  and getattr(gate, f) is not None]
         if named:
-            found.append(((*path, named[0]), Capability.LATENCY))
+            found.append((*path, named[0]))
     return found
 
 
@@ -148,6 +162,7 @@ def check(spec: Spec) -> list[tuple[FieldPath, str]]:
     problems += _router_host(spec)
     problems += _router_adopt(spec)
     problems += _app_flags(spec)
+    problems += _prometheus_latency(spec)
     if spec.platform.kind not in PLATFORMS:
         problems.append((("platform", "kind"), _unknown("platform", spec.platform.kind, PLATFORMS)))
     return problems

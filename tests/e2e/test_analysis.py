@@ -115,7 +115,8 @@ async def test_a_canary_worse_on_an_app_metric_in_prometheus_is_rolled_back(
 ) -> None:
     metrics = {"kind": "prometheus", "url": prometheus.url,
                "requests": 'sum(demo_checkouts_total{version="{version}"})',
-               "errors": 'sum(demo_checkouts_failed_total{version="{version}"})'}
+               "errors": 'sum(demo_checkouts_failed_total{version="{version}"})',
+               "latency": 'sum by (le) (demo_request_seconds_bucket{version="{version}"})'}
     strategy = {"kind": "canary", "steps": [{"weight": 50}, {"pause": "40s"}],
                 "gate": {"max_error_rate_increase": "5%", "interval": "500ms", "min_requests": 20}}
     write(service, strategy, metrics=metrics)

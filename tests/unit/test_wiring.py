@@ -158,6 +158,22 @@ def test_a_toggle_the_app_evaluates_needs_no_router_flags_but_its_cohorts_in_pro
     assert "must tell the cohorts apart with {cohort}" in problems[0]
 
 
+def test_a_gate_needing_timed_answers_is_refused_when_prometheus_has_no_latency_query(
+    tmp_path: Path,
+) -> None:
+    canary = BASE + ("strategy:\n  kind: canary\n  steps: [{weight: 50}, {pause: 1m}]\n"
+                     "  gate: {max_error_rate_increase: 1%}\n")
+    metrics = ("metrics:\n  kind: prometheus\n  url: http://127.0.0.1:9090\n"
+               "  requests: 'sum(r{version=\"{version}\"})'\n  errors: 'sum(e{version=\"{version}\"})'\n")
+    assert refusal(spec_file(tmp_path, canary + metrics)) == [
+        "turnout.yaml:7: strategy.gate.max_error_rate_increase: needs answers timed, and `metrics` "
+        "has no `latency` query: add one (a histogram by `le`), or leave this out"]
+    timed = metrics + "  latency: 'sum by (le) (s_bucket{version=\"{version}\"})'\n"
+    assert wiring.load_spec(spec_file(tmp_path, canary + timed))
+    untimed = canary.replace("max_error_rate_increase: 1%", "max_error_rate: 1%")
+    assert wiring.load_spec(spec_file(tmp_path, untimed + metrics))
+
+
 NEEDS = [
     ("routing:\n  user_key: {header: X-Account}\n", "routing.user_key", Capability.STICKINESS),
     ("routing:\n  preview_listen: 127.0.0.1:9999\n", "routing.preview_listen", Capability.PREVIEW),
