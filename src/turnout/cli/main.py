@@ -252,12 +252,17 @@ def down(spec_file: str | None) -> None:
     """Stop every instance of the service and its router."""
     path = _spec_path(spec_file)
 
-    async def work() -> int:
+    async def work() -> tuple[int, str | None]:
         async with Session.open(path) as session:
-            return await session.down()
+            adopt = session.spec.router.adopt
+            return await session.down(), None if adopt is None else adopt.backend
 
-    stopped = run_async(work)
-    click.echo(f"stopped {stopped} instance(s) and the router")
+    stopped, adopted = run_async(work)
+    if adopted is None:
+        click.echo(f"stopped {stopped} instance(s) and the router")
+    else:  # the user's HAProxy: turnout neither started it nor stops it
+        click.echo(f"stopped {stopped} instance(s); the adopted HAProxy runs on, its backend "
+                   f"{adopted} as it was")
 
 
 @cli.command("reap-warm", hidden=True)
