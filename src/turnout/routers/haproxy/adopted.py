@@ -52,7 +52,7 @@ from turnout.files import write_atomic
 from turnout.routers.base import Capability, Counters, NotSupported, RouterInfo, RouterStats
 from turnout.routers.haproxy import section
 from turnout.routers.haproxy.router import _resolved
-from turnout.routers.haproxy.runtime import Runtime, ServerState, StatRow, parse_stat, word
+from turnout.routers.haproxy.runtime import Runtime, ServerState, StatRow, parse_stat
 from turnout.routers.table import RoutingTable
 from turnout.spec import Spec
 from turnout.spec.routing import Adopt
@@ -63,6 +63,7 @@ MAX_WEIGHT = 256  # HAProxy's highest server weight
 SLOTS_PER_INSTANCE = 2  # a revision's fleet and the next one's side by side
 ALGORITHM = "roundrobin"  # the balancing whose weights change at once, in proportion
 SERVERS = 4  # `show stat`'s type for server rows
+BACKEND_ROW = 2  # and for a backend's own row
 
 
 class Reading(BaseModel):
@@ -248,13 +249,17 @@ class AdoptedHaproxy:
         return await self.runtime.servers_state(self.backend)
 
     async def _rows(self, *, servers_only: bool = True) -> list[StatRow]:
-        line = f"show stat {word(self.backend)} {SERVERS if servers_only else -1} -1"
+        """The backend's rows of `show stat` (its servers', and with `servers_only` False
+        its own). Every proxy's are asked for and those of the backend kept: asked by name,
+        HAProxy would answer for a frontend of the same name (`frontend web` + `backend web`)."""
+        line = f"show stat -1 {SERVERS if servers_only else SERVERS | BACKEND_ROW} -1"
         answer = await self.runtime.command(line)
         try:
-            return parse_stat(answer)
+            rows = parse_stat(answer)
         except ValueError as exc:
             raise RouterError(f"HAProxy at {self.socket}: {line!r} answered "
                               f"{answer.strip()[:200]!r}") from exc
+        return [r for r in rows if r.proxy == self.backend and r.name != "FRONTEND"]
 
     async def _readings(self) -> tuple[str, dict[str, Counters]]:
         """The worker's pid and each server's counters."""
