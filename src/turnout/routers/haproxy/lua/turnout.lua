@@ -81,6 +81,69 @@ local function murmur3(s)
     return h ~ h >> 16
 end
 
+-- The same hash as Lua source for one key length, straight: one string.unpack for all the
+-- blocks and no loop. A 32-bit x is rotated left by r as (x * 0x100000001) >> (32 - r): x
+-- twice side by side, whose low 32 bits after the shift are the rotation (a product then
+-- keeps them right), two instructions where shifting both ways and or-ing takes three.
+-- HAProxy runs a hook on every Lua instruction, so they weigh: a 36-byte key hashed this way
+-- costs about half of what murmur3 above does.
+local HASHED = 128  -- longer keys are hashed by murmur3 above
+
+-- source lines that set `bucket` to the bucket of key s, `len` bytes long
+local function hash_lines(len)
+    if len > HASHED then return {("local bucket = murmur3(s) %% %d"):format(BUCKETS)} end
+    local blocks, left = len // 4, len % 4
+    local names, words, format = {}, {}, {"<"}
+    for i = 1, blocks // 2 do  -- two blocks per 8-byte integer: fewer items for unpack
+        names[i], format[i + 1] = "k" .. i, "I8"
+        words[#words + 1] = "k" .. i
+        words[#words + 1] = "(k" .. i .. " >> 32)"
+    end
+    if blocks % 2 == 1 then
+        names[#names + 1], format[#format + 1] = "k0", "I4"
+        words[#words + 1] = "k0"
+    end
+    if left > 0 then
+        names[#names + 1], format[#format + 1] = "t", "I" .. left
+    end
+    local code = {"local h, k = 0"}
+    if #names > 0 then
+        code[#code + 1] = ("local %s = unpack(%q, s)"):format(table.concat(names, ", "),
+            table.concat(format))
+    end
+    for _, word in ipairs(words) do
+        code[#code + 1] = ("k = ((%s * 0xcc9e2d51) & 0xffffffff) * 0x100000001"):format(word)
+        code[#code + 1] = "h = ((h ~ (k >> 17) * 0x1b873593) & 0xffffffff) * 0x100000001"
+        code[#code + 1] = "h = (h >> 19) * 5 + 0xe6546b64"
+    end
+    code[#code + 1] = "h = h & 0xffffffff"
+    if left > 0 then
+        code[#code + 1] = "k = ((t * 0xcc9e2d51) & 0xffffffff) * 0x100000001"
+        code[#code + 1] = "h = h ~ (((k >> 17) * 0x1b873593) & 0xffffffff)"
+    end
+    code[#code + 1] = ("h = h ~ %d"):format(len)
+    code[#code + 1] = "h = ((h ~ h >> 16) * 0x85ebca6b) & 0xffffffff"
+    code[#code + 1] = "h = ((h ~ h >> 13) * 0xc2b2ae35) & 0xffffffff"
+    code[#code + 1] = ("local bucket = (h ~ h >> 16) %% %d"):format(BUCKETS)
+    return code
+end
+
+-- a plan's routing of a user key `len` bytes long: its bucket, then the pool taking it;
+-- compiled once per length (keys longer than HASHED share one function)
+local function keyed(plan, len)
+    local long = len > HASHED
+    if long and plan.long ~= nil then return plan.long end
+    local code = hash_lines(len)
+    table.insert(code, 1, "local unpack, murmur3 = ...")
+    table.insert(code, 2, "return function(s)")
+    code[#code + 1] = plan.pick
+    code[#code + 1] = "return nil"
+    code[#code + 1] = "end"
+    local route = assert(load(table.concat(code, "\n"), "=turnout key", "t", {}))(unpack, murmur3)
+    if long then plan.long = route else plan.keyed[len] = route end
+    return route
+end
+
 local function unhex(pair)
     return char(tonumber(pair, 16))
 end
@@ -165,18 +228,21 @@ end
 -- the most, so a header is found with as few of them as can be: HAProxy writes req.hdrs as
 -- "<lowercase name>: <value>\r\n" lines; the builtin router keeps a header's last value.
 local EXTRACT = [[
-_, stop = find(block, %s, 1, true)
+stop = find(block, %s, 1, true)
 if stop ~= nil then
-    _, again = find(block, %s, stop, true)
+    again = find(block, %s, stop + 1, true)
     while again ~= nil do
         stop = again
-        _, again = find(block, %s, stop, true)
+        again = find(block, %s, stop + 1, true)
     end
-    %s = match(block, "^[^\r]*", stop + 1)
+    stop = stop + %d
 elseif sub(block, 1, %d) == %s then
-    %s = match(block, "^[^\r]*", %d)
+    stop = %d
+end
+if stop == nil then %s = nil
 else
-    %s = nil
+    again = find(block, "\r", stop, true)
+    %s = sub(block, stop, (again or 0) - 1)
 end]]
 
 local function quote(text)
@@ -185,7 +251,7 @@ end
 
 local function extract(name, into)
     local needle, first = quote("\n" .. name .. ": "), quote(name .. ": ")
-    return EXTRACT:format(needle, needle, needle, into, #name + 2, first, into, #name + 3, into)
+    return EXTRACT:format(needle, needle, needle, #name + 3, #name + 2, first, #name + 3, into, into)
 end
 
 local function rule_lines(rule, set, emit)
@@ -203,20 +269,16 @@ local function rule_lines(rule, set, emit)
     end
 end
 
-local function bucket_of(key)
-    return murmur3(key) % BUCKETS
-end
-
-local function generate(found)
+local function generate(found, plan)
     local code, sets = {}, {}
     local function emit(line) code[#code + 1] = line end
     local function set(members)
         sets[#sets + 1] = members
         return "sets[" .. #sets .. "]"
     end
-    emit("local find, sub, match, bucket_of, random, parse_cookies, sets = ...")
+    emit("local find, sub, random, parse_cookies, sets, keyed, compile = ...")
     emit("return function(block)")
-    emit("local key, value, cookies, _, stop, again")
+    emit("local key, value, cookies, stop, again")
     if found.key_header ~= nil then
         emit(extract(found.key_header, "key"))
         emit('if key == "" then key = nil end')
@@ -230,19 +292,28 @@ local function generate(found)
         emit('    if key == "" then key = nil end end')
     end
     for _, rule in ipairs(found.rules) do rule_lines(rule, set, emit) end
-    if found.ends[1] ~= nil then
-        emit(("local bucket = key ~= nil and bucket_of(key) or random(0, %d)"):format(BUCKETS - 1))
-        for i, ends in ipairs(found.ends) do
-            emit(("if bucket < %d then return %s end"):format(ends, quote(found.backends[i])))
-        end
+    local pick = {}
+    for i, ends in ipairs(found.ends) do
+        pick[i] = ("if bucket < %d then return %s end"):format(ends, quote(found.backends[i]))
     end
-    emit("return nil")
+    pick = table.concat(pick, "\n")
+    if found.ends[1] ~= nil then
+        emit(("if key == nil then local bucket = random(0, %d)"):format(BUCKETS - 1))
+        emit(pick)
+        emit("end")
+        emit("return (keyed[#key] or compile(#key))(key)")
+    else
+        emit("return nil")
+    end
     emit("end")
     local chunk = assert(load(table.concat(code, "\n"), "=turnout route", "t", {}))
-    return chunk(find, sub, match, bucket_of, random, parse_cookies, sets)
+    plan.pick = pick
+    plan.route = chunk(find, sub, random, parse_cookies, sets, plan.keyed,
+        function(len) return keyed(plan, len) end)
 end
 
-local plans = {}  -- service -> {version =, route = function(block), preview =}
+-- service -> {version =, route = function(block), pick =, keyed = {}, long =, preview =}
+local plans = {}
 
 -- the plan of a service, compiled again when its version entry changed; a swap committed
 -- while reading the entries is seen by the second lookup of the version, and read in turn
@@ -252,7 +323,8 @@ local function plan_of(service, version)
     for _ = 1, 3 do
         if version == nil then return nil end
         local found = read(service)
-        plan = {version = version, route = generate(found), preview = found.preview}
+        plan = {version = version, keyed = {}, preview = found.preview}
+        generate(found, plan)
         local now = routes:lookup(service)
         if now == version then
             plans[service] = plan
@@ -263,11 +335,12 @@ local function plan_of(service, version)
     return plan
 end
 
+local lookup = routes.lookup  -- the method, found once rather than on every request
+
 core.register_converters("turnout_route", function(block, service)
-    local version = routes:lookup(service)
     local plan = plans[service]
-    if plan == nil or plan.version ~= version then
-        plan = plan_of(service, version)
+    if plan == nil or plan.version ~= lookup(routes, service) then
+        plan = plan_of(service, lookup(routes, service))
         if plan == nil then return nil end
     end
     return plan.route(block)
@@ -282,12 +355,13 @@ end)
 
 local histograms = {}  -- backend name -> counts per latency bucket
 
--- an answer's time to its headers in µs (a string, as converters get their input), counted
--- into the histogram of the backend that sent it; a time without a start (the request was not
--- routed by turnout_route) would be the whole date, and is left out
+-- an answer's time to its headers in µs (a string, as converters get their input, always
+-- an integer's: `| 0` makes it one without calling tonumber), counted into the histogram of
+-- the backend that sent it; a time without a start (the request was not routed by
+-- turnout_route) would be the whole date, and is left out
 core.register_converters("turnout_observe", function(spent, backend)
-    spent = tonumber(spent)
-    if spent == nil or spent > 3600000000 then return nil end
+    spent = spent | 0
+    if spent > 3600000000 then return nil end
     local counts = histograms[backend]
     if counts == nil then
         counts = {}
