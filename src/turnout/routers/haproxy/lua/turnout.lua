@@ -86,7 +86,7 @@ end
 -- twice side by side, whose low 32 bits after the shift are the rotation (a product then
 -- keeps them right), two instructions where shifting both ways and or-ing takes three.
 -- HAProxy runs a hook on every Lua instruction, so they weigh: a 36-byte key hashed this way
--- costs about half of what murmur3 above does.
+-- costs about 40% less than with murmur3 above (callgrind, in HAProxy).
 local HASHED = 128  -- longer keys are hashed by murmur3 above
 
 -- source lines that set `bucket` to the bucket of key s, `len` bytes long
@@ -336,6 +336,12 @@ local function plan_of(service, version)
 end
 
 local lookup = routes.lookup  -- the method, found once rather than on every request
+
+-- HAProxy runs each request's Lua in a new Lua thread, whose stack starts with room for 35
+-- values, and a call into C wants 20 free: the converter reaches the plan's route, and the
+-- route its key's hashing, by tail calls (each in the frame of the one before), so that no
+-- request pays for growing that stack (a reallocation: 3,000 of HAProxy's 60,000 instructions
+-- per request, by callgrind).
 
 core.register_converters("turnout_route", function(block, service)
     local plan = plans[service]
