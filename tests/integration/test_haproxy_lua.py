@@ -233,6 +233,17 @@ async def test_a_user_key_lands_where_the_builtin_router_sends_it_at_every_split
         assert len(shares) == len([p for p in pools if p.backends and p.weight])
 
 
+async def test_long_user_keys_land_where_the_builtin_router_sends_them(haproxy: Haproxy) -> None:
+    # the Lua hashes keys of up to 128 bytes with code compiled per length, longer ones in a loop
+    rng = random.Random(15)
+    keys = [bytes(rng.choice(b"abcXYZ019-_.") for _ in range(n)) for n in range(100, 301) for _ in range(2)]
+    table = RoutingTable(generation=9, pools=tuple(pool(name, 1) for name in ("a", "b", "c", "d")))
+    await haproxy.swap(table)
+    answers = await ask(haproxy.port, [[(b"X-User-Id", key)] for key in keys])
+    assert [got for _, got in answers] == builtin(table, [{b"x-user-id": key} for key in keys])
+    assert len({got for _, got in answers}) == 4
+
+
 async def test_a_prepared_map_routes_nothing_until_committed_and_no_reload_happens(haproxy: Haproxy) -> None:
     assert haproxy.proc is not None
     keys = random_keys(300, seed=11)
