@@ -156,7 +156,7 @@ def pool(revision: str, weight: int, backends: int = 1) -> Pool:
 
 
 async def ask(port: int, requests: list[list[tuple[bytes, bytes]]], path: bytes = b"/pool",
-              lanes: int = 8) -> list[tuple[int, str]]:
+              lanes: int = 8, host: bool = True) -> list[tuple[int, str]]:
     """Each request's (status, X-Pool or body) for GETs of `path` with the given header lines,
     over `lanes` keep-alive connections."""
     answers: list[tuple[int, str]] = [(0, "")] * len(requests)
@@ -166,7 +166,7 @@ async def ask(port: int, requests: list[list[tuple[bytes, bytes]]], path: bytes 
         try:
             for index in range(first, len(requests), lanes):
                 lines = b"".join(b"%s: %s\r\n" % header for header in requests[index])
-                writer.write(b"GET %s HTTP/1.1\r\nHost: t\r\n%s\r\n" % (path, lines))
+                writer.write(b"GET %s HTTP/1.1\r\n%s%s\r\n" % (path, b"Host: t\r\n" if host else b"", lines))
                 head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).decode("latin-1")
                 fields = dict(line.lower().split(": ", 1) for line in head.split("\r\n")[1:] if ": " in line)
                 body = await reader.readexactly(int(fields.get("content-length", "0")))
@@ -292,6 +292,30 @@ async def test_matched_users_all_go_to_their_revision_and_the_rest_as_the_builti
     assert Counter(got for _, got in answers[200:240]) == {"web_p1": 20, "web_p0": 20}
     assert Counter(got for _, got in answers[240:280]) == {"web_p1": 20, "web_p0": 20}
     assert set(expected[280:]) == {"web_p0", "web_p1"}
+
+
+async def test_a_header_on_the_first_line_or_named_inside_a_value_is_read_as_the_builtin(
+        haproxy: Haproxy) -> None:
+    table = RoutingTable(generation=10, pools=(pool("new", 0), pool("old", 1)),
+                         rules=(MatchRule(revision="new", header="X-Canary", values=("yes",)),
+                                MatchRule(revision="new", users=("u1",))),
+                         user_key=UserKey(header="X-User-Id"))
+    await haproxy.swap(table)
+    host = (b"Host", b"t")
+    requests = [
+        [(b"X-Canary", b"yes"), host],  # the first line
+        [(b"X-Canary", b"no"), (b"X-Canary", b"yes"), host],  # the last one counts
+        [(b"X-Canary", b"yes"), (b"X-Canary", b"no"), host],
+        [(b"X-Note", b"x-canary: yes"), host],  # only inside another header's value
+        [(b"X-Note", b"a\tx-canary: yes"), (b"X-User-Id", b"u2"), host],
+        [(b"X-User-Id", b"u1"), host],  # the user key on the first line
+        [(b"X-Note", b"x-user-id: u1"), host],
+        [host, (b"X-Canary", b"yes")],
+    ]
+    answers = await ask(haproxy.port, requests, host=False)
+    assert [got for _, got in answers] == ["web_p0", "web_p0", "web_p1", "web_p1", "web_p1",
+                                           "web_p0", "web_p1", "web_p0"]
+    assert [got for _, got in answers] == builtin(table, [as_builtin_sees(h) for h in requests])
 
 
 def as_builtin_sees(headers: list[tuple[bytes, bytes]]) -> dict[bytes, bytes]:

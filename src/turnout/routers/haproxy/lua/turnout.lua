@@ -254,10 +254,35 @@ local function extract(name, into)
     return EXTRACT:format(needle, needle, needle, #name + 3, #name + 2, first, #name + 3, into, into)
 end
 
+-- The same for a header that most requests lack (a match rule's): one call when "<name>: " is
+-- nowhere in the block, one more than above when it is there. A line "\n<name>: " can only
+-- start where "<name>: " is first found, or a character before.
+local EXTRACT_RARE = [[
+again = find(block, %s, 1, true)
+if again == nil then %s = nil
+else
+    if again == 1 then stop = %d else stop = nil end
+    again = find(block, %s, again - 1, true)
+    while again ~= nil do
+        stop = again + %d
+        again = find(block, %s, again + 1, true)
+    end
+    if stop == nil then %s = nil
+    else
+        again = find(block, "\r", stop, true)
+        %s = sub(block, stop, (again or 0) - 1)
+    end
+end]]
+
+local function extract_rare(name, into)
+    local needle, first = quote("\n" .. name .. ": "), quote(name .. ": ")
+    return EXTRACT_RARE:format(first, into, #name + 3, needle, #name + 3, needle, into, into)
+end
+
 local function rule_lines(rule, set, emit)
     local backend = quote(rule.backend)
     if rule.header ~= nil then
-        emit(extract(rule.header, "value"))
+        emit(extract_rare(rule.header, "value"))
         emit(("if value ~= nil and %s[value] then return %s end"):format(set(rule.values), backend))
     end
     if rule.cookie ~= nil then
