@@ -5,7 +5,8 @@ app`): each of its processes holds turnout's flag client on a real `turnout serv
 the service's own database, which the deployment writes the ramp to. The gates read the
 app's per-cohort counters from a real Prometheus server that scrapes every instance.
 
-- Ten toggle deployments under constant load through HAProxy fail and re-send no request;
+- Ten toggle deployments under constant load through HAProxy (each shipped blue-green, the
+  switch made once Prometheus scrapes the whole green fleet) fail and re-send no request;
   once each command has ended every answer is the new code path of the new version, and
   every answer on a new code path came while the flag was on for its user (allowing the
   flag client `LAG` to hear of a change).
@@ -20,6 +21,7 @@ import contextlib
 import os
 import re
 import shutil
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -44,10 +46,14 @@ USERS = 100
 RATE = 150.0
 LAG = 1.0  # how long the app's flag client may trail the store (its stream: ~0.1 s)
 COHORT = 'flag="{flag}",cohort="{cohort}"'
-# The first pause outlasts Prometheus taking up new instances (up to 5 s) and a scrape (1 s).
+SCRAPED = Path(__file__).parent / "apps" / "scraped.py"
+# Prometheus takes up a new target up to about 11 s late (two 5-second tickers, then a scrape
+# each second): the green fleet is switched to once Prometheus has scraped all of it (a
+# preview test), so the ramp's pause judges counters Prometheus already has.
 TOGGLE: dict[str, Any] = {
-    "kind": "feature-toggle", "flag": FLAG, "ship": "rolling", "evaluated_by": "app",
-    "ramp": [{"percent": 20}, {"pause": "8s"}],
+    "kind": "feature-toggle", "flag": FLAG, "ship": "blue-green", "evaluated_by": "app",
+    "rollback_window": "1s",
+    "ramp": [{"percent": 20}, {"pause": "4s"}],
     "gate": {"interval": "500ms", "min_requests": 20, "max_error_rate": "5%"},
 }
 
@@ -60,7 +66,8 @@ class Toggled:
         self.service, self.server, self.token, self.prometheus = service, server, token, prometheus
 
     def write(self, **env: str) -> None:
-        self.service.write(**TOGGLE)
+        scraped = [sys.executable, str(SCRAPED), self.prometheus.url, "3"]
+        self.service.write(**TOGGLE, tests=[{"command": scraped}])
         spec = yaml.safe_load(self.service.spec.read_text())
         spec["run"]["env"] = {"DEMO_FEATURE": FLAG, "DEMO_FLAGS_URL": self.server.url,
                               "DEMO_FLAGS_TOKEN": self.token, **env}
