@@ -32,7 +32,7 @@ typecheck: install
 
 # pytest in two passes (README, "Tests"): the tests not marked serial on TEST_WORKERS xdist
 # workers, then the serial ones alone; the target fails if either pass failed.
-TEST_WORKERS ?= 3
+TEST_WORKERS ?= 4
 
 test: install system-deps lint typecheck
 	PYTEST=$(BIN)/pytest TEST_WORKERS=$(TEST_WORKERS) bash scripts/run-tests.sh

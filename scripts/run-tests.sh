@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # pytest as `make test` runs it, in two passes (README, "Tests"):
-#   1. every test not marked `serial`, on TEST_WORKERS pytest-xdist workers (default 3): most
+#   1. every test not marked `serial`, on TEST_WORKERS pytest-xdist workers (default 4): most
 #      tests wait on processes, sockets and pauses, so the workers share the cores well;
 #   2. the `serial` tests alone, without xdist: the ones whose assertions hold only on an idle
 #      CPU (time bounds, latency, throughput) and the ones on the test hosts, which sort last.
@@ -11,7 +11,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 pytest=${PYTEST:-.venv/bin/pytest}
-workers=${TEST_WORKERS:-3}
+workers=${TEST_WORKERS:-4}
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
 # The tests' folders, short: xdist puts a worker's under popen-gwN, and a service folder nested
@@ -42,8 +42,10 @@ count() {
 
 # worksteal: an idle worker takes half of another's queue. xdist's default hands out long runs
 # of consecutive tests, so one worker could be left with most of tests/e2e while the other idles.
-run_pass parallel -m "not serial" -n "$workers" --dist worksteal --basetemp "$tmp/parallel" "$@"
-run_pass serial -m serial --basetemp "$tmp/serial" "$@"
+# Each pass lists its 15 slowest tests, so that what the suite's time goes to stays in view.
+run_pass parallel -m "not serial" -n "$workers" --dist worksteal --basetemp "$tmp/parallel" \
+  --durations=15 "$@"
+run_pass serial -m serial --basetemp "$tmp/serial" --durations=15 "$@"
 
 read -r parallel_code parallel_s <"$logs/parallel.status"
 read -r serial_code serial_s <"$logs/serial.status"
