@@ -207,8 +207,19 @@ def _app_flags(spec: Spec) -> list[tuple[FieldPath, str]]:
         return [(("strategy", "evaluated_by"), (
             "the app evaluates the flag, so only its metrics know each request's cohort: set "
             "`metrics: {kind: prometheus, ...}` with queries that name {cohort}"))]
+    # Those queries cannot be filled for a revision, so no gate may watch the shipped one.
+    watching: list[FieldPath] = [("strategy", "preview_analysis")] \
+        if strategy.ship == "blue-green" and strategy.preview_analysis is not None else []
+    if strategy.ship == "canary":
+        watching += [("strategy", "steps", i, "pause" if step.pause is not None else "analysis")
+                     for i, step in enumerate(strategy.steps)
+                     if step.pause is not None or step.analysis is not None]
+    problems: list[tuple[FieldPath, str]] = [
+        (path, "judges the shipped revision, but with `evaluated_by: app` the metrics' queries "
+         "name {cohort}, which a revision has not: leave it out (the ramp judges the cohorts)")
+        for path in watching]
     queries = {"requests": metrics.requests, "errors": metrics.errors, "latency": metrics.latency}
-    return [(("metrics", name), "the app evaluates strategy.flag, so this query must tell the "
+    return problems + [(("metrics", name), "the app evaluates strategy.flag, so this query must tell the "
              "cohorts apart with {cohort} (on or off), e.g. cohort=\"{cohort}\"")
             for name, query in queries.items()
             if query is not None and "cohort" not in QueryTemplate.parse(query).placeholders]

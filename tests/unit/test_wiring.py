@@ -156,6 +156,15 @@ def test_a_toggle_the_app_evaluates_needs_no_router_flags_but_its_cohorts_in_pro
     problems = refusal(spec_file(tmp_path, APP_TOGGLE + blind))
     assert [p.split(": ", 2)[:2] for p in problems] == [["turnout.yaml:13", "metrics.errors"]]
     assert "must tell the cohorts apart with {cohort}" in problems[0]
+    canary = APP_TOGGLE + "  ship: canary\n  steps: [{weight: 50}, {pause: 10s}, {weight: 100}]\n"
+    problems = refusal(spec_file(tmp_path, canary + APP_METRICS))
+    assert [p.split(": ", 2)[1] for p in problems] == ["strategy.steps.1.pause"]
+    assert "judges the shipped revision" in problems[0]
+    green = APP_TOGGLE + ("  ship: blue-green\n  tests: [{http: /healthz}]\n"
+                          "  preview_analysis: {duration: 5s}\n")
+    problems = refusal(spec_file(tmp_path, green.replace("router: haproxy", "router: builtin")
+                                 + APP_METRICS))
+    assert [p.split(": ", 2)[1] for p in problems] == ["strategy.preview_analysis"]
 
 
 def test_a_gate_needing_timed_answers_is_refused_when_prometheus_has_no_latency_query(
