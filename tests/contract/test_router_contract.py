@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import httpx
 import pytest
-from tests.integration.haproxy_rig import need_haproxy
+from tests.integration.haproxy_rig import need_haproxy, users_config
 from tests.integration.test_proxy import Upstream
 
 from turnout import procs
@@ -159,26 +159,6 @@ class HaproxyRig(BuiltinRig):
                              preview_listen="127.0.0.1:0", slots=4)
 
 
-ADOPTED_CONFIG = """\
-global
-    master-worker
-    stats socket {folder}/admin.sock mode 600 level admin
-
-defaults
-    mode http
-    timeout connect 2s
-    timeout client 10s
-    timeout server 10s
-
-frontend web
-    bind 127.0.0.1:{port}
-    default_backend web
-
-backend web
-    balance roundrobin
-{slots}"""
-
-
 class AdoptedRig(BuiltinRig):
     """An HAProxy "the user" runs from a file of their own, one backend of it adopted
     (`AdoptedHaproxy`): the router runs before turnout ensures it, and after it stops. Its
@@ -197,9 +177,8 @@ class AdoptedRig(BuiltinRig):
 
     async def start(self) -> None:
         self.users.folder.mkdir(parents=True, exist_ok=True)
-        slots = "".join(f"    server s{i} 127.0.0.1:1 disabled\n" for i in range(8))
-        self.users.config_path.write_text(ADOPTED_CONFIG.format(
-            folder=self.users.folder, port=self.port, slots=slots))
+        self.users.config_path.write_text(users_config(self.users.folder, port=self.port,
+                                                       backend="web"))
         await self.users.start()
 
     def _adapter(self) -> Any:

@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
 from tests.e2e.conftest import Service, check
+from tests.e2e.test_deploy import app_addresses
 from tests.prom import PrometheusServer
 from turnout.demo.load import Load
 
@@ -88,18 +89,17 @@ async def test_a_canary_too_thin_to_judge_holds_and_is_not_promoted(service: Ser
 
 
 @contextlib.asynccontextmanager
-async def scraping(service: Service, prometheus: PrometheusServer) -> AsyncIterator[None]:
-    """Keep Prometheus scraping every instance of the service, as they come and go."""
+async def scraping(folder: Path, prometheus: PrometheusServer) -> AsyncIterator[None]:
+    """Keep Prometheus scraping (job `shop`) every demo app process of the service in
+    `folder`, as they come and go."""
     async def follow() -> None:
         seen: list[str] = []
         while True:
-            code, out, _ = await service.arun("status", "--json")
-            if code == 0:
-                addresses = sorted(i["address"] for i in json.loads(out)["instances"])
-                if addresses != seen:
-                    prometheus.scrape("shop", addresses)
-                    seen = addresses
-            await asyncio.sleep(0.3)
+            addresses = app_addresses(folder)
+            if addresses != seen:
+                prometheus.scrape("shop", addresses)
+                seen = addresses
+            await asyncio.sleep(0.2)
 
     task = asyncio.create_task(follow())
     try:
@@ -122,7 +122,7 @@ async def test_a_canary_worse_on_an_app_metric_in_prometheus_is_rolled_back(
     write(service, strategy, metrics=metrics)
     check(service.run("deploy", "v1"))
     write(service, strategy, metrics=metrics, run={"env": {"DEMO_CHECKOUT_FAIL_RATE": "0.3"}})
-    async with scraping(service, prometheus), \
+    async with scraping(service.folder, prometheus), \
             Load(service.url + "checkout", rate=100, users=50, max_seconds=90) as load:
         code, out, err = await service.arun("deploy", "v2")
     assert code == 3, f"exit {code}\n{out}\n{err}"

@@ -34,46 +34,65 @@ def answered_after(load: Load, moment: float) -> set[str | None]:
     return {s.version for s in load.samples if s.sent >= moment}
 
 
-def app_processes(folder: Path) -> list[int]:
-    """Pids of demo app processes started for the service in `folder` (cwd is the spec folder)."""
-    pids = []
+def demo_apps(folder: Path) -> dict[int, list[bytes]]:
+    """The argv of each demo app process started for the service in `folder` (its cwd), by pid."""
+    found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            cmdline = (entry / "cmdline").read_bytes()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
             cwd = os.readlink(entry / "cwd")
         except OSError:
             continue
-        if b"turnout.demo.app" in cmdline and Path(cwd) == folder:
-            pids.append(int(entry.name))
-    return sorted(pids)
+        if b"turnout.demo.app" in argv and Path(cwd) == folder:
+            found[int(entry.name)] = argv
+    return found
+
+
+def app_processes(folder: Path) -> list[int]:
+    """Pids of demo app processes started for the service in `folder`."""
+    return sorted(demo_apps(folder))
+
+
+def app_addresses(folder: Path) -> list[str]:
+    """host:port of each demo app process of the service in `folder` (its `--port`)."""
+    return sorted(f"127.0.0.1:{int(argv[argv.index(b'--port') + 1])}"
+                  for argv in demo_apps(folder).values() if b"--port" in argv[:-1])
+
+
+async def deploy_cleanly(service: Service, version: str, *, answers: str | None = None,
+                         users: int = 50) -> Load:
+    """`turnout deploy VERSION` under load at RATE: exit 0, no request failed or re-sent, and
+    only `answers` (default: the version) answers what is sent once the command has ended.
+    The load, for the caller's own checks."""
+    answers = answers or version
+    async with Load(service.url, rate=RATE, users=users, max_seconds=120) as load:
+        code, out, err = await service.arun("deploy", version)
+        finished = time.monotonic()
+        assert code == 0, f"{version}: exit {code}\n{out}\n{err}"
+        await asyncio.sleep(0.5)
+    summary = load.summary(new_version=answers)
+    assert summary.requests > 50
+    assert summary.clean, (version, summary.problems())
+    assert answered_after(load, finished) == {answers}
+    return load
+
+
+async def deploy_ten_times(service: Service, name: str) -> None:
+    """v1, then v2 to v11 with strategy `name`, each under load (`deploy_cleanly`)."""
+    service.write(**STRATEGIES[name])
+    check(service.run("deploy", "v1"))
+    for number in range(2, 12):
+        await deploy_cleanly(service, f"v{number}")
+    status = service.status()
+    assert status["stable"]["version"] == "v11"
+    assert status["deployment"] is None
 
 
 @pytest.mark.parametrize("name", list(STRATEGIES))
 async def test_ten_deployments_under_load_fail_no_request(service: Service, name: str) -> None:
     await deploy_ten_times(service, name)
-
-
-async def deploy_ten_times(service: Service, name: str) -> None:
-    """v1, then v2 to v11 with strategy `name`, each under load: no request failed or re-sent,
-    and only the new version answers what is sent once the command has ended."""
-    service.write(**STRATEGIES[name])
-    check(service.run("deploy", "v1"))
-    for number in range(2, 12):
-        version = f"v{number}"
-        async with Load(service.url, rate=RATE, users=50, max_seconds=120) as load:
-            code, out, err = await service.arun("deploy", version)
-            finished = time.monotonic()
-            assert code == 0, out + err
-            await asyncio.sleep(0.5)
-        summary = load.summary(new_version=version)
-        assert summary.requests > 50
-        assert summary.clean, (version, summary.problems())
-        assert answered_after(load, finished) == {version}
-    status = service.status()
-    assert status["stable"]["version"] == "v11"
-    assert status["deployment"] is None
 
 
 # Every strategy with both failures runs in tests/e2e/test_demo_faults.py (the faults demo's

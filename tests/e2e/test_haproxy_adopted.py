@@ -9,10 +9,8 @@ file outside the shop's `server` lines is as the user wrote it.
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import tempfile
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,41 +19,22 @@ import pytest
 import yaml
 
 from tests.e2e.conftest import Service, check
-from tests.e2e.test_deploy import RATE, answered_after
+from tests.e2e.test_deploy import deploy_cleanly
+from tests.integration.haproxy_rig import users_config
 from tests.integration.test_proxy import Upstream
 from tests.system import missing
 from turnout import procs
-from turnout.demo.load import Load
 from turnout.routers.haproxy import section
 from turnout.routers.haproxy.process import HaproxyProcess
 
 pytestmark = pytest.mark.slow
 
-USER_CONFIG = """\
 # The user's own HAProxy: the shop, which turnout deploys, and a site it must leave alone.
-global
-    master-worker
-    stats socket {folder}/admin.sock mode 600 level admin
-
-defaults
-    mode http
-    timeout connect 2s
-    timeout client 10s
-    timeout server 10s
-    option redispatch
-    retries 2
-
-frontend web
-    bind 127.0.0.1:{port}
-    default_backend shop
-
+OTHER_SITE = """
 frontend other   # another site
     bind 127.0.0.1:{other_port}
     default_backend static
 
-backend shop
-    balance roundrobin
-{slots}
 backend static
     server st0 {static}
 """
@@ -78,9 +57,8 @@ async def users(service: Service) -> AsyncIterator[Users]:
     folder = Path(tempfile.mkdtemp(prefix="tadc-"))  # short: UNIX socket paths
     static = await Upstream("static").start()
     other = procs.free_port("127.0.0.1")
-    slots = "".join(f"    server s{i} 127.0.0.1:1 disabled\n" for i in range(8))
-    text = USER_CONFIG.format(folder=folder, port=service.port, other_port=other, slots=slots,
-                              static=static.address)
+    text = users_config(folder, port=service.port, backend="shop",
+                        more=OTHER_SITE.format(other_port=other, static=static.address))
     process = HaproxyProcess(folder)
     process.config_path.write_text(text)
     try:
@@ -116,15 +94,7 @@ async def test_canaries_through_an_adopted_haproxy_fail_no_request_and_leave_it_
     check(service.run("deploy", "v1"))
     master = users.process.pid()
     for version in ("v2", "v3", "v4"):
-        async with Load(service.url, rate=RATE, users=50, max_seconds=120) as load:
-            code, out, err = await service.arun("deploy", version)
-            finished = time.monotonic()
-            assert code == 0, out + err
-            await asyncio.sleep(0.5)
-        summary = load.summary(new_version=version)
-        assert summary.requests > 50
-        assert summary.clean, (version, summary.problems())
-        assert answered_after(load, finished) == {version}
+        await deploy_cleanly(service, version)
     down = service.run("down", timeout=60)
     check(down)
     assert "the adopted HAProxy runs on, its backend shop as it was" in down.stdout

@@ -17,13 +17,10 @@ app's per-cohort counters from a real Prometheus server that scrapes every insta
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import re
 import shutil
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +30,8 @@ import yaml
 from tests.e2e.conftest import Service
 from tests.e2e.flag_exposure import FlagHistory, unexplained
 from tests.e2e.sdk.server_proc import ServerProcess
-from tests.e2e.test_deploy import answered_after
+from tests.e2e.test_analysis import scraping
+from tests.e2e.test_deploy import RATE, deploy_cleanly
 from tests.prom import PrometheusServer
 from tests.system import missing
 from turnout.demo.load import Load
@@ -43,7 +41,6 @@ pytestmark = pytest.mark.slow
 
 FLAG = "new-checkout"
 USERS = 100
-RATE = 150.0
 LAG = 1.0  # how long the app's flag client may trail the store (its stream: ~0.1 s)
 COHORT = 'flag="{flag}",cohort="{cohort}"'
 SCRAPED = Path(__file__).parent / "apps" / "scraped.py"
@@ -108,47 +105,6 @@ def toggled(service: Service, prometheus: PrometheusServer) -> Iterator[Toggled]
         assert server.stop() == 0
 
 
-_PORT = re.compile(rb"--port\0(\d+)")
-
-
-def app_addresses(folder: Path) -> list[str]:
-    """host:port of each demo app process of the service in `folder` (its cwd)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-            cwd = os.readlink(entry / "cwd")
-        except OSError:
-            continue
-        port = _PORT.search(cmdline)
-        if b"turnout.demo.app" in cmdline and Path(cwd) == folder and port:
-            found.append(f"127.0.0.1:{int(port.group(1))}")
-    return sorted(found)
-
-
-@contextlib.asynccontextmanager
-async def scraping(toggled: Toggled) -> AsyncIterator[None]:
-    """Keep Prometheus scraping every instance of the service, as they come and go."""
-    async def follow() -> None:
-        seen: list[str] = []
-        while True:
-            addresses = app_addresses(toggled.service.folder)
-            if addresses != seen:
-                toggled.prometheus.scrape("shop", addresses)
-                seen = addresses
-            await asyncio.sleep(0.2)
-
-    task = asyncio.create_task(follow())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
 async def first_release(toggled: Toggled) -> None:
     """v1 with its ramp, under load: a ramp's pause needs traffic to judge (the router only
     starts with this deployment, so its first requests are refused: not counted here)."""
@@ -162,19 +118,11 @@ async def test_ten_toggles_through_haproxy_evaluated_by_the_app_fail_no_request(
 ) -> None:
     service = toggled.service
     toggled.write()
-    async with scraping(toggled):
+    async with scraping(service.folder, toggled.prometheus):
         await first_release(toggled)
         for number in range(2, 12):
-            version, new_path = f"v{number}", f"v{number}+{FLAG}"
-            async with Load(service.url, rate=RATE, users=USERS, max_seconds=120) as load:
-                code, out, err = await service.arun("deploy", version)
-                finished = time.monotonic()
-                assert code == 0, f"{version}: exit {code}\n{out}\n{err}"
-                await asyncio.sleep(0.5)
-            summary = load.summary(new_version=new_path)
-            assert summary.requests > 50
-            assert summary.clean, (version, summary.problems())
-            assert answered_after(load, finished) == {new_path}
+            new_path = f"v{number}+{FLAG}"
+            load = await deploy_cleanly(service, f"v{number}", answers=new_path, users=USERS)
             on = [s for s in load.samples if s.version == new_path]
             assert unexplained(on, toggled.history(), wall=load.wall, lag=LAG) == []
     status = service.status()
@@ -187,7 +135,7 @@ async def test_a_failing_code_path_is_caught_on_the_apps_metrics_and_switched_of
 ) -> None:
     service = toggled.service
     toggled.write()
-    async with scraping(toggled):
+    async with scraping(service.folder, toggled.prometheus):
         await first_release(toggled)
         toggled.write(DEMO_FEATURE_FAIL="errors")
         async with Load(service.url, rate=RATE, users=USERS, max_seconds=120) as load:

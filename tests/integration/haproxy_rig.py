@@ -77,3 +77,33 @@ async def versions(client: httpx.AsyncClient, url: str, n: int) -> list[str]:
         answer = await client.get(url)
         seen.append(answer.headers.get("x-version", str(answer.status_code)))
     return seen
+
+
+USERS_CONFIG = """\
+global
+    master-worker
+    stats socket {folder}/admin.sock mode 600 level admin
+
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 10s
+    timeout server 10s
+    option redispatch
+    retries 2
+
+frontend web
+    bind 127.0.0.1:{port}
+    default_backend {backend}
+
+backend {backend}
+    balance roundrobin
+{slots}{more}"""
+
+
+def users_config(folder: Path, *, port: int, backend: str, slots: int = 8, more: str = "") -> str:
+    """An HAProxy configuration of a user's own, for turnout to adopt one backend of: its admin
+    socket in `folder`, frontend `web` on `port` sending everything to `backend`, which holds
+    `slots` placeholder servers (`server sN 127.0.0.1:1 disabled`); `more` follows it."""
+    servers = "".join(f"    server s{i} 127.0.0.1:1 disabled\n" for i in range(slots))
+    return USERS_CONFIG.format(folder=folder, port=port, backend=backend, slots=servers, more=more)
